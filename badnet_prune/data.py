@@ -114,10 +114,9 @@ def _validate_labels(path: Path, raw: np.ndarray, count: int, num_classes: int |
         raise BadInputError(path, f"`data` holds {count} images but `label` holds {raw.shape[0]} labels")
     if raw.dtype.kind not in "fiu":
         raise BadInputError(path, f"`label` holds {raw.dtype} values, expected integers")
-    if raw.dtype.kind == "f":
-        if not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw)):
-            bad = int(np.argwhere(~np.isfinite(raw) | (raw != np.round(raw)))[0][0])
-            raise BadInputError(path, f"label {bad} is {raw[bad]!r}, not an integer class id")
+    if raw.dtype.kind == "f" and (not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw))):
+        bad = int(np.argwhere(~np.isfinite(raw) | (raw != np.round(raw)))[0][0])
+        raise BadInputError(path, f"label {bad} is {raw[bad]!r}, not an integer class id")
     labels = raw.astype(np.int64)
     if (labels < 0).any():
         bad = int(np.argwhere(labels < 0)[0][0])
