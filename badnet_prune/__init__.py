@@ -4,3 +4,4 @@ Nothing in this package talks to Celery or SQL; worker/ and orchestrator/ wrap i
 """
 
 __version__ = "0.1.0"
+

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import keras
 import numpy as np
 
 from badnet_prune.architecture import build_deepid
 from badnet_prune.errors import BadInputError
+from badnet_prune.tf_setup import keras
 
 TRUST_HINT = "pass --trust-model-code only if you trust whoever made this file"
 CODE_CLASSES = {"Lambda", "TFOpLambda", "SlicingOpLambda"}

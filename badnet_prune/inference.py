@@ -1,0 +1,44 @@
+"""Batched inference: one compiled function per model, fixed batch size, never image by image."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from badnet_prune.tf_setup import configure_tensorflow, keras, tf
+
+INFERENCE_BATCH = 1024
+
+
+def compiled_forward(model: keras.Model):
+    """A traced tf.function of the model's forward pass (one trace for any batch length)."""
+    configure_tensorflow()
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+    return tf.function(lambda x: model(x, training=False), input_signature=[spec], reduce_retracing=True)
+
+
+def scale_images(images: np.ndarray, input_scale: float) -> np.ndarray:
+    """Apply the model's input convention: raw 0..255 pixels (scale 1) or divided by 255."""
+    if input_scale == 1:
+        return images
+    return (images / np.float32(input_scale)).astype(np.float32, copy=False)
+
+
+def predict_labels(
+    forward, batches: Iterable[np.ndarray], input_scale: float = 1.0, batch_size: int = INFERENCE_BATCH
+) -> np.ndarray:
+    """Top-1 labels of every image, fed through `forward` in batches of at most batch_size."""
+    labels: list[np.ndarray] = []
+    for batch in batches:
+        for start in range(0, len(batch), batch_size):
+            chunk = scale_images(batch[start : start + batch_size], input_scale)
+            labels.append(np.argmax(forward(chunk).numpy(), axis=-1))
+    return np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+
+
+def accuracy_percent(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """Share of predictions equal to the labels, in percent (the ASR on a poisoned file)."""
+    if len(labels) == 0:
+        return float("nan")
+    return float(np.mean(predicted == labels) * 100.0)

@@ -1,0 +1,48 @@
+"""TensorFlow start-up in one place: quiet logs and GPU memory growth.
+
+Every module imports `tf` and `keras` from here, so these settings apply before TensorFlow
+initialises (they cannot be changed afterwards).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+
+@contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """TensorFlow's C++ start-up banner goes to fd 2 before any log setting applies; hide only that."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+with _stderr_silenced():
+    import keras
+    import tensorflow as tf
+
+__all__ = ["configure_tensorflow", "keras", "tf"]
+
+_configured = False
+
+
+def configure_tensorflow() -> None:
+    """Let every GPU grow its memory instead of taking all of it, so processes can share a card."""
+    global _configured
+    if _configured:
+        return
+    with _stderr_silenced():
+        gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        # RuntimeError: TensorFlow was initialised already and memory growth can no longer change.
+        with suppress(RuntimeError):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    _configured = True

@@ -1,0 +1,35 @@
+"""The `badnet-prune` command line: a typer app whose commands each live in their own module."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from badnet_prune.errors import BadInputError
+from orchestrator.commands import evaluate
+
+app = typer.Typer(
+    name="badnet-prune",
+    help="Find and neutralise backdoors in image classifiers with the pruning defense.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def badnet_prune() -> None:
+    """Find and neutralise backdoors in image classifiers with the pruning defense."""
+
+
+app.command("evaluate")(evaluate.evaluate)
+
+
+def main() -> None:
+    """Run the CLI; a user's mistake ends in one line on stderr and exit status 2, not a traceback."""
+    try:
+        app()
+    except BadInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""One module per CLI command, each registered on the app in orchestrator.cli."""

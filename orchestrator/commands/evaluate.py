@@ -1,0 +1,51 @@
+"""`badnet-prune evaluate`: a model's accuracy on each data file (the lab's eval.py, batched)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.options import InputScaleOption, ModelOption, TrustCodeOption
+
+
+def evaluate(
+    model: ModelOption,
+    data: Annotated[
+        list[Path],
+        typer.Option("--data", help="An HDF5 data file (`data`, `label`); repeat for several. "
+                     "On a poisoned file the accuracy is the attack success rate."),
+    ],
+    input_scale: InputScaleOption = 1.0,
+    trust_model_code: TrustCodeOption = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Accuracy of MODEL on each data file, in percent of the file's own labels."""
+    from badnet_prune.data import open_data_file
+    from badnet_prune.inference import accuracy_percent, compiled_forward, predict_labels
+    from badnet_prune.model_io import image_shape, load_model, num_classes
+
+    network = load_model(model, trust_code=trust_model_code)
+    files = [open_data_file(path, image_shape(network), num_classes(network)) for path in data]
+    forward = compiled_forward(network)
+    results = []
+    for data_file in files:
+        predicted = predict_labels(forward, data_file.batches(), input_scale)
+        results.append(
+            {"file": str(data_file.path), "images": data_file.count,
+             "accuracy": accuracy_percent(predicted, data_file.labels)}
+        )
+    if as_json:
+        print(json.dumps({"model": str(model), "input_scale": input_scale, "results": results}, indent=2))
+        return
+    table = Table(title=f"{model} (input scale {input_scale:g})")
+    table.add_column("data file")
+    table.add_column("images", justify="right")
+    table.add_column("accuracy %", justify="right")
+    for row in results:
+        table.add_row(row["file"], str(row["images"]), f"{row['accuracy']:.2f}")
+    Console().print(table)

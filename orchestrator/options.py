@@ -1,0 +1,32 @@
+"""CLI options shared by several commands, defined once so their help text agrees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _check_scale(value: float) -> float:
+    if value not in (1.0, 255.0):
+        raise typer.BadParameter("must be 1 (raw 0..255 pixels) or 255 (pixels divided by 255)")
+    return value
+
+
+ModelOption = Annotated[
+    Path,
+    typer.Option("--model", help="The BadNet: a full Keras model (.h5 legacy HDF5 or .keras) or a weights-only "
+                 ".h5 file with DeepID layer names (like the lab's bd_weights.h5)."),
+]
+InputScaleOption = Annotated[
+    float,
+    typer.Option("--input-scale", callback=_check_scale,
+                 help="What the model expects: 1 = raw 0..255 pixels (the lab's convention), "
+                 "255 = pixels divided by 255 (the 2020 competition's)."),
+]
+TrustCodeOption = Annotated[
+    bool,
+    typer.Option("--trust-model-code", help="Allow model files that carry code (Lambda layers, custom objects). "
+                 "Loading such a file runs that code: use only for files you trust."),
+]
