@@ -21,12 +21,15 @@ class Settings:
     broker_url: Celery broker (redis://...); None means the embedded default: tasks run in-process.
     artifact_dir: where B' and G model files are written.
     cache_dir: where workers share early-layer activations (HDF5 files keyed by sha256).
+    visibility_timeout_s: how long Redis waits for a task's acknowledgement before it hands the
+        task to another worker (a worker that died mid-task is noticed after this long).
     """
 
     db_url: str = DEFAULT_DB_URL
     broker_url: str | None = None
     artifact_dir: Path = Path("artifacts")
     cache_dir: Path = Path(".badnet-prune-cache")
+    visibility_timeout_s: int = 300
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -36,6 +39,7 @@ class Settings:
             broker_url=env.get("BADNET_PRUNE_BROKER") or None,
             artifact_dir=Path(env.get("BADNET_PRUNE_ARTIFACTS") or "artifacts"),
             cache_dir=Path(env.get("BADNET_PRUNE_CACHE") or ".badnet-prune-cache"),
+            visibility_timeout_s=int(env.get("BADNET_PRUNE_VISIBILITY_TIMEOUT") or 300),
         )
 
     def with_overrides(self, **overrides: object) -> Settings:

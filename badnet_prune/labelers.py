@@ -1,0 +1,63 @@
+"""The two ways to label images with channels pruned, behind one `labels_at` signature.
+
+CutLabeler runs only the tail on cached cut activations; WholeModelLabeler zeroes the
+filters and runs the whole model (the reference, and the fallback for graphs with no split).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from badnet_prune.inference import INFERENCE_BATCH, compiled_forward, scale_images
+from badnet_prune.network_split import SplitNetwork
+from badnet_prune.pruned_model import zeroed_filters
+from badnet_prune.tf_setup import keras
+
+TAIL_BATCH = 4096
+
+
+class CutLabeler:
+    """labels_at over cached cut activations: pruned channels take their pruned value."""
+
+    def __init__(self, split: SplitNetwork, activations: Mapping[str, np.ndarray], forward=None) -> None:
+        if split.tail is None:
+            raise ValueError("the network has no split; use WholeModelLabeler")
+        self._forward = forward if forward is not None else compiled_forward(split.tail)
+        self._pruned_values = split.pruned_values
+        self._activations = activations
+
+    def __call__(self, key: str, pruned: Sequence[int], rows: np.ndarray | None = None) -> np.ndarray:
+        source = self._activations[key]
+        cut = source.copy() if rows is None else source[rows]
+        if len(pruned):
+            index = np.asarray(pruned, dtype=np.int64)
+            cut[..., index] = self._pruned_values[index]
+        return forward_labels(self._forward, cut, TAIL_BATCH)
+
+
+class WholeModelLabeler:
+    """labels_at the reference way: zero the filters in a copy of the model, run all of it."""
+
+    def __init__(self, model: keras.Model, prune_layer: str, images: Mapping[str, np.ndarray], input_scale: float):
+        self._copy = keras.models.clone_model(model)
+        self._copy.set_weights(model.get_weights())
+        self._layer = self._copy.get_layer(prune_layer)
+        self._original = [np.asarray(w) for w in model.get_layer(prune_layer).get_weights()]
+        self._forward = compiled_forward(self._copy)
+        self._images = images
+        self._input_scale = input_scale
+
+    def __call__(self, key: str, pruned: Sequence[int], rows: np.ndarray | None = None) -> np.ndarray:
+        self._layer.set_weights(zeroed_filters(self._original, pruned))
+        images = self._images[key] if rows is None else self._images[key][rows]
+        return forward_labels(self._forward, scale_images(images, self._input_scale), INFERENCE_BATCH)
+
+
+def forward_labels(forward, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """Top-1 labels of `inputs` through a compiled forward function, in batches."""
+    labels = np.empty(len(inputs), dtype=np.int64)
+    for start in range(0, len(inputs), batch_size):
+        labels[start : start + batch_size] = np.argmax(forward(inputs[start : start + batch_size]).numpy(), axis=-1)
+    return labels

@@ -1,0 +1,31 @@
+"""The repaired net G_t: B's label where B and B'_t agree, class N ("backdoor detected") otherwise.
+
+G is built from built-in layers and keras.ops only, so plain Keras loads it in safe mode in a
+process that never imported this project. Its labels are also computed directly from B's and
+B'_t's labels (repaired_labels), which is how the defense evaluates it without running B twice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from badnet_prune.tf_setup import keras
+
+
+def repaired_labels(labels_b: np.ndarray, labels_b_prime: np.ndarray, num_classes: int) -> np.ndarray:
+    """G's labels: B's where B and B' agree, num_classes (= N) where they disagree."""
+    return np.where(labels_b == labels_b_prime, labels_b, num_classes)
+
+
+def build_repaired_net(model_b: keras.Model, model_b_prime: keras.Model, name: str = "G") -> keras.Model:
+    """A model with N + 1 outputs: B's probabilities and 0 where B and B' agree, one-hot N otherwise."""
+    inputs = keras.Input(shape=model_b.input_shape[1:], name="image")
+    probabilities_b = model_b(inputs)
+    probabilities_b_prime = model_b_prime(inputs)
+    agree = keras.ops.cast(
+        keras.ops.equal(keras.ops.argmax(probabilities_b, axis=-1), keras.ops.argmax(probabilities_b_prime, axis=-1)),
+        probabilities_b.dtype,
+    )
+    agree = keras.ops.expand_dims(agree, axis=-1)
+    outputs = keras.ops.concatenate([probabilities_b * agree, 1.0 - agree], axis=-1)
+    return keras.Model(inputs, outputs, name=name)
