@@ -7,7 +7,8 @@ import sys
 import typer
 
 from badnet_prune.errors import BadInputError
-from orchestrator.commands import evaluate
+from db.errors import DatabaseUnavailable
+from orchestrator.commands import defend, evaluate, migrate, sql, status, steps, sweep, worker
 
 app = typer.Typer(
     name="badnet-prune",
@@ -24,12 +25,19 @@ def badnet_prune() -> None:
 
 
 app.command("evaluate")(evaluate.evaluate)
+app.command("defend")(defend.defend)
+app.command("sweep")(sweep.sweep)
+app.command("status")(status.status)
+app.command("steps")(steps.steps)
+app.command("worker")(worker.worker)
+app.command("migrate")(migrate.migrate)
+app.command("sql")(sql.sql)
 
 
 def main() -> None:
     """Run the CLI; a user's mistake ends in one line on stderr and exit status 2, not a traceback."""
     try:
         app()
-    except BadInputError as error:
+    except (BadInputError, DatabaseUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -30,3 +30,21 @@ TrustCodeOption = Annotated[
     typer.Option("--trust-model-code", help="Allow model files that carry code (Lambda layers, custom objects). "
                  "Loading such a file runs that code: use only for files you trust."),
 ]
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="Database URL (default: $BADNET_PRUNE_DB, else the SQLite file ./badnet-prune.db). "
+                 "PostgreSQL: postgresql+psycopg://user@host/db."),
+]
+BrokerOption = Annotated[
+    str | None,
+    typer.Option("--broker", help="Celery broker URL, e.g. redis://127.0.0.1:6379/0 (default: $BADNET_PRUNE_BROKER). "
+                 "Without one, tasks run in this process (the embedded default)."),
+]
+
+
+def load_settings(db: str | None = None, broker: str | None = None, **overrides: object):
+    """The environment's settings with these flags applied."""
+    from badnet_prune.settings import Settings
+
+    return Settings.from_env().with_overrides(db_url=db, broker_url=broker, **overrides)

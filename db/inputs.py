@@ -1,0 +1,72 @@
+"""What a task needs to know about its model, read in one place: files, hashes and sweep settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import DataFile, Model, ModelData, Sweep
+
+
+@dataclass(frozen=True)
+class DataRef:
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    model_id: int
+    sweep_id: int
+    name: str
+    path: str
+    sha256: str
+    input_scale: float
+    status: str
+    acc0: float | None
+    channel_count: int | None
+    thresholds: list[float]
+    policy: str
+    prune_layer: str
+    rank_layer: str
+    artifact_dir: str
+    config: dict[str, Any]
+    data: dict[str, dict[str, DataRef]] = field(default_factory=dict)  # role -> poison name -> file
+
+
+def model_inputs(session: Session, model_id: int) -> ModelInputs:
+    model = session.get(Model, model_id, populate_existing=True)
+    if model is None:
+        raise LookupError(f"no model {model_id}")
+    sweep = session.get(Sweep, model.sweep_id, populate_existing=True)
+    assert sweep is not None  # the foreign key guarantees it
+    query = (
+        select(ModelData.role, ModelData.poison_name, DataFile.path, DataFile.sha256)
+        .join(DataFile, DataFile.id == ModelData.data_file_id)
+        .where(ModelData.model_id == model_id)
+        .order_by(ModelData.role, ModelData.poison_name)
+    )
+    data: dict[str, dict[str, DataRef]] = {}
+    for role, poison_name, path, sha256 in session.execute(query):
+        data.setdefault(role, {})[poison_name] = DataRef(path, sha256)
+    return ModelInputs(
+        model_id=model.id,
+        sweep_id=sweep.id,
+        name=model.name,
+        path=model.path,
+        sha256=model.sha256,
+        input_scale=model.input_scale,
+        status=model.status,
+        acc0=model.acc0,
+        channel_count=model.channel_count,
+        thresholds=list(sweep.thresholds),
+        policy=sweep.policy,
+        prune_layer=sweep.prune_layer,
+        rank_layer=sweep.rank_layer,
+        artifact_dir=sweep.artifact_dir,
+        config=dict(sweep.config),
+        data=data,
+    )

@@ -1,0 +1,99 @@
+"""`badnet-prune defend`: the whole defense on one model, as a one-model sweep on this machine."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from badnet_prune.errors import BadInputError
+from orchestrator.options import DbOption, InputScaleOption, ModelOption, TrustCodeOption, load_settings
+
+
+def _poisoned(values: list[str]) -> dict[str, dict[str, str]]:
+    sets: dict[str, dict[str, str]] = {}
+    for value in values:
+        name, _, files = value.partition("=")
+        valid, _, test = files.partition(",")
+        if not name or not valid or not test:
+            raise BadInputError("--poisoned", f"{value!r} is not NAME=VALID,TEST")
+        sets[name] = {"valid": valid, "test": test}
+    return sets
+
+
+def defend(
+    model: ModelOption,
+    clean_valid: Annotated[Path, typer.Option("--clean-valid", help="Clean validation data: the only data "
+                                              "the defense is designed on (ranking, thresholds).")],
+    clean_test: Annotated[Path, typer.Option("--clean-test", help="Clean test data, for evaluation only.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for steps.csv, summary.json and models/.")],
+    poisoned: Annotated[list[str] | None, typer.Option("--poisoned", help="A poisoned set as NAME=VALID,TEST "
+                        "(its labels are the attacker's targets); repeat for several triggers.")] = None,
+    thresholds: Annotated[str, typer.Option("--thresholds", help="Relative clean-accuracy drops that select "
+                          "B', comma-separated, each in (0, 1).")] = "0.02,0.04,0.1",
+    policy: Annotated[str, typer.Option("--policy", help="first: B'_t is the first step whose drop reaches t. "
+                      "notebook: the lab notebook's overwrite behaviour.")] = "first",
+    prune_layer: Annotated[str, typer.Option("--prune-layer", help="The Conv2D whose channels are pruned.")] = "conv_3",
+    rank_layer: Annotated[str, typer.Option("--rank-layer", help="The layer whose mean activation per channel on "
+                          "clean validation data ranks the channels.")] = "pool_3",
+    input_scale: InputScaleOption = 1.0,
+    trust_model_code: TrustCodeOption = False,
+    db: DbOption = None,
+) -> None:
+    """Rank, prune, select B' per threshold, build G, evaluate on test data, and write the results."""
+    from orchestrator.submit import submit_sweep
+    from orchestrator.sweep_file import parse_sweep
+
+    try:
+        threshold_values = [float(t) for t in thresholds.split(",") if t.strip()]
+    except ValueError as error:
+        raise BadInputError("--thresholds", f"{thresholds!r} is not a comma-separated list of numbers") from error
+    raw = {
+        "name": f"defend {model.name}",
+        "thresholds": threshold_values,
+        "policy": policy,
+        "prune_layer": prune_layer,
+        "rank_layer": rank_layer,
+        "range_size": 1000,
+        "trust_model_code": trust_model_code,
+        "model": [{
+            "name": model.stem, "path": str(model), "input_scale": input_scale,
+            "clean_valid": str(clean_valid), "clean_test": str(clean_test), "poisoned": _poisoned(poisoned or []),
+        }],
+    }
+    spec = parse_sweep(raw, base=Path.cwd(), source="defend", default_name="defend")
+    console = Console(stderr=True)
+    # defend always runs here, on the embedded default, whatever broker the environment names
+    settings = replace(load_settings(db=db, artifact_dir=out / "models"), broker_url=None)
+    sweep_id = submit_sweep(settings, spec, wait=True, console=console, extra_config={"flat_artifacts": True})
+    _write_results(settings.db_url, sweep_id, out, console)
+
+
+def _write_results(db_url: str, sweep_id: int, out: Path, console: Console) -> None:
+    from db.repository import list_models
+    from db.session import make_engine, session_scope
+    from orchestrator.exports import lab_table, model_summary, step_rows, to_csv
+
+    engine = make_engine(db_url)
+    with session_scope(engine) as session:
+        model = list_models(session, sweep_id)[0]
+        if model.status == "failed":
+            raise BadInputError(model.path, model.error or "failed")
+        columns, rows = step_rows(session, sweep_id)
+        summary = model_summary(session, sweep_id, model.id)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "steps.csv").write_text(to_csv(columns[1:], rows), encoding="utf-8")
+    (out / "summary.json").write_text(json.dumps({"sweep": sweep_id, **summary}, indent=2) + "\n", encoding="utf-8")
+    header, table_rows = lab_table(summary)
+    table = Table(title=f"{summary['model']}: clean validation accuracy of B {summary['acc0']:.2f}%")
+    for column in header:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in table_rows:
+        table.add_row(*row)
+    Console().print(table)
+    console.print(f"wrote {out / 'steps.csv'}, {out / 'summary.json'} and {out / 'models'}/ (sweep {sweep_id})")

@@ -1,0 +1,32 @@
+"""`badnet-prune steps SWEEP`: the per-step table of a sweep as CSV or JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from orchestrator.options import DbOption, load_settings
+
+
+def steps(
+    sweep_id: Annotated[int, typer.Argument(help="The sweep's id.")],
+    model: Annotated[str | None, typer.Option("--model", help="Only this model (its name in the sweep).")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
+    db: DbOption = None,
+) -> None:
+    """Print the steps: model, step, channel, fraction_pruned, clean_accuracy, asr_<poison>..."""
+    from badnet_prune.errors import BadInputError
+    from db.session import prepare_database, session_scope
+    from orchestrator.exports import step_rows, to_csv
+
+    if output_format not in ("csv", "json"):
+        raise BadInputError("--format", f"{output_format!r} is not csv or json")
+    engine = prepare_database(load_settings(db=db).db_url)
+    with session_scope(engine) as session:
+        columns, rows = step_rows(session, sweep_id, model)
+    if output_format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        print(to_csv(columns, rows), end="")

@@ -1,0 +1,35 @@
+"""`badnet-prune worker`: a real Celery worker with the project's settings."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from orchestrator.options import BrokerOption, DbOption, load_settings
+
+
+def worker(
+    broker: BrokerOption = None,
+    db: DbOption = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Pool processes. On a GPU machine run one "
+                           "worker per GPU (CUDA_VISIBLE_DEVICES) with concurrency 1.")] = 1,
+    queues: Annotated[str, typer.Option("--queues", help="Comma-separated queues to consume.")] = "badnet-prune",
+    loglevel: Annotated[str, typer.Option("--loglevel", help="Celery log level.")] = "INFO",
+    hostname: Annotated[str | None, typer.Option("--hostname", help="Worker node name (default: Celery's).")] = None,
+) -> None:
+    """Consume tasks from the broker and write results to the database.
+
+    The database schema is upgraded first; TensorFlow loads only in the pool's child processes.
+    """
+    from db.session import prepare_database
+    from worker.celery_app import make_celery
+
+    settings = load_settings(db=db, broker=broker)
+    prepare_database(settings.db_url).dispose()
+    app = make_celery(settings)
+    argv = ["worker", f"--concurrency={concurrency}", f"--queues={queues}", f"--loglevel={loglevel}",
+            "--pool=prefork", "--without-gossip", "--without-mingle"]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    app.worker_main(argv)

@@ -1,0 +1,47 @@
+"""The Celery application, made from settings by a function (never at import time).
+
+JSON only, late acknowledgement with reject-on-worker-lost, one message prefetched at a time,
+and a Redis visibility timeout short enough that a dead worker's task is redelivered in minutes.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from badnet_prune.settings import Settings
+
+QUEUE = "badnet-prune"
+
+
+def make_celery(settings: Settings) -> Celery:
+    if not settings.broker_url:
+        raise ValueError("no broker URL: set BADNET_PRUNE_BROKER or pass --broker")
+    app = Celery("badnet_prune", broker=settings.broker_url, include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=QUEUE,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        badnet_settings=settings,
+    )
+    return app
+
+
+@worker_process_init.connect
+def _install_runtime_in_child(**_: object) -> None:
+    """Each pool child makes its own engine and caches after the fork; TensorFlow loads lazily there."""
+    from celery import current_app
+
+    from worker.dispatch import CeleryDispatcher
+    from worker.runtime import install_runtime
+
+    install_runtime(current_app.conf.badnet_settings, CeleryDispatcher(current_app))

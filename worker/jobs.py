@@ -1,0 +1,189 @@
+"""The work of each task kind: read inputs by id, call the numerics, write results.
+
+No transaction is held while TensorFlow computes: inputs are read in one short session,
+results written in another, as upserts keyed by what they describe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from badnet_prune.activations import channel_means, rank_activation_batches
+from badnet_prune.data import open_data_file
+from badnet_prune.evaluation import CLEAN, evaluate_networks
+from badnet_prune.hashing import sha256_file
+from badnet_prune.inference import accuracy_percent, compiled_forward
+from badnet_prune.pruned_model import build_pruned_model
+from badnet_prune.pruning import prune_range
+from badnet_prune.ranking import rank_channels
+from badnet_prune.repair import build_repaired_net
+from badnet_prune.selection import select_steps
+from db.inputs import ModelInputs, model_inputs
+from db.repository import set_model_status
+from db.results import (
+    StepRow,
+    read_ranking,
+    read_steps,
+    save_artifact,
+    save_evaluation,
+    save_ranking,
+    save_selection,
+    save_steps,
+)
+from db.session import session_scope
+from worker.loaded import LoadedData, LoadedModel, ModelKey, labeled_set
+from worker.runtime import Runtime
+
+
+def _inputs(runtime: Runtime, model_id: int) -> ModelInputs:
+    with session_scope(runtime.engine) as session:
+        return model_inputs(session, model_id)
+
+
+def _loaded(runtime: Runtime, inputs: ModelInputs) -> LoadedModel:
+    key = ModelKey(
+        path=inputs.path,
+        sha256=inputs.sha256,
+        input_scale=inputs.input_scale,
+        prune_layer=inputs.prune_layer,
+        rank_layer=inputs.rank_layer,
+        trust_code=bool(inputs.config.get("trust_model_code", False)),
+    )
+    return runtime.memory.model(key)
+
+
+def _data(runtime: Runtime, loaded: LoadedModel, inputs: ModelInputs, role: str) -> dict[str, LoadedData]:
+    return {
+        name: runtime.memory.data(loaded, ref.path, ref.sha256) for name, ref in inputs.data.get(role, {}).items()
+    }
+
+
+def rank_model(runtime: Runtime, model_id: int) -> None:
+    """Rank the prune layer's channels on clean validation data and record B's accuracy there (acc0)."""
+    inputs = _inputs(runtime, model_id)
+    loaded = _loaded(runtime, inputs)
+    split = loaded.split
+    clean = _data(runtime, loaded, inputs, "clean_valid")[""]
+    if split.rank_from_input is not None or clean.cut is None:
+        forward = compiled_forward(split.rank_from_input or _rank_model_from_input(split))
+        data_file = open_data_file(inputs.data["clean_valid"][""].path, loaded.image_shape, loaded.num_classes)
+        batches = (forward(batch / np.float32(inputs.input_scale)).numpy() for batch in data_file.batches())
+        means = channel_means(batches)
+    else:
+        rank_forward = compiled_forward(split.rank_from_cut) if split.rank_from_cut is not None else None
+        means = channel_means(rank_activation_batches(split, clean.cut, rank_forward))
+    order = rank_channels(means)
+    labels = runtime.memory.labels_at(loaded, {"": clean})("", [], None)
+    with session_scope(runtime.engine) as session:
+        save_ranking(session, model_id, [(int(c), position, float(means[c])) for position, c in enumerate(order)])
+        set_model_status(
+            session, model_id, "running", acc0=accuracy_percent(labels, clean.labels),
+            channel_count=split.channel_count,
+        )
+
+
+def _rank_model_from_input(split):
+    from badnet_prune.tf_setup import keras
+
+    return keras.Model(split.model.input, split.model.get_layer(split.rank_layer).output)
+
+
+def prune_steps(runtime: Runtime, model_id: int, start: int, stop: int) -> None:
+    """Steps [start, stop): clean validation accuracy and every poisoned set's ASR."""
+    inputs = _inputs(runtime, model_id)
+    with session_scope(runtime.engine) as session:
+        order = [channel for channel, _, _ in read_ranking(session, model_id)]
+    loaded = _loaded(runtime, inputs)
+    clean = _data(runtime, loaded, inputs, "clean_valid")[""]
+    poisoned = _data(runtime, loaded, inputs, "poisoned_valid")
+    labels_at = runtime.memory.labels_at(loaded, {"": clean, **poisoned})
+    steps = prune_range(
+        labels_at, labeled_set("", clean), {n: labeled_set(n, d) for n, d in poisoned.items()}, order, start, stop
+    )
+    rows = [
+        StepRow(
+            step=s.step, channel=s.channel, fraction_pruned=s.fraction_pruned, clean_accuracy=s.clean_accuracy,
+            clean_correct=s.clean_correct, asr={name: (s.asr[name], s.hits[name]) for name in s.asr},
+        )
+        for s in steps
+    ]
+    with session_scope(runtime.engine) as session:
+        save_steps(session, model_id, rows)
+
+
+def evaluate_threshold(runtime: Runtime, model_id: int, threshold: float) -> None:
+    """Select B'_t, write B'_t and G_t, and evaluate B, B'_t and G_t on the test files."""
+    inputs = _inputs(runtime, model_id)
+    with session_scope(runtime.engine) as session:
+        order = [channel for channel, _, _ in read_ranking(session, model_id)]
+        steps = read_steps(session, inputs.sweep_id, inputs.name)
+    expected = len(order) + 1
+    if [s.step for s in steps] != list(range(expected)):
+        raise RuntimeError(f"model {inputs.name}: {len(steps)} of {expected} steps stored; ranges must finish first")
+    assert inputs.acc0 is not None
+    step = select_steps(inputs.acc0, [s.clean_accuracy for s in steps], inputs.thresholds, inputs.policy)[threshold]
+    loaded = _loaded(runtime, inputs)
+    tests = {CLEAN: _data(runtime, loaded, inputs, "clean_test")[""]}
+    tests.update(_data(runtime, loaded, inputs, "poisoned_test"))
+    labels_at = runtime.memory.labels_at(loaded, tests)
+    labels_b = {name: labels_at(name, [], None) for name in tests}
+    pruned = order[:step] if step is not None else None
+    labels_b_prime = {} if pruned is None else {threshold: {name: labels_at(name, pruned, None) for name in tests}}
+    truth = {name: data.labels for name, data in tests.items()}
+    evaluations = evaluate_networks(labels_b, labels_b_prime, truth, loaded.num_classes)
+    artifacts = [] if pruned is None else _write_models(loaded, inputs, threshold, step, pruned)
+    with session_scope(runtime.engine) as session:
+        valid_accuracy = None if step is None else steps[step].clean_accuracy
+        save_selection(session, model_id, threshold, step, valid_accuracy)
+        for row in evaluations:
+            save_evaluation(
+                session, model_id, network=row.network, threshold=row.threshold, dataset=row.dataset,
+                accuracy=row.accuracy, image_count=row.image_count, flagged=row.flagged,
+            )
+        for kind, path, provenance in artifacts:
+            save_artifact(
+                session, model_id, threshold=threshold, kind=kind, path=path, sha256=sha256_file(path),
+                provenance=provenance,
+            )
+
+
+def artifact_folder(inputs: ModelInputs) -> Path:
+    """DIR itself for `defend`; DIR/sweep-<id>/<model> for sweeps, so that sweeps never mix files."""
+    base = Path(inputs.artifact_dir)
+    return base if inputs.config.get("flat_artifacts") else base / f"sweep-{inputs.sweep_id}" / inputs.name
+
+
+def _write_models(loaded: LoadedModel, inputs: ModelInputs, threshold: float, step: int, pruned: list[int]):
+    folder = artifact_folder(inputs)
+    folder.mkdir(parents=True, exist_ok=True)
+    b_prime = build_pruned_model(loaded.split.model, inputs.prune_layer, pruned)
+    g = build_repaired_net(loaded.split.model, b_prime)
+    provenance = {
+        "source_model": inputs.path,
+        "source_sha256": inputs.sha256,
+        "input_scale": inputs.input_scale,
+        "prune_layer": inputs.prune_layer,
+        "rank_layer": inputs.rank_layer,
+        "pruned_channels": [int(c) for c in pruned],
+        "step": step,
+        "threshold": threshold,
+        "policy": inputs.policy,
+    }
+    written = []
+    for kind, network in (("B_prime", b_prime), ("G", g)):
+        path = folder / f"{kind}_{threshold:g}.keras"
+        _save_atomically(network, path)
+        described = {**provenance, "kind": kind}
+        path.with_suffix(".json").write_text(json.dumps(described, indent=2) + "\n", encoding="utf-8")
+        written.append((kind, str(path), described))
+    return written
+
+
+def _save_atomically(network, path: Path) -> None:
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    network.save(temporary)
+    os.replace(temporary, path)

@@ -1,0 +1,51 @@
+"""The state of a worker process: settings, database engine, dispatcher and in-memory caches.
+
+Made lazily in the process that runs tasks (a Celery pool child, or the CLI on the embedded
+default), never in a parent that forks: TensorFlow and database connections do not survive fork.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+
+from badnet_prune.settings import Settings
+from db.session import make_engine
+from worker.dispatch import Dispatcher
+
+if TYPE_CHECKING:
+    from worker.loaded import WorkerMemory
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    dispatcher: Dispatcher
+    memory: WorkerMemory
+    hostname: str = field(default_factory=socket.gethostname)
+
+
+_current: Runtime | None = None
+
+
+def install_runtime(settings: Settings, dispatcher: Dispatcher, engine: Engine | None = None) -> Runtime:
+    from worker.loaded import WorkerMemory
+
+    global _current
+    _current = Runtime(
+        settings=settings,
+        engine=engine if engine is not None else make_engine(settings.db_url),
+        dispatcher=dispatcher,
+        memory=WorkerMemory(settings.cache_dir),
+    )
+    return _current
+
+
+def current_runtime() -> Runtime:
+    if _current is None:
+        raise RuntimeError("no worker runtime in this process")
+    return _current
