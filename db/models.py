@@ -1,0 +1,308 @@
+"""The schema: one mapped class per table, the same on SQLite and PostgreSQL.
+
+Results are keyed by what they describe (model, step, poison name...), so a redelivered
+Celery task finds its own rows again and rewrites them (see db.upsert). Rows below a sweep
+or model go with it (ON DELETE CASCADE in the database, so no ORM relationship is needed).
+The hand-written migration in db/migrations/versions must match this module; a test compares.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    MetaData,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SWEEP_STATUSES = ("pending", "running", "done", "failed")  # 'done' even when some models failed
+MODEL_STATUSES = ("pending", "running", "done", "failed")
+POLICIES = ("first", "notebook")
+CLEAN_ROLES = ("clean_valid", "clean_test")
+POISONED_ROLES = ("poisoned_valid", "poisoned_test")
+TASK_KINDS = ("rank", "prune_range", "threshold", "finish")  # 'finish' is per sweep: no model
+TASK_STATES = ("pending", "queued", "running", "done", "failed", "retrying")
+NETWORKS = ("B", "B_prime", "G")
+ARTIFACT_KINDS = ("B_prime", "G")
+
+# Deterministic constraint names, so that migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def one_of(column: str, values: tuple[str, ...]) -> str:
+    """SQL text of a CHECK that a column holds one of a few words."""
+    return f"{column} IN ({', '.join(repr(value) for value in values)})"
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timestamps in UTC, timezone-aware in Python on both backends.
+
+    PostgreSQL keeps the zone (timestamptz); SQLite has none, so UTC is stored naive and
+    the zone is put back on reading.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware one")
+        value = value.astimezone(UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {  # noqa: RUF012 (SQLAlchemy reads this class attribute)
+        datetime: UtcDateTime,
+        dict[str, Any]: JSON,
+        list[float]: JSON,
+    }
+
+
+def _model_fk() -> ForeignKey:
+    return ForeignKey("models.id", ondelete="CASCADE")
+
+
+class Sweep(Base):
+    """One run of the defense over a set of models, as registered by the orchestrator."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (
+        CheckConstraint(one_of("policy", POLICIES), name="policy"),
+        CheckConstraint(one_of("status", SWEEP_STATUSES), name="status"),
+        CheckConstraint("range_size > 0", name="range_size"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    config: Mapped[dict[str, Any]]  # the sweep definition as given, to replay it
+    thresholds: Mapped[list[float]]
+    policy: Mapped[str]
+    prune_layer: Mapped[str]
+    rank_layer: Mapped[str]
+    range_size: Mapped[int]
+    artifact_dir: Mapped[str]
+    status: Mapped[str] = mapped_column(default="pending")
+    finished_at: Mapped[datetime | None]
+
+
+class DataFile(Base):
+    """An HDF5 data file as seen once: the same path with new contents is a new row."""
+
+    __tablename__ = "data_files"
+    __table_args__ = (UniqueConstraint("path", "sha256"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str]  # absolute
+    sha256: Mapped[str]
+    image_count: Mapped[int]
+
+
+class Model(Base):
+    """A BadNet under test within a sweep, with its state and clean validation accuracy."""
+
+    __tablename__ = "models"
+    __table_args__ = (
+        UniqueConstraint("sweep_id", "name"),
+        CheckConstraint(one_of("status", MODEL_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
+    name: Mapped[str]
+    path: Mapped[str]
+    sha256: Mapped[str]
+    input_scale: Mapped[float]
+    status: Mapped[str] = mapped_column(default="pending")
+    error: Mapped[str | None] = mapped_column(Text)
+    acc0: Mapped[float | None]  # clean validation accuracy before pruning, percent
+    channel_count: Mapped[int | None]  # channels of the pruned layer: steps run 0..channel_count
+
+
+class ModelData(Base):
+    """Which data file plays which role for a model; poisoned roles are per poison name."""
+
+    __tablename__ = "model_data"
+    __table_args__ = (
+        UniqueConstraint("model_id", "role", "poison_name"),
+        CheckConstraint(
+            f"({one_of('role', CLEAN_ROLES)} AND poison_name = '')"
+            f" OR ({one_of('role', POISONED_ROLES)} AND poison_name <> '')",
+            name="role",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(_model_fk())
+    role: Mapped[str]
+    poison_name: Mapped[str] = mapped_column(default="")
+    data_file_id: Mapped[int] = mapped_column(ForeignKey("data_files.id"), index=True)
+
+
+class Task(Base):
+    """One unit of queued work and its life: what the resume and progress views read.
+
+    The 'finish' task belongs to the sweep and has no model. NULLs are distinct in unique
+    constraints, so uniqueness is two partial unique indexes (one per case), which both
+    backends support and can name as the conflict target of an upsert.
+    """
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint(one_of("kind", TASK_KINDS), name="kind"),
+        CheckConstraint(one_of("state", TASK_STATES), name="state"),
+        CheckConstraint(
+            "(kind = 'finish' AND model_id IS NULL) OR (kind <> 'finish' AND model_id IS NOT NULL)",
+            name="model_scope",
+        ),
+        Index(
+            "uq_tasks_model_task",
+            "sweep_id",
+            "model_id",
+            "kind",
+            "key",
+            unique=True,
+            sqlite_where=text("model_id IS NOT NULL"),
+            postgresql_where=text("model_id IS NOT NULL"),
+        ),
+        Index(
+            "uq_tasks_sweep_task",
+            "sweep_id",
+            "kind",
+            "key",
+            unique=True,
+            sqlite_where=text("model_id IS NULL"),
+            postgresql_where=text("model_id IS NULL"),
+        ),
+        Index(None, "sweep_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
+    model_id: Mapped[int | None] = mapped_column(_model_fk(), index=True)
+    kind: Mapped[str]
+    key: Mapped[str] = mapped_column(default="")  # '0-10': steps [0, 10); '0.02': a threshold
+    state: Mapped[str] = mapped_column(default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    worker: Mapped[str | None]
+    celery_id: Mapped[str | None]
+    enqueued_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    seconds: Mapped[float | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Ranking(Base):
+    """A channel's place in the pruning order (position 0 is pruned first)."""
+
+    __tablename__ = "rankings"
+
+    model_id: Mapped[int] = mapped_column(_model_fk(), primary_key=True)
+    channel: Mapped[int] = mapped_column(primary_key=True)
+    position: Mapped[int]
+    mean_activation: Mapped[float]
+
+
+class Step(Base):
+    """The pruned model after `step` channels: clean validation accuracy (step 0 = unpruned)."""
+
+    __tablename__ = "steps"
+    __table_args__ = (
+        CheckConstraint("(step = 0 AND channel IS NULL) OR (step > 0 AND channel IS NOT NULL)", name="channel"),
+    )
+
+    model_id: Mapped[int] = mapped_column(_model_fk(), primary_key=True)
+    step: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[int | None]  # the channel pruned last
+    fraction_pruned: Mapped[float]
+    clean_accuracy: Mapped[float]  # percent
+    clean_correct: Mapped[int]
+
+
+class StepAsr(Base):
+    """Attack success rate of one poison at one step; goes with its step."""
+
+    __tablename__ = "step_asr"
+    __table_args__ = (ForeignKeyConstraint(["model_id", "step"], ["steps.model_id", "steps.step"], ondelete="CASCADE"),)
+
+    model_id: Mapped[int] = mapped_column(primary_key=True)
+    step: Mapped[int] = mapped_column(primary_key=True)
+    poison_name: Mapped[str] = mapped_column(primary_key=True)
+    asr: Mapped[float]  # percent
+    hits: Mapped[int]
+
+
+class Selection(Base):
+    """The step chosen for a threshold under the sweep's policy (None: never reached)."""
+
+    __tablename__ = "selections"
+
+    model_id: Mapped[int] = mapped_column(_model_fk(), primary_key=True)
+    threshold: Mapped[float] = mapped_column(primary_key=True)
+    step: Mapped[int | None]
+    clean_valid_accuracy: Mapped[float | None]
+
+
+class Evaluation(Base):
+    """A network on a test file: accuracy against the file's labels (clean accuracy or ASR)."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        CheckConstraint(one_of("network", NETWORKS), name="network"),
+        CheckConstraint("network <> 'B' OR threshold = 0", name="b_threshold"),
+        CheckConstraint("network = 'G' OR flagged IS NULL", name="flagged"),
+    )
+
+    model_id: Mapped[int] = mapped_column(_model_fk(), primary_key=True)
+    network: Mapped[str] = mapped_column(primary_key=True)
+    threshold: Mapped[float] = mapped_column(primary_key=True)  # 0.0 for B
+    dataset: Mapped[str] = mapped_column(primary_key=True)  # 'clean' or the poison name
+    accuracy: Mapped[float]  # percent
+    flagged: Mapped[float | None]  # percent classified as N (G only)
+    image_count: Mapped[int]
+
+
+class Artifact(Base):
+    """A model file written for a threshold (B' or G), with where it came from."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (CheckConstraint(one_of("kind", ARTIFACT_KINDS), name="kind"),)
+
+    model_id: Mapped[int] = mapped_column(_model_fk(), primary_key=True)
+    threshold: Mapped[float] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(primary_key=True)
+    path: Mapped[str]
+    sha256: Mapped[str]
+    provenance: Mapped[dict[str, Any]]

@@ -1,0 +1,313 @@
+"""Sweeps, models, their data files and tasks: what the orchestrator registers and workers track.
+
+Every function takes the caller's Session first and neither commits nor opens one (see
+db.session.session_scope). Writes keyed by a natural key are upserts (db.upsert), so a
+redelivered Celery task rewrites its rows. Readers re-read from the database
+(populate_existing), never trusting objects an earlier write in the same session loaded.
+Per-step and per-threshold results are in db.results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from db.models import (
+    MODEL_STATUSES,
+    POLICIES,
+    SWEEP_STATUSES,
+    TASK_KINDS,
+    TASK_STATES,
+    Base,
+    DataFile,
+    Model,
+    ModelData,
+    Step,
+    Sweep,
+    Task,
+    utcnow,
+)
+from db.upsert import upsert_statement
+
+TASK_FIELDS = frozenset(
+    {"state", "attempts", "worker", "celery_id", "enqueued_at", "started_at", "finished_at", "seconds", "error"}
+)
+MODEL_FIELDS = frozenset({"acc0", "channel_count"})
+FINAL_TASK_STATES = frozenset({"done", "failed", "retrying"})
+
+RowT = TypeVar("RowT", bound=Base)
+
+
+@dataclass(frozen=True)
+class ModelProgress:
+    """Where one model of a sweep stands; steps_expected is None until its layer is known."""
+
+    model_id: int
+    name: str
+    status: str
+    error: str | None
+    steps_stored: int
+    steps_expected: int | None
+    tasks: dict[str, int] = field(default_factory=dict)  # state -> count
+
+
+@dataclass(frozen=True)
+class SweepProgress:
+    sweep_id: int
+    status: str
+    models: list[ModelProgress]
+    sweep_tasks: dict[str, int]  # state -> count of the sweep's own tasks ('finish')
+
+
+def check_choice(value: str, allowed: Sequence[str], what: str) -> str:
+    """Refuse a word the schema's CHECK constraint would refuse, with a readable message."""
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
+
+
+def create_sweep(
+    session: Session,
+    *,
+    name: str,
+    config: Mapping[str, Any],
+    thresholds: Iterable[float],
+    policy: str,
+    prune_layer: str,
+    rank_layer: str,
+    range_size: int,
+    artifact_dir: str | Path,
+) -> int:
+    """Register a new sweep (status 'pending'); each call makes a new one."""
+    sweep = Sweep(
+        name=name,
+        config=dict(config),
+        thresholds=[float(threshold) for threshold in thresholds],
+        policy=check_choice(policy, POLICIES, "policy"),
+        prune_layer=prune_layer,
+        rank_layer=rank_layer,
+        range_size=range_size,
+        artifact_dir=str(artifact_dir),
+    )
+    session.add(sweep)
+    session.flush()
+    return sweep.id
+
+
+def set_sweep_status(session: Session, sweep_id: int, status: str) -> None:
+    """'done' and 'failed' stamp finished_at; 'done' stands even when some models failed."""
+    check_choice(status, SWEEP_STATUSES, "sweep status")
+    finished_at = utcnow() if status in ("done", "failed") else None
+    _update_one(session, Sweep, sweep_id, status=status, finished_at=finished_at)
+
+
+def delete_sweep(session: Session, sweep_id: int) -> bool:
+    """Delete a sweep and, by cascade in the database, everything below it."""
+    return session.execute(delete(Sweep).where(Sweep.id == sweep_id)).rowcount == 1  # type: ignore[attr-defined]
+
+
+def upsert_data_file(session: Session, path: str | Path, sha256: str, image_count: int) -> int:
+    """The id of the data file with this absolute path and contents, recording it if new."""
+    statement = upsert_statement(session, DataFile, key=["path", "sha256"], update=["image_count"])
+    row = {"path": str(Path(path).expanduser().absolute()), "sha256": sha256, "image_count": image_count}
+    return session.execute(statement.values(row).returning(DataFile.id)).scalar_one()
+
+
+def add_model(
+    session: Session,
+    sweep_id: int,
+    *,
+    name: str,
+    path: str | Path,
+    sha256: str,
+    input_scale: float,
+    data: Iterable[tuple[str, str, int]],
+) -> int:
+    """Register (or re-register) a model of a sweep with its data: (role, poison_name, data_file_id).
+
+    Roles are clean_valid/clean_test (poison_name '') and poisoned_valid/poisoned_test (one
+    per poison name). Re-registering keeps the model's id and status and replaces its data.
+    """
+    statement = upsert_statement(session, Model, key=["sweep_id", "name"], update=["path", "sha256", "input_scale"])
+    row = {"sweep_id": sweep_id, "name": name, "path": str(path), "sha256": sha256, "input_scale": input_scale}
+    model_id: int = session.execute(statement.values(row).returning(Model.id)).scalar_one()
+    rows = [
+        {"model_id": model_id, "role": role, "poison_name": poison, "data_file_id": file_id}
+        for role, poison, file_id in data
+    ]
+    if rows:
+        data_statement = upsert_statement(
+            session, ModelData, key=["model_id", "role", "poison_name"], update=["data_file_id"]
+        )
+        session.execute(data_statement, rows)
+    kept = [(row["role"], row["poison_name"]) for row in rows]
+    session.execute(
+        delete(ModelData).where(
+            ModelData.model_id == model_id, tuple_(ModelData.role, ModelData.poison_name).not_in(kept)
+        )
+    )
+    return model_id
+
+
+def set_model_status(session: Session, model_id: int, status: str, error: str | None = None, **fields: Any) -> None:
+    """Set a model's status and error (None clears it); fields: acc0, channel_count."""
+    check_choice(status, MODEL_STATUSES, "model status")
+    _check_fields(fields, MODEL_FIELDS, "set_model_status")
+    _update_one(session, Model, model_id, status=status, error=error, **fields)
+
+
+def upsert_task(session: Session, sweep_id: int, model_id: int | None, kind: str, key: str = "", **fields: Any) -> int:
+    """The id of the task (sweep, model, kind, key), created 'pending' if new.
+
+    Only the fields given are written over an existing task, so planning a sweep again (on
+    resume) leaves the state of finished tasks alone. model_id is None for 'finish' only.
+    """
+    check_choice(kind, TASK_KINDS, "task kind")
+    _check_fields(fields, TASK_FIELDS, "upsert_task")
+    if "state" in fields:
+        check_choice(fields["state"], TASK_STATES, "task state")
+    if model_id is None:
+        index, where = ["sweep_id", "kind", "key"], Task.model_id.is_(None)
+    else:
+        index, where = ["sweep_id", "model_id", "kind", "key"], Task.model_id.is_not(None)
+    statement = upsert_statement(session, Task, key=index, update=list(fields), index_where=where)
+    row = {"sweep_id": sweep_id, "model_id": model_id, "kind": kind, "key": key, **fields}
+    return session.execute(statement.values(row).returning(Task.id)).scalar_one()
+
+
+def mark_task(
+    session: Session,
+    task_id: int,
+    state: str,
+    *,
+    worker: str | None = None,
+    celery_id: str | None = None,
+    error: str | None = None,
+    seconds: float | None = None,
+) -> Task:
+    """Move a task to `state`, stamping what that state means.
+
+    queued: enqueued_at (and celery_id). running: started_at, attempts + 1, worker; clears the
+    end of an earlier attempt. done/failed/retrying: finished_at, seconds (measured from
+    started_at unless given), error (cleared by done). The row is locked while it changes.
+    """
+    check_choice(state, TASK_STATES, "task state")
+    task = session.get(Task, task_id, with_for_update=True, populate_existing=True)
+    if task is None:
+        raise LookupError(f"no task {task_id}")
+    now = utcnow()
+    task.state = state
+    if state == "queued":
+        task.enqueued_at = now
+    elif state == "running":
+        task.attempts += 1
+        task.started_at, task.finished_at, task.seconds = now, None, None
+    elif state in FINAL_TASK_STATES:
+        task.finished_at = now
+        if seconds is None and task.started_at is not None:
+            seconds = (now - task.started_at).total_seconds()
+        task.seconds = seconds
+    if error is not None or state == "done":
+        task.error = error
+    if worker is not None:
+        task.worker = worker
+    if celery_id is not None:
+        task.celery_id = celery_id
+    session.flush()
+    return task
+
+
+def get_sweep(session: Session, sweep_id: int) -> Sweep:
+    return _get(session, Sweep, sweep_id)
+
+
+def get_model(session: Session, model_id: int) -> Model:
+    return _get(session, Model, model_id)
+
+
+def get_task(session: Session, task_id: int) -> Task:
+    return _get(session, Task, task_id)
+
+
+def list_models(session: Session, sweep_id: int) -> list[Model]:
+    """The sweep's models in the order they were added."""
+    query = select(Model).where(Model.sweep_id == sweep_id).order_by(Model.id)
+    return list(session.scalars(query.execution_options(populate_existing=True)))
+
+
+def model_data_paths(session: Session, model_id: int) -> dict[str, dict[str, str]]:
+    """{role: {poison_name: path}}; clean roles have the single poison name ''."""
+    query = (
+        select(ModelData.role, ModelData.poison_name, DataFile.path)
+        .join(DataFile, DataFile.id == ModelData.data_file_id)
+        .where(ModelData.model_id == model_id)
+        .order_by(ModelData.role, ModelData.poison_name)
+    )
+    paths: dict[str, dict[str, str]] = {}
+    for role, poison_name, path in session.execute(query):
+        paths.setdefault(role, {})[poison_name] = path
+    return paths
+
+
+def missing_tasks(session: Session, sweep_id: int) -> list[Task]:
+    """The sweep's tasks that are not 'done' (what a resume must enqueue again), oldest first."""
+    query = select(Task).where(Task.sweep_id == sweep_id, Task.state != "done").order_by(Task.id)
+    return list(session.scalars(query.execution_options(populate_existing=True)))
+
+
+def sweep_progress(session: Session, sweep_id: int) -> SweepProgress:
+    """Per model: status, error, steps stored out of steps expected (channels + 1), tasks by state."""
+    sweep = get_sweep(session, sweep_id)
+    models = list_models(session, sweep_id)
+    step_counts = (
+        select(Step.model_id, func.count())
+        .join(Model, Model.id == Step.model_id)
+        .where(Model.sweep_id == sweep_id)
+        .group_by(Step.model_id)
+    )
+    steps: dict[int, int] = {model_id: count for model_id, count in session.execute(step_counts)}
+    tasks: dict[int | None, dict[str, int]] = {}
+    task_counts = select(Task.model_id, Task.state, func.count()).where(Task.sweep_id == sweep_id)
+    for model_id, state, count in session.execute(task_counts.group_by(Task.model_id, Task.state)):
+        tasks.setdefault(model_id, {})[state] = count
+    return SweepProgress(
+        sweep_id=sweep.id,
+        status=sweep.status,
+        models=[
+            ModelProgress(
+                model_id=model.id,
+                name=model.name,
+                status=model.status,
+                error=model.error,
+                steps_stored=steps.get(model.id, 0),
+                steps_expected=None if model.channel_count is None else model.channel_count + 1,
+                tasks=tasks.get(model.id, {}),
+            )
+            for model in models
+        ],
+        sweep_tasks=tasks.get(None, {}),
+    )
+
+
+def _get(session: Session, model: type[RowT], row_id: int) -> RowT:
+    row = session.get(model, row_id, populate_existing=True)
+    if row is None:
+        raise LookupError(f"no {model.__tablename__} row with id {row_id}")
+    return row
+
+
+def _update_one(session: Session, model: type[Base], row_id: int, **values: Any) -> None:
+    result = session.execute(update(model).where(model.id == row_id).values(**values))  # type: ignore[attr-defined]
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise LookupError(f"no {model.__tablename__} row with id {row_id}")
+
+
+def _check_fields(fields: Mapping[str, Any], allowed: frozenset[str], function: str) -> None:
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise TypeError(f"{function}() got unexpected fields {unknown}; allowed: {sorted(allowed)}")

@@ -1,0 +1,206 @@
+"""Per-model results: ranking, pruning steps with their ASR, threshold selections, test
+evaluations and written artifacts.
+
+Writers are upserts keyed by what a row describes (see db.upsert), so a redelivered task
+rewrites its rows; each takes the caller's Session and leaves committing to it. Readers return
+rows in the order a report prints them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from db.models import ARTIFACT_KINDS, NETWORKS, Artifact, Evaluation, Model, Ranking, Selection, Step, StepAsr
+from db.repository import check_choice
+from db.upsert import upsert_rows
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One pruning step as a worker measured it; asr maps poison name -> (ASR percent, hits)."""
+
+    step: int
+    channel: int | None
+    fraction_pruned: float
+    clean_accuracy: float
+    clean_correct: int
+    asr: Mapping[str, tuple[float, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredStep:
+    """A step as stored, with its model's name; asr and hits are keyed by poison name."""
+
+    model: str
+    step: int
+    channel: int | None
+    fraction_pruned: float
+    clean_accuracy: float
+    clean_correct: int
+    asr: dict[str, float]
+    hits: dict[str, int]
+
+
+def save_ranking(session: Session, model_id: int, rows: Iterable[tuple[int, int, float]]) -> None:
+    """Store the pruning order: rows of (channel, position, mean activation), position 0 first."""
+    values = [
+        {"model_id": model_id, "channel": channel, "position": position, "mean_activation": mean}
+        for channel, position, mean in rows
+    ]
+    upsert_rows(session, Ranking, values, key=["model_id", "channel"])
+
+
+def read_ranking(session: Session, model_id: int) -> list[tuple[int, int, float]]:
+    """(channel, position, mean activation) in pruning order."""
+    query = (
+        select(Ranking.channel, Ranking.position, Ranking.mean_activation)
+        .where(Ranking.model_id == model_id)
+        .order_by(Ranking.position)
+    )
+    return [(channel, position, mean) for channel, position, mean in session.execute(query)]
+
+
+def save_steps(session: Session, model_id: int, rows: Iterable[StepRow]) -> None:
+    """Store pruning steps and the ASR of each poison at them (a range task's whole output)."""
+    rows = list(rows)
+    steps = [
+        {
+            "model_id": model_id,
+            "step": row.step,
+            "channel": row.channel,
+            "fraction_pruned": row.fraction_pruned,
+            "clean_accuracy": row.clean_accuracy,
+            "clean_correct": row.clean_correct,
+        }
+        for row in rows
+    ]
+    asr = [
+        {"model_id": model_id, "step": row.step, "poison_name": poison, "asr": rate, "hits": hits}
+        for row in rows
+        for poison, (rate, hits) in row.asr.items()
+    ]
+    upsert_rows(session, Step, steps, key=["model_id", "step"])
+    upsert_rows(session, StepAsr, asr, key=["model_id", "step", "poison_name"])
+
+
+def stored_steps(session: Session, model_id: int) -> set[int]:
+    """The steps already stored for a model: a redelivered range task can skip them."""
+    return set(session.scalars(select(Step.step).where(Step.model_id == model_id)))
+
+
+def read_steps(session: Session, sweep_id: int, model_name: str | None = None) -> list[StoredStep]:
+    """The sweep's steps (or one model's), by model in the order added, then by step."""
+    models = select(Model.id).where(Model.sweep_id == sweep_id)
+    if model_name is not None:
+        models = models.where(Model.name == model_name)
+    asr: dict[tuple[int, int], dict[str, tuple[float, int]]] = {}
+    asr_query = select(StepAsr.model_id, StepAsr.step, StepAsr.poison_name, StepAsr.asr, StepAsr.hits)
+    for model_id, step, poison, rate, hits in session.execute(asr_query.where(StepAsr.model_id.in_(models))):
+        asr.setdefault((model_id, step), {})[poison] = (rate, hits)
+    query = (
+        select(Model.name, Step)
+        .join(Model, Model.id == Step.model_id)
+        .where(Step.model_id.in_(models))
+        .order_by(Model.id, Step.step)
+    )
+    result = []
+    for name, step in session.execute(query.execution_options(populate_existing=True)):
+        poisons = asr.get((step.model_id, step.step), {})
+        result.append(
+            StoredStep(
+                model=name,
+                step=step.step,
+                channel=step.channel,
+                fraction_pruned=step.fraction_pruned,
+                clean_accuracy=step.clean_accuracy,
+                clean_correct=step.clean_correct,
+                asr={poison: rate for poison, (rate, _) in sorted(poisons.items())},
+                hits={poison: hits for poison, (_, hits) in sorted(poisons.items())},
+            )
+        )
+    return result
+
+
+def save_selection(
+    session: Session, model_id: int, threshold: float, step: int | None, clean_valid_accuracy: float | None
+) -> None:
+    """The step chosen for a threshold (None with no accuracy when pruning never reached it)."""
+    row = {"model_id": model_id, "threshold": threshold, "step": step, "clean_valid_accuracy": clean_valid_accuracy}
+    upsert_rows(session, Selection, [row], key=["model_id", "threshold"])
+
+
+def read_selections(session: Session, model_id: int) -> list[Selection]:
+    return _read(session, select(Selection).where(Selection.model_id == model_id).order_by(Selection.threshold))
+
+
+def save_evaluation(
+    session: Session,
+    model_id: int,
+    *,
+    network: str,
+    threshold: float,
+    dataset: str,
+    accuracy: float,
+    image_count: int,
+    flagged: float | None = None,
+) -> None:
+    """A network on a test file: accuracy (clean accuracy, or ASR on a poison), flagged % (G only)."""
+    check_choice(network, NETWORKS, "network")
+    row = {
+        "model_id": model_id,
+        "network": network,
+        "threshold": threshold,
+        "dataset": dataset,
+        "accuracy": accuracy,
+        "flagged": flagged,
+        "image_count": image_count,
+    }
+    upsert_rows(session, Evaluation, [row], key=["model_id", "network", "threshold", "dataset"])
+
+
+def read_evaluations(session: Session, model_id: int) -> list[Evaluation]:
+    """B first, then B' and G, each by threshold then dataset."""
+    query = (
+        select(Evaluation)
+        .where(Evaluation.model_id == model_id)
+        .order_by(Evaluation.network, Evaluation.threshold, Evaluation.dataset)
+    )
+    return _read(session, query)
+
+
+def save_artifact(
+    session: Session,
+    model_id: int,
+    *,
+    threshold: float,
+    kind: str,
+    path: str | Path,
+    sha256: str,
+    provenance: Mapping[str, Any],
+) -> None:
+    """A written model file (B' or G) for a threshold, with what it was made from."""
+    check_choice(kind, ARTIFACT_KINDS, "artifact kind")
+    row = {
+        "model_id": model_id,
+        "threshold": threshold,
+        "kind": kind,
+        "path": str(path),
+        "sha256": sha256,
+        "provenance": dict(provenance),
+    }
+    upsert_rows(session, Artifact, [row], key=["model_id", "threshold", "kind"])
+
+
+def read_artifacts(session: Session, model_id: int) -> list[Artifact]:
+    query = select(Artifact).where(Artifact.model_id == model_id).order_by(Artifact.threshold, Artifact.kind)
+    return _read(session, query)
+
+
+def _read(session: Session, query: Select[Any]) -> list[Any]:
+    return list(session.scalars(query.execution_options(populate_existing=True)))

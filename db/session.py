@@ -1,0 +1,132 @@
+"""Engines and sessions made from a URL, and bringing a database's schema up to date.
+
+Nothing here runs at import time: every process (orchestrator, each Celery worker, a test)
+makes its own engine from the URL it was given, so pointing at another database is a new
+argument, not a patched module.
+
+SQLite is tuned for several worker processes writing one file: WAL (readers never block the
+writer), foreign keys on (SQLite leaves them off), a 30 s busy timeout, and every transaction
+opened with BEGIN IMMEDIATE, which takes the write lock up front. A deferred transaction that
+reads and then writes fails at once with "database is locked" when another process wrote in
+between, whatever the timeout; an immediate one waits its turn instead.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import URL, Engine, create_engine, event, func, make_url, select
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.orm import Session
+
+from db.errors import DatabaseUnavailable
+
+SQLITE_BUSY_TIMEOUT_S = 30
+POSTGRES_CONNECT_TIMEOUT_S = 10
+# Key of the PostgreSQL advisory lock that serialises migrations (b"bnprune1" as an int64).
+MIGRATION_LOCK_KEY = int.from_bytes(b"bnprune1", "big") & 0x7FFF_FFFF_FFFF_FFFF
+ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
+
+
+def make_engine(url: str | URL) -> Engine:
+    """An engine for a SQLite file (path relative to the cwd) or PostgreSQL through psycopg 3.
+
+    Connection failures surface as DatabaseUnavailable when a connection is first needed.
+    """
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine = _sqlite_engine(parsed)
+    elif backend == "postgresql":
+        if parsed.drivername == "postgresql":  # the bare scheme means psycopg2, which we do not ship
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
+        engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    else:
+        raise ValueError(f"unsupported database URL {parsed!r}: use sqlite:///FILE or postgresql+psycopg://...")
+    event.listen(engine, "handle_error", _unavailable_on_connect_failure)
+    return engine
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """One unit of work: commits when the block ends, rolls back if it raises.
+
+    Loaded objects stay readable after the commit (expire_on_commit=False), so a caller can
+    return them from the block.
+    """
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+def prepare_database(url: str | URL) -> Engine:
+    """An engine for `url` whose schema has been upgraded to the newest migration.
+
+    Call it once per process before any other use; a database already at head costs a
+    version check. Safe when several processes call it at once: the upgrade runs in one
+    transaction that holds a PostgreSQL advisory lock, or SQLite's write lock (BEGIN
+    IMMEDIATE), so the others wait, then find the schema current.
+    """
+    engine = make_engine(url)
+    config = Config(str(ALEMBIC_INI))
+    try:
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def display_url(engine_or_url: Engine | str | URL) -> str:
+    """The URL without its password, for messages."""
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
+    return url.render_as_string(hide_password=True)
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    database = url.database
+    if database and database != ":memory:" and not url.query.get("uri"):
+        path = Path(database).expanduser().absolute()  # fixed now, so a later chdir cannot move it
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise DatabaseUnavailable(str(path), f"cannot create its folder: {error}") from error
+        url = url.set(database=str(path))
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+    event.listen(engine, "connect", _configure_sqlite_connection)
+    event.listen(engine, "begin", _begin_immediate)
+    return engine
+
+
+def _configure_sqlite_connection(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+    # sqlite3 must not issue its own (deferred) BEGIN: _begin_immediate does.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _begin_immediate(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _unavailable_on_connect_failure(context: ExceptionContext) -> DatabaseUnavailable | None:
+    """A failure to open a connection (no server, bad file) becomes a one-line DatabaseUnavailable."""
+    if context.connection is not None or context.engine is None:
+        return None
+    reason = context.original_exception
+    return DatabaseUnavailable(display_url(context.engine), str(reason))

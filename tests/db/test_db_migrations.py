@@ -1,0 +1,53 @@
+"""Migrations: a fresh database reaches head, again is a no-op, and the schema matches the models."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect
+
+from db.models import Base
+from db.session import ALEMBIC_INI, prepare_database
+
+TABLES = {table.name for table in Base.metadata.sorted_tables}
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def test_fresh_database_is_upgraded_to_head(engine: Engine) -> None:
+    assert head_revision() is not None
+    assert current_revision(engine) == head_revision()
+    assert set(inspect(engine).get_table_names()) == TABLES | {"alembic_version"}
+
+
+def test_upgrading_again_is_a_no_op(engine: Engine, db_url: str) -> None:
+    again = prepare_database(db_url)
+    try:
+        assert current_revision(again) == head_revision()
+        assert set(inspect(again).get_table_names()) == TABLES | {"alembic_version"}
+    finally:
+        again.dispose()
+
+
+def test_migrated_schema_matches_the_models(engine: Engine) -> None:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_processes_preparing_a_fresh_database_at_once_all_succeed(db_url: str, run_together) -> None:
+    run_together("from db.session import prepare_database", "prepare_database(sys.argv[1]).dispose()", [[db_url]] * 3)
+    engine = prepare_database(db_url)
+    try:
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()

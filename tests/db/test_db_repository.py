@@ -1,0 +1,247 @@
+"""Sweeps, models, data files and tasks on both backends: upserts rewrite, constraints hold."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.models import Base, DataFile, Model, ModelData, Sweep, Task
+from db.repository import (
+    add_model,
+    create_sweep,
+    get_model,
+    get_sweep,
+    get_task,
+    list_models,
+    mark_task,
+    missing_tasks,
+    model_data_paths,
+    set_model_status,
+    set_sweep_status,
+    sweep_progress,
+    upsert_data_file,
+    upsert_task,
+)
+from db.results import StepRow, save_steps
+
+
+def count(session: Session, model: type[Base]) -> int:
+    return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def test_a_sweep_reads_back_as_registered(session: Session, sweep_id: int) -> None:
+    sweep = get_sweep(session, sweep_id)
+    assert sweep.name == "lab"
+    assert sweep.config == {"models": ["bd_net.h5"], "thresholds": [0.02, 0.04]}
+    assert sweep.thresholds == [0.02, 0.04]
+    assert (sweep.policy, sweep.prune_layer, sweep.rank_layer, sweep.range_size) == ("first", "conv_3", "pool_3", 10)
+    assert sweep.status == "pending" and sweep.finished_at is None
+    assert sweep.created_at.tzinfo is not None
+
+    set_sweep_status(session, sweep_id, "done")
+    session.commit()
+    sweep = get_sweep(session, sweep_id)
+    assert sweep.status == "done"
+    assert sweep.finished_at is not None and sweep.finished_at >= sweep.created_at
+
+
+def test_sweep_writes_refuse_unknown_words_and_rows(session: Session, sweep_id: int) -> None:
+    with pytest.raises(ValueError, match="policy"):
+        create_sweep(
+            session,
+            name="x",
+            config={},
+            thresholds=[0.1],
+            policy="last",
+            prune_layer="conv_3",
+            rank_layer="pool_3",
+            range_size=5,
+            artifact_dir="a",
+        )
+    with pytest.raises(ValueError, match="sweep status"):
+        set_sweep_status(session, sweep_id, "partial")
+    with pytest.raises(LookupError):
+        set_sweep_status(session, sweep_id + 1000, "done")
+    with pytest.raises(LookupError):
+        get_sweep(session, sweep_id + 1000)
+
+
+def test_a_data_file_is_rewritten_not_duplicated(session: Session) -> None:
+    first = upsert_data_file(session, "/data/cl/valid.h5", "c" * 64, 100)
+    again = upsert_data_file(session, "/data/cl/valid.h5", "c" * 64, 11547)
+    session.commit()
+    assert again == first
+    assert count(session, DataFile) == 1
+    assert session.get(DataFile, first, populate_existing=True).image_count == 11547
+    changed = upsert_data_file(session, "/data/cl/valid.h5", "d" * 64, 11547)  # new contents: a new row
+    assert changed != first
+
+
+def test_a_relative_data_path_is_stored_absolute(session: Session, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    file_id = upsert_data_file(session, "cl/valid.h5", "c" * 64, 9)
+    assert session.get(DataFile, file_id).path == str(tmp_path / "cl" / "valid.h5")
+
+
+def test_a_model_is_rewritten_with_its_data(session: Session, sweep_id: int, model_id: int) -> None:
+    assert model_data_paths(session, model_id) == {
+        "clean_valid": {"": "/data/cl/valid.h5"},
+        "poisoned_valid": {"sunglasses": "/data/bd/bd_valid.h5"},
+    }
+    test_file = upsert_data_file(session, "/data/cl/test.h5", "t" * 64, 12830)
+    clean = upsert_data_file(session, "/data/cl/valid.h5", "c" * 64, 11547)
+    again = add_model(
+        session,
+        sweep_id,
+        name="bd_net",
+        path="/models/bd_net_v2.h5",
+        sha256="e" * 64,
+        input_scale=1 / 255,
+        data=[("clean_valid", "", clean), ("clean_test", "", test_file)],
+    )
+    session.commit()
+    assert again == model_id
+    assert count(session, Model) == 1
+    model = get_model(session, model_id)
+    assert (model.path, model.sha256, model.input_scale) == ("/models/bd_net_v2.h5", "e" * 64, 1 / 255)
+    assert model.status == "pending"
+    assert count(session, ModelData) == 2
+    assert model_data_paths(session, model_id) == {
+        "clean_test": {"": "/data/cl/test.h5"},
+        "clean_valid": {"": "/data/cl/valid.h5"},
+    }
+    assert [m.name for m in list_models(session, sweep_id)] == ["bd_net"]
+
+
+def test_model_status_and_measurements(session: Session, model_id: int) -> None:
+    set_model_status(session, model_id, "running", acc0=98.649, channel_count=60)
+    set_model_status(session, model_id, "failed", error="conv_3 not found")
+    session.commit()
+    model = get_model(session, model_id)
+    assert (model.status, model.error, model.acc0, model.channel_count) == ("failed", "conv_3 not found", 98.649, 60)
+    set_model_status(session, model_id, "done")
+    assert get_model(session, model_id).error is None
+    with pytest.raises(TypeError, match="unexpected fields"):
+        set_model_status(session, model_id, "done", accuracy=1.0)
+    with pytest.raises(ValueError, match="model status"):
+        set_model_status(session, model_id, "finished")
+
+
+def test_tasks_are_upserted_per_model_and_per_sweep(session: Session, sweep_id: int, model_id: int) -> None:
+    rank = upsert_task(session, sweep_id, model_id, "rank")
+    prune = upsert_task(session, sweep_id, model_id, "prune_range", "0-10")
+    finish = upsert_task(session, sweep_id, None, "finish")
+    session.commit()
+    # Planning again (a resume, a redelivered message) finds the same rows: NULL model_id included.
+    assert upsert_task(session, sweep_id, model_id, "rank") == rank
+    assert upsert_task(session, sweep_id, model_id, "prune_range", "0-10") == prune
+    assert upsert_task(session, sweep_id, None, "finish") == finish
+    assert upsert_task(session, sweep_id, None, "finish", state="queued", celery_id="c-1") == finish
+    session.commit()
+    assert count(session, Task) == 3
+    assert get_task(session, finish).state == "queued"
+    assert get_task(session, finish).celery_id == "c-1"
+
+
+def test_planning_again_leaves_a_finished_task_alone(session: Session, sweep_id: int, model_id: int) -> None:
+    task_id = upsert_task(session, sweep_id, model_id, "threshold", "0.02")
+    mark_task(session, task_id, "running", worker="w1")
+    mark_task(session, task_id, "done")
+    upsert_task(session, sweep_id, model_id, "threshold", "0.02")
+    session.commit()
+    assert get_task(session, task_id).state == "done"
+    with pytest.raises(TypeError, match="unexpected fields"):
+        upsert_task(session, sweep_id, model_id, "rank", colour="red")
+    with pytest.raises(ValueError, match="task kind"):
+        upsert_task(session, sweep_id, model_id, "train")
+
+
+def test_a_task_life_is_stamped(session: Session, sweep_id: int, model_id: int) -> None:
+    task_id = upsert_task(session, sweep_id, model_id, "prune_range", "10-20")
+    task = mark_task(session, task_id, "queued", celery_id="abc")
+    assert (task.state, task.celery_id, task.attempts) == ("queued", "abc", 0)
+    assert task.enqueued_at is not None
+    task = mark_task(session, task_id, "running", worker="host-1")
+    assert (task.state, task.attempts, task.worker) == ("running", 1, "host-1")
+    assert task.started_at is not None and task.finished_at is None
+    task = mark_task(session, task_id, "retrying", error="worker lost")
+    assert task.error == "worker lost" and task.finished_at is not None and task.seconds >= 0
+    task = mark_task(session, task_id, "running", worker="host-2")
+    assert (task.attempts, task.worker, task.finished_at, task.seconds) == (2, "host-2", None, None)
+    task = mark_task(session, task_id, "done", seconds=12.5)
+    session.commit()
+    task = get_task(session, task_id)
+    assert (task.state, task.attempts, task.error, task.seconds) == ("done", 2, None, 12.5)
+    assert task.finished_at >= task.started_at
+    with pytest.raises(ValueError, match="task state"):
+        mark_task(session, task_id, "lost")
+    with pytest.raises(LookupError):
+        mark_task(session, task_id + 1000, "running")
+
+
+def test_progress_and_missing_tasks(session: Session, sweep_id: int, model_id: int) -> None:
+    set_model_status(session, model_id, "running", channel_count=60)
+    rank = upsert_task(session, sweep_id, model_id, "rank", state="done")
+    first = upsert_task(session, sweep_id, model_id, "prune_range", "0-10", state="done")
+    second = upsert_task(session, sweep_id, model_id, "prune_range", "10-20", state="failed", error="OOM")
+    finish = upsert_task(session, sweep_id, None, "finish")
+    save_steps(session, model_id, [StepRow(step, step or None, step / 60, 98.0, 98, {}) for step in range(10)])
+    session.commit()
+    progress = sweep_progress(session, sweep_id)
+    assert (progress.sweep_id, progress.status, progress.sweep_tasks) == (sweep_id, "pending", {"pending": 1})
+    [model] = progress.models
+    assert (model.model_id, model.name, model.status, model.error) == (model_id, "bd_net", "running", None)
+    assert (model.steps_stored, model.steps_expected) == (10, 61)
+    assert model.tasks == {"done": 2, "failed": 1}
+    assert [task.id for task in missing_tasks(session, sweep_id)] == [second, finish]
+    assert {rank, first}.isdisjoint(task.id for task in missing_tasks(session, sweep_id))
+
+
+def test_unique_constraints_hold(session: Session, sweep_id: int, model_id: int) -> None:
+    clean = session.scalars(select(ModelData.data_file_id).where(ModelData.role == "clean_valid")).one()
+    duplicates = [
+        Model(sweep_id=sweep_id, name="bd_net", path="p", sha256="s", input_scale=1.0),
+        DataFile(path="/data/cl/valid.h5", sha256="c" * 64, image_count=1),
+        ModelData(model_id=model_id, role="clean_valid", poison_name="", data_file_id=clean),
+    ]
+    for duplicate in duplicates:
+        session.add(duplicate)
+        with pytest.raises(IntegrityError):
+            session.flush()
+        session.rollback()
+    for task_model in (model_id, None):
+        kind = "finish" if task_model is None else "rank"
+        session.add(Task(sweep_id=sweep_id, model_id=task_model, kind=kind, key=""))
+        session.commit()
+        session.add(Task(sweep_id=sweep_id, model_id=task_model, kind=kind, key=""))
+        with pytest.raises(IntegrityError):
+            session.flush()
+        session.rollback()
+
+
+def test_check_constraints_hold(session: Session, sweep_id: int, model_id: int) -> None:
+    clean = session.scalars(select(ModelData.data_file_id).where(ModelData.role == "clean_valid")).one()
+    bad_rows = [
+        Task(sweep_id=sweep_id, model_id=model_id, kind="finish"),  # 'finish' has no model
+        Task(sweep_id=sweep_id, model_id=None, kind="rank"),  # every other kind has one
+        ModelData(model_id=model_id, role="poisoned_test", poison_name="", data_file_id=clean),
+        ModelData(model_id=model_id, role="clean_test", poison_name="bd", data_file_id=clean),
+        Sweep(
+            name="x",
+            config={},
+            thresholds=[],
+            policy="first",
+            prune_layer="a",
+            rank_layer="b",
+            range_size=0,
+            artifact_dir="d",
+        ),
+        Model(sweep_id=sweep_id + 1000, name="orphan", path="p", sha256="s", input_scale=1.0),  # foreign key
+    ]
+    for row in bad_rows:
+        session.add(row)
+        with pytest.raises(IntegrityError):
+            session.flush()
+        session.rollback()
