@@ -89,19 +89,19 @@ def lab_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         def cell(key: str) -> str:
             return "" if values.get(key) is None else f"{values[key]:.2f}"
 
-        label = name if steps is None else f"{name} ({steps} pruned)"
+        label = name if steps is None else f"{name}, {steps} pruned"
         return [label, cell("clean_accuracy"), *(cell(f"asr_{p}") for p in poisons),
                 *(cell(f"detection_{p}") for p in poisons), cell("false_alarms")]
 
     rows = [line("B", summary["B"])]
     for t, entry in summary["thresholds"].items():
         if entry["step"] is None:
-            rows.append([f"B' ({_percent(t)}): threshold never reached", *([""] * (len(header) - 1))])
+            rows.append([f"B' {_percent(t)}: never reached", *([""] * (len(header) - 1))])
             continue
-        rows.append(line(f"B' ({_percent(t)})", entry["B_prime"], entry["step"]))
+        rows.append(line(f"B' {_percent(t)}", entry["B_prime"], entry["step"]))
     for t, entry in summary["thresholds"].items():
         if entry["step"] is not None:
-            rows.append(line(f"G ({_percent(t)})", entry["G"]))
+            rows.append(line(f"G {_percent(t)}", entry["G"]))
     return header, rows
 
 

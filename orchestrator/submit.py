@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from badnet_prune.settings import Settings
 from db.claims import claim_task, reset_to_pending
 from db.repository import missing_tasks, sweep_progress
-from db.session import prepare_database, session_scope
+from db.session import display_url, prepare_database, session_scope
 from orchestrator.planning import register_sweep
 from orchestrator.sweep_file import SweepSpec
 from worker.dispatch import CeleryDispatcher, Dispatcher, LocalQueue
@@ -31,7 +31,7 @@ def submit_sweep(
     engine = prepare_database(settings.db_url)
     with session_scope(engine) as session:
         planned = register_sweep(session, spec, settings.artifact_dir, extra_config)
-    console.print(f"sweep {planned.sweep_id} registered: {len(spec.models)} model(s) in {settings.db_url}")
+    console.print(f"sweep {planned.sweep_id} registered: {len(spec.models)} model(s) in {display_url(settings.db_url)}")
     for name, reason in planned.failed.items():
         console.print(f"[red]model {name} failed:[/red] {reason}")
     first = [("rank", task_id, model_id, "") for task_id, model_id in planned.rank_tasks]

@@ -7,7 +7,7 @@ and a Redis visibility timeout short enough that a dead worker's task is redeliv
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import celeryd_init, worker_process_init
 
 from badnet_prune.settings import Settings
 
@@ -36,12 +36,27 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+_node_name: str | None = None  # the worker's node name (--hostname), set in the parent, inherited by the pool
+
+
+@celeryd_init.connect
+def _remember_node_name(sender: str | None = None, **_: object) -> None:
+    global _node_name
+    _node_name = sender
+
+
 @worker_process_init.connect
 def _install_runtime_in_child(**_: object) -> None:
-    """Each pool child makes its own engine and caches after the fork; TensorFlow loads lazily there."""
+    """Each pool child makes its own engine and caches after the fork; TensorFlow loads lazily there.
+
+    Tasks record the worker's node name (w1@host), not the machine's, so two workers on one
+    machine can be told apart in the tasks table.
+    """
     from celery import current_app
 
     from worker.dispatch import CeleryDispatcher
     from worker.runtime import install_runtime
 
-    install_runtime(current_app.conf.badnet_settings, CeleryDispatcher(current_app))
+    runtime = install_runtime(current_app.conf.badnet_settings, CeleryDispatcher(current_app))
+    if _node_name:
+        runtime.hostname = _node_name

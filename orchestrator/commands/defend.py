@@ -44,7 +44,7 @@ def defend(
     input_scale: InputScaleOption = 1.0,
     trust_model_code: TrustCodeOption = False,
     db: DbOption = None,
-) -> None:
+) -> int:
     """Rank, prune, select B' per threshold, build G, evaluate on test data, and write the results."""
     from orchestrator.submit import submit_sweep
     from orchestrator.sweep_file import parse_sweep
@@ -72,6 +72,7 @@ def defend(
     settings = replace(load_settings(db=db, artifact_dir=out / "models"), broker_url=None)
     sweep_id = submit_sweep(settings, spec, wait=True, console=console, extra_config={"flat_artifacts": True})
     _write_results(settings.db_url, sweep_id, out, console)
+    return sweep_id
 
 
 def _write_results(db_url: str, sweep_id: int, out: Path, console: Console) -> None:
