@@ -103,7 +103,10 @@ KERAS_MODULES = (
     keras.layers, keras.initializers, keras.regularizers, keras.constraints, keras.activations,
     keras.losses, keras.optimizers, keras.metrics, keras.dtype_policies,
 )
-CONTAINER_CLASSES = {"Functional", "Sequential", "Model", "InputLayer", "DTypePolicy", "__tensor__", "__numpy__"}
+# Keras-internal markers of serialized tensors and arrays: data, not code.
+CONTAINER_CLASSES = {
+    "Functional", "Sequential", "Model", "InputLayer", "DTypePolicy", "__tensor__", "__numpy__", "__keras_tensor__",
+}
 
 
 def _is_builtin_keras_class(class_name: str) -> bool:

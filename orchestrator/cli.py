@@ -8,7 +8,7 @@ import typer
 
 from badnet_prune.errors import BadInputError
 from db.errors import DatabaseUnavailable
-from orchestrator.commands import defend, evaluate, migrate, sql, status, steps, sweep, worker
+from orchestrator.commands import defend, demo, evaluate, migrate, report, sql, status, steps, sweep, synth, worker
 
 app = typer.Typer(
     name="badnet-prune",
@@ -25,6 +25,7 @@ def badnet_prune() -> None:
 
 
 app.command("evaluate")(evaluate.evaluate)
+app.command("demo")(demo.demo)
 app.command("defend")(defend.defend)
 app.command("sweep")(sweep.sweep)
 app.command("status")(status.status)
@@ -32,6 +33,8 @@ app.command("steps")(steps.steps)
 app.command("worker")(worker.worker)
 app.command("migrate")(migrate.migrate)
 app.command("sql")(sql.sql)
+app.command("report")(report.report)
+app.command("synth")(synth.synth)
 
 
 def main() -> None:

@@ -84,7 +84,8 @@ def _write_results(db_url: str, sweep_id: int, out: Path, console: Console) -> N
     with session_scope(engine) as session:
         model = list_models(session, sweep_id)[0]
         if model.status == "failed":
-            raise BadInputError(model.path, model.error or "failed")
+            console.print(f"error: {model.error or 'the model failed'}")
+            raise typer.Exit(2)
         columns, rows = step_rows(session, sweep_id)
         summary = model_summary(session, sweep_id, model.id)
     out.mkdir(parents=True, exist_ok=True)

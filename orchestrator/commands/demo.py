@@ -23,6 +23,7 @@ def demo(
 ) -> None:
     """Train a synthetic BadNet, defend it with pruning, and report: the whole tool in one command."""
     from orchestrator.commands.defend import defend
+    from orchestrator.commands.report import report
     from orchestrator.commands.synth import synth
 
     console = Console(stderr=True)
@@ -47,9 +48,4 @@ def demo(
         trust_model_code=False,
         db=db_url,
     )
-    try:
-        from orchestrator.commands.report import report
-    except ImportError:
-        return
     report(sweep_id=sweep_id, out=out / "report", db=db_url)
-    print(f"report: {(out / 'report' / 'index.html').resolve()}")

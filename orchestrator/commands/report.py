@@ -1,0 +1,32 @@
+"""`badnet-prune report SWEEP --out DIR`: the sweep's results, read from the database, as files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestrator.options import DbOption, load_settings
+
+
+def report(
+    sweep_id: Annotated[int, typer.Argument(help="The sweep's id, as `sweep` printed it.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for index.html, report.md, figures/ and csv/.")],
+    db: DbOption = None,
+    asr_bound: Annotated[float, typer.Option("--asr-bound", min=0, max=100, help="A backdoor counts as removed "
+                         "when the ASR of G on its poisoned test set is at most this percentage.")] = 5.0,
+    samples: Annotated[int, typer.Option("--samples", min=0, help="Test images per data set in each model's "
+                       "sample grid, labelled by B and G (loads the model files); 0 skips the grid.")] = 6,
+) -> None:
+    """Write a report of a sweep: one self-contained HTML page, report.md and the tables as CSV."""
+    from badnet_prune.errors import BadInputError
+    from db.session import prepare_database
+    from orchestrator.report.write import write_report
+
+    engine = prepare_database(load_settings(db=db).db_url)
+    try:
+        index = write_report(engine, sweep_id, out, asr_bound=asr_bound, samples_per_set=samples)
+    except LookupError:
+        raise BadInputError(f"sweep {sweep_id}", "no such sweep in this database") from None
+    print(index.resolve())

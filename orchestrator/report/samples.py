@@ -1,0 +1,97 @@
+"""A handful of test images labelled by B and by each stored G: what the defense does, visibly.
+
+Unlike the rest of the report this needs files, not rows: B's file and the data files the
+model_data table names, and the G files the artifacts table names. Files move and disks get
+cleaned, so a missing or unreadable file becomes a sentence in the report, not a failure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from orchestrator.report.data import ModelReport
+
+CLEAN = "clean"
+
+
+@dataclass(frozen=True)
+class Sample:
+    dataset: str  # 'clean' or the poison name
+    index: int  # in the test file
+    label: int  # the file's label (the attacker's target on a poisoned file)
+    b: int
+    g: dict[float, int]  # threshold -> G's label (num_classes = N, "backdoor detected")
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Labelled samples with their images, or why there are none (`missing`)."""
+
+    samples: list[Sample] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)
+    thresholds: list[float] = field(default_factory=list)
+    num_classes: int = 0
+    missing: list[str] = field(default_factory=list)
+
+    def name(self, label: int) -> str:
+        return "N" if label == self.num_classes else str(label)
+
+    def caption(self, sample: Sample) -> str:
+        g = " ".join(f"{t * 100:g}%:{self.name(sample.g[t])}" for t in self.thresholds if t in sample.g)
+        return f"{sample.dataset} #{sample.index}\nlabel {sample.label}  B {self.name(sample.b)}\nG {g}"
+
+
+def label_samples(model: ModelReport, per_set: int, trust_code: bool) -> Samples:
+    """Label `per_set` evenly spaced images of the clean test file and of each poisoned test file."""
+    sets = {CLEAN: model.data_paths.get("clean_test", {}).get("")}
+    sets.update(model.data_paths.get("poisoned_test", {}))
+    missing = [f"{path} ({name} test data) is missing" for name, path in sets.items() if not path or
+               not Path(path).is_file()]
+    if not Path(model.path).is_file():
+        missing.insert(0, f"{model.path} (the model B) is missing")
+    if missing:
+        return Samples(missing=missing)
+    try:
+        return _label(model, sets, per_set, trust_code)
+    except Exception as error:  # any unreadable file: Keras and h5py raise many kinds
+        return Samples(missing=[f"could not label sample images: {type(error).__name__}: {error}"])
+
+
+def _label(model: ModelReport, sets: dict[str, str | None], per_set: int, trust_code: bool) -> Samples:
+    from badnet_prune.model_io import load_model, num_classes
+    from badnet_prune.tf_setup import keras
+
+    network_b = load_model(model.path, trust_code=trust_code)
+    classes = num_classes(network_b)
+    g_networks, missing = {}, []
+    for threshold, path in sorted(model.g_paths().items()):
+        if Path(path).is_file():
+            g_networks[threshold] = keras.models.load_model(path, compile=False, safe_mode=True)
+        else:
+            missing.append(f"{path} (G for {threshold * 100:g}%) is missing")
+    samples, images = [], []
+    for dataset, path in sets.items():
+        assert path is not None
+        chosen, labels = _read(Path(path), per_set)
+        scaled = chosen / np.float32(model.input_scale)
+        labels_b = np.argmax(network_b(scaled, training=False), axis=-1)
+        labels_g = {t: np.argmax(g(scaled, training=False), axis=-1) for t, g in g_networks.items()}
+        for position, (index, label) in enumerate(labels):
+            g_labels = {t: int(values[position]) for t, values in labels_g.items()}
+            samples.append(Sample(dataset, index, label, int(labels_b[position]), g_labels))
+            images.append(chosen[position])
+    return Samples(samples, images, sorted(g_networks), classes, missing)
+
+
+def _read(path: Path, count: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """`count` evenly spaced images (channels last) and their (index, label), read alone."""
+    with h5py.File(path, "r") as handle:
+        total = int(handle["label"].shape[0])
+        indexes = sorted({int(i) for i in np.linspace(0, total - 1, min(count, total))})
+        data = np.asarray(handle["data"][indexes], dtype=np.float32).transpose(0, 2, 3, 1)
+        labels = [int(label) for label in np.asarray(handle["label"][indexes])]
+    return np.ascontiguousarray(data), list(zip(indexes, labels, strict=True))

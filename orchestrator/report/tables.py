@@ -1,0 +1,145 @@
+"""The report's tables as raw values: written as-is to csv/, formatted once for HTML and Markdown.
+
+Keeping raw values until the last moment lets the CSV files carry full precision, and lets a
+test check every printed figure against the database with the one formatting rule below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.report.data import ModelReport, SweepReport
+
+PERCENT_DECIMALS = 2
+FRACTION_DECIMALS = 4
+FRACTION_COLUMNS = frozenset({"fraction_pruned", "mean_activation"})
+
+
+@dataclass(frozen=True)
+class Table:
+    """Named columns and rows of raw values (None or '' for an empty cell)."""
+
+    name: str
+    columns: list[str]
+    rows: list[dict[str, Any]]
+
+    def cells(self) -> list[list[str]]:
+        return [[display(column, row.get(column)) for column in self.columns] for row in self.rows]
+
+
+def display(column: str, value: Any) -> str:
+    """How a value is printed in the page and report.md: thresholds as percents, percentages
+    with 2 decimals, fractions and activations with 4; the CSV keeps every digit."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    if column == "threshold":
+        return f"{value * 100:g}%"
+    if column in FRACTION_COLUMNS:
+        return f"{value:.{FRACTION_DECIMALS}f}"
+    return f"{value:.{PERCENT_DECIMALS}f}"
+
+
+def sweep_tables(report: SweepReport) -> list[Table]:
+    """Every table of csv/: steps, selections, evaluations, the cross-model summary, rankings, models."""
+    return [
+        Table("steps", report.step_columns, report.step_rows),
+        selections_table(report),
+        evaluations_table(report),
+        summary_table(report),
+        rankings_table(report),
+        models_table(report),
+    ]
+
+
+def selections_table(report: SweepReport) -> Table:
+    rows = []
+    for model in report.models:
+        fractions = {step.step: step.fraction_pruned for step in model.steps}
+        for key, entry in model.summary["thresholds"].items():
+            rows.append({
+                "model": model.name, "threshold": float(key), "step": entry["step"],
+                "fraction_pruned": fractions.get(entry["step"]), "clean_valid_accuracy": entry["clean_valid_accuracy"],
+            })
+    return Table("selections", ["model", "threshold", "step", "fraction_pruned", "clean_valid_accuracy"], rows)
+
+
+def evaluations_table(report: SweepReport) -> Table:
+    columns = ["model", "network", "threshold", "dataset", "accuracy", "flagged", "image_count"]
+    rows = [
+        {"model": model.name, **{column: getattr(row, column) for column in columns[1:]}}
+        for model in report.models
+        for row in model.evaluations
+    ]
+    return Table("evaluations", columns, rows)
+
+
+def summary_table(report: SweepReport) -> Table:
+    """One row per model and threshold: clean accuracy of B and G, the drop, and per poison the
+    ASR of B and G; `removed` lists the poisons whose ASR under G is at most the bound, `kept` the others."""
+    poisons = report.poisons
+    columns = ["model", "threshold", "step", "fraction_pruned", "B_clean_accuracy", "G_clean_accuracy",
+               "clean_drop", "G_false_alarms"]
+    for poison in poisons:
+        columns += [f"B_asr_{poison}", f"G_asr_{poison}"]
+    columns += ["removed", "kept", "note"]
+    rows = [row for model in report.complete_models for row in _summary_rows(model, poisons, report.asr_bound)]
+    return Table("summary", columns, rows)
+
+
+def _summary_rows(model: ModelReport, poisons: list[str], bound: float) -> list[dict[str, Any]]:
+    b = model.summary["B"]
+    fractions = {step.step: step.fraction_pruned for step in model.steps}
+    rows = []
+    for key, entry in model.summary["thresholds"].items():
+        g = entry["G"]
+        row: dict[str, Any] = {"model": model.name, "threshold": float(key), "step": entry["step"],
+                               "fraction_pruned": fractions.get(entry["step"]),
+                               "B_clean_accuracy": b.get("clean_accuracy")}
+        for poison in poisons:
+            row[f"B_asr_{poison}"] = b.get(f"asr_{poison}")
+        if entry["step"] is None or "clean_accuracy" not in g:
+            row["note"] = "threshold never reached"
+            rows.append(row)
+            continue
+        row["G_clean_accuracy"] = g["clean_accuracy"]
+        row["clean_drop"] = b["clean_accuracy"] - g["clean_accuracy"]
+        row["G_false_alarms"] = g.get("false_alarms")
+        measured = [poison for poison in poisons if f"asr_{poison}" in g]
+        for poison in measured:
+            row[f"G_asr_{poison}"] = g[f"asr_{poison}"]
+        row["removed"] = " ".join(p for p in measured if g[f"asr_{p}"] <= bound)
+        row["kept"] = " ".join(p for p in measured if g[f"asr_{p}"] > bound)
+        rows.append(row)
+    return rows
+
+
+def rankings_table(report: SweepReport) -> Table:
+    rows = [
+        {"model": model.name, **entry}
+        for model in report.models
+        for entry in model.summary["ranking"]
+    ]
+    return Table("rankings", ["model", "position", "channel", "mean_activation"], rows)
+
+
+def models_table(report: SweepReport) -> Table:
+    """Every model with its state: failed ones with their reason."""
+    rows = [
+        {"model": m.name, "status": m.status, "acc0": m.acc0, "path": m.path, "error": m.error or ""}
+        for m in report.models
+    ]
+    return Table("models", ["model", "status", "acc0", "path", "error"], rows)
+
+
+def model_steps_table(steps: Table, model: ModelReport) -> Table:
+    """One model's rows of the steps table, without the model column."""
+    return Table(f"steps {model.name}", steps.columns[1:], [r for r in steps.rows if r["model"] == model.name])
+
+
+def model_ranking_table(rankings: Table, model: ModelReport) -> Table:
+    rows = [r for r in rankings.rows if r["model"] == model.name]
+    return Table(f"ranking {model.name}", rankings.columns[1:], rows)
+

@@ -1,0 +1,159 @@
+"""Every figure of a report equals what the database holds: CSV exactly, the page and report.md
+at their printed precision. Expected values come from db.results readers, not the report's code."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+
+from db.repository import list_models
+from db.results import read_evaluations, read_ranking, read_selections, read_steps
+from db.session import session_scope
+from tests.report.conftest import ASR_BOUND, ReportedSweep
+from tests.report.page import exact, fraction, markdown_tables, parse_page, percent, read_csv, threshold
+
+
+def _database(engine: Engine, sweep_id: int):
+    with session_scope(engine) as session:
+        models = list_models(session, sweep_id)
+        return (
+            models,
+            read_steps(session, sweep_id),
+            {m.name: read_evaluations(session, m.id) for m in models},
+            {m.name: read_selections(session, m.id) for m in models},
+            {m.name: read_ranking(session, m.id) for m in models},
+        )
+
+
+def _metrics(evaluations) -> dict[tuple[str, float, str], tuple[float, float | None]]:
+    return {(e.network, e.threshold, e.dataset): (e.accuracy, e.flagged) for e in evaluations}
+
+
+def expected_summary(engine: Engine, sweep_id: int) -> list[dict]:
+    """The cross-model table recomputed from evaluations and selections: raw values."""
+    models, steps, evaluations, selections, _ = _database(engine, sweep_id)
+    poisons = sorted({e.dataset for rows in evaluations.values() for e in rows if e.dataset != "clean"})
+    rows = []
+    for model in models:
+        if model.status != "done":
+            continue
+        metrics = _metrics(evaluations[model.name])
+        fractions = {s.step: s.fraction_pruned for s in steps if s.model == model.name}
+        for selection in selections[model.name]:
+            t = selection.threshold
+            if selection.step is None:
+                rows.append({"model": model.name, "threshold": t, "step": None, "fraction_pruned": None,
+                             "B_clean_accuracy": metrics[("B", 0.0, "clean")][0], "removed": set(), "kept": set(),
+                             "note": "threshold never reached"})
+                continue
+            g_asr = {p: metrics[("G", t, p)][0] for p in poisons if ("G", t, p) in metrics}
+            rows.append({
+                "model": model.name, "threshold": t, "step": selection.step,
+                "fraction_pruned": fractions.get(selection.step),
+                "B_clean_accuracy": metrics[("B", 0.0, "clean")][0],
+                "G_clean_accuracy": metrics[("G", t, "clean")][0],
+                "clean_drop": metrics[("B", 0.0, "clean")][0] - metrics[("G", t, "clean")][0],
+                "G_false_alarms": metrics[("G", t, "clean")][1],
+                **{f"B_asr_{p}": metrics[("B", 0.0, p)][0] for p in poisons if ("B", 0.0, p) in metrics},
+                **{f"G_asr_{p}": rate for p, rate in g_asr.items()},
+                "removed": {p for p, rate in g_asr.items() if rate <= ASR_BOUND},
+                "kept": {p for p, rate in g_asr.items() if rate > ASR_BOUND},
+                "note": "",
+            })
+    return rows
+
+
+def _printed(row: dict, column: str) -> str:
+    value = row.get(column)
+    if column == "threshold":
+        return threshold(value)
+    if column in ("removed", "kept"):
+        return " ".join(sorted(value)) if value else ""
+    if column == "fraction_pruned":
+        return fraction(value)
+    if isinstance(value, float):
+        return percent(value)
+    return "" if value is None else str(value)
+
+
+def test_csv_tables_equal_the_database_exactly(reported: ReportedSweep, engine: Engine) -> None:
+    models, steps, evaluations, selections, rankings = _database(engine, reported.sweep_id)
+    csv = reported.out / "csv"
+    step_rows = read_csv(csv / "steps.csv")
+    assert [(r["model"], int(r["step"])) for r in step_rows] == [(s.model, s.step) for s in steps]
+    for row, step in zip(step_rows, steps, strict=True):
+        assert exact(row["fraction_pruned"]) == step.fraction_pruned
+        assert exact(row["clean_accuracy"]) == step.clean_accuracy
+        assert {k[4:]: exact(v) for k, v in row.items() if k.startswith("asr_") and v} == step.asr
+    evaluation_rows = read_csv(csv / "evaluations.csv")
+    expected = [(m.name, e.network, e.threshold, e.dataset, e.accuracy, e.flagged, e.image_count)
+                for m in models for e in evaluations[m.name]]
+    assert [(r["model"], r["network"], float(r["threshold"]), r["dataset"], exact(r["accuracy"]), exact(r["flagged"]),
+             int(r["image_count"])) for r in evaluation_rows] == expected
+    assert [(r["model"], float(r["threshold"]), r["step"], exact(r["clean_valid_accuracy"]))
+            for r in read_csv(csv / "selections.csv")] == [
+        (m.name, s.threshold, "" if s.step is None else str(s.step), s.clean_valid_accuracy)
+        for m in models for s in selections[m.name]]
+    assert [(r["model"], int(r["position"]), int(r["channel"]), float(r["mean_activation"]))
+            for r in read_csv(csv / "rankings.csv")] == [
+        (m.name, position, channel, mean) for m in models for channel, position, mean in rankings[m.name]]
+    assert {r["model"]: (r["status"], r["error"]) for r in read_csv(csv / "models.csv")} == {
+        m.name: (m.status, m.error or "") for m in models}
+    summary = read_csv(csv / "summary.csv")
+    wanted = expected_summary(engine, reported.sweep_id)
+    assert len(summary) == len(wanted) > 0
+    for row, want in zip(summary, wanted, strict=True):
+        for column, value in want.items():
+            if column in ("removed", "kept"):
+                assert set(row[column].split()) == value, column
+            elif isinstance(value, float):
+                assert exact(row[column]) == value, column
+            else:
+                assert row[column] == ("" if value is None else str(value)), column
+
+
+def test_page_and_markdown_tables_equal_the_database(reported: ReportedSweep, engine: Engine) -> None:
+    page = parse_page((reported.out / "index.html").read_text(encoding="utf-8"))
+    markdown = markdown_tables((reported.out / "report.md").read_text(encoding="utf-8"))
+    wanted = expected_summary(engine, reported.sweep_id)
+    summary = page.by_id("summary")
+    assert markdown[0] == (summary.header, summary.rows)
+    assert len(summary.rows) == len(wanted)
+    for cells, want in zip(summary.rows, wanted, strict=True):
+        printed = dict(zip(summary.header, cells, strict=True))
+        assert {c: printed[c] for c in want} == {c: _printed(want, c) for c in want}
+    models, _, evaluations, selections, rankings = _database(engine, reported.sweep_id)
+    failed = page.by_id("failed")
+    assert [row[0] for row in failed.rows] == [m.name for m in models if m.status == "failed"]
+    assert [row[2] for row in failed.rows] == [m.error for m in models if m.status == "failed"]
+    for model in (m for m in models if m.status == "done"):
+        [lab] = page.tables_of("lab", model.name)
+        assert (lab.header, lab.rows) in markdown
+        assert lab.rows == _lab_rows(lab.header, evaluations[model.name], selections[model.name], lab.rows)
+        [ranking] = page.tables_of("ranking", model.name)
+        assert ranking.rows == [[str(p), str(c), fraction(mean)] for c, p, mean in rankings[model.name]]
+
+
+def _lab_rows(header: list[str], evaluations, selections, printed: list[list[str]]) -> list[list[str]]:
+    """The lab table expected from evaluations: B, then B' per threshold, then G per reached one.
+    Row labels are taken from the page (their wording is exports.lab_table's); numbers are not."""
+    metrics = _metrics(evaluations)
+    keys = [("B", 0.0)] + [("B_prime", s.threshold) for s in selections]
+    keys += [("G", s.threshold) for s in selections if s.step is not None]
+    assert len(printed) == len(keys)
+    rows = []
+    for (network, t), shown in zip(keys, printed, strict=True):
+        assert shown[0].startswith({"B": "B", "B_prime": "B'", "G": "G "}[network])
+        cells = [shown[0]]
+        for column in header[1:]:
+            name = column.removesuffix(" %")
+            if name == "clean accuracy":
+                value = metrics.get((network, t, "clean"), (None, None))[0]
+            elif name == "false alarms":
+                value = metrics.get((network, t, "clean"), (None, None))[1]
+            elif name.startswith("ASR "):
+                value = metrics.get((network, t, name[4:]), (None, None))[0]
+            else:
+                value = metrics.get((network, t, name.removeprefix("detected ")), (None, None))[1]
+            cells.append(percent(value))
+        rows.append(cells)
+    return rows
