@@ -1,0 +1,40 @@
+"""`badnet-prune synth`: a synthetic BadNet with the lab's data and model files (demo and test data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from badnet_prune.synth.dataset import DEFAULT_CLASSES
+
+
+def synth(
+    out: Annotated[
+        Path, typer.Argument(metavar="OUT", help="Folder to write data/cl, data/bd, models/ and synth.json into.")
+    ],
+    classes: Annotated[
+        int, typer.Option("--classes", min=2, help="Number of identities (classes); class 0 is the attacker's target.")
+    ] = DEFAULT_CLASSES,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the faces, the poisoning and the training.")] = 0,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Small set for tests: fewer photos per identity, trains in well under "
+                           "a minute on 2 cores.")
+    ] = False,
+) -> None:
+    """Draw face-like photos, poison a share with sunglasses, train a DeepID BadNet and write the lab's files."""
+    from badnet_prune.synth.build import SynthesisError, synthesize
+
+    console = Console(stderr=True)
+    try:
+        with console.status("synthesizing") as status:
+            summary = synthesize(out, classes, seed, quick, progress=lambda text: status.update(text))
+    except SynthesisError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+    Console().print(
+        f"{out}: {classes} classes, seed {seed}{' (quick)' if quick else ''}: "
+        f"clean valid accuracy {summary.clean_valid_accuracy:.2f}%, ASR on bd_valid {summary.asr_bd_valid:.2f}%"
+    )

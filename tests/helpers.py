@@ -1,0 +1,112 @@
+"""Builders shared by tests: synthetic BadNets on disk and sweep files over them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def random_badnet(out: Path, seed: int = 0, classes: int = 10, valid: int = 300, test: int = 300) -> Path:
+    """An untrained DeepID and random data in build_quick_badnet's layout: exact numbers, no backdoor.
+
+    Cheap to make with many validation images, for tasks that must last long enough to be interrupted.
+    """
+    from badnet_prune.architecture import build_deepid
+    from badnet_prune.data import write_data_file
+    from badnet_prune.model_io import save_legacy_weights
+    from badnet_prune.tf_setup import keras
+
+    keras.utils.set_random_seed(seed)
+    save_legacy_weights(build_deepid(classes), out / "models" / "bd_weights.h5")
+    rng = np.random.default_rng(seed)
+    for relative, count, poisoned in (("cl/valid.h5", valid, False), ("cl/test.h5", test, False),
+                                      ("bd/bd_valid.h5", valid, True), ("bd/bd_test.h5", test, True)):
+        images = rng.uniform(0, 255, (count, 55, 47, 3)).astype(np.float32)
+        labels = np.zeros(count, dtype=np.int64) if poisoned else rng.integers(0, classes, count)
+        write_data_file(out / "data" / relative, images, labels)
+    return out
+
+
+def build_quick_badnet(out: Path, seed: int = 0, classes: int = 10) -> Path:
+    """A trained quick synthetic BadNet under out (badnet-prune synth OUT --quick); returns out."""
+    from badnet_prune.synth import synthesize
+
+    synthesize(out, classes, seed=seed, quick=True)
+    return Path(out)
+
+
+SYNTH_CACHE = Path(tempfile.gettempdir()) / "badnet-prune-synth"
+
+
+def _synth_code_key() -> str:
+    """A digest of the synth package's source, so a cached BadNet is rebuilt when the recipe changes."""
+    import badnet_prune.synth
+
+    digest = hashlib.sha256()
+    for source in sorted(Path(badnet_prune.synth.__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def cached_quick_badnet(seed: int, classes: int = 10) -> Path:
+    """A quick synthetic BadNet for `seed`, built once per machine under the temp folder and reused.
+
+    Built into a private folder, then renamed into place, so concurrent sessions never see half a build.
+    """
+    final = SYNTH_CACHE / f"quick-{_synth_code_key()}-{classes}-seed{seed}"
+    if (final / "models" / "bd_weights.h5").is_file():
+        return final
+    SYNTH_CACHE.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f"{final.name}.", dir=SYNTH_CACHE))
+    build_quick_badnet(building, seed=seed, classes=classes)
+    try:
+        os.rename(building, final)
+    except OSError:  # another session finished first: use its build
+        shutil.rmtree(building, ignore_errors=True)
+    return final
+
+
+def model_entry(name: str, root: Path, input_scale: int = 1) -> dict:
+    """A [[model]] table for a BadNet folder laid out as build_quick_badnet writes it."""
+    return {
+        "name": name,
+        "path": str(root / "models" / "bd_weights.h5"),
+        "input_scale": input_scale,
+        "clean_valid": str(root / "data" / "cl" / "valid.h5"),
+        "clean_test": str(root / "data" / "cl" / "test.h5"),
+        "poisoned": {"sunglasses": {"valid": str(root / "data" / "bd" / "bd_valid.h5"),
+                                    "test": str(root / "data" / "bd" / "bd_test.h5")}},
+    }
+
+
+def write_sweep_toml(path: Path, models: list[dict], *, range_size: int = 10,
+                     thresholds: tuple[float, ...] = (0.02, 0.04, 0.10), policy: str = "first") -> Path:
+    """Write a sweep file for the given [[model]] tables (as model_entry makes them)."""
+
+    def value(item) -> str:
+        if isinstance(item, dict):
+            return "{ " + ", ".join(f"{key} = {value(inner)}" for key, inner in item.items()) + " }"
+        return json.dumps(item)  # strings, numbers and lists read the same in TOML
+
+    lines = [f"thresholds = {value(list(thresholds))}", f"policy = {value(policy)}", 'prune_layer = "conv_3"',
+             'rank_layer = "pool_3"', f"range_size = {range_size}"]
+    for model in models:
+        lines += ["", "[[model]]", *(f"{key} = {value(item)}" for key, item in model.items())]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def synthetic_sweep(tmp_path: Path, models: int = 1, range_size: int = 10) -> Path:
+    """TMP_PATH/sweep.toml over `models` quick synthetic BadNets (seeds 0, 1, ...), named m0, m1, ...
+
+    The BadNets are built once per machine (cached_quick_badnet); the sweep file names them by absolute path.
+    """
+    entries = [model_entry(f"m{seed}", cached_quick_badnet(seed)) for seed in range(models)]
+    return write_sweep_toml(Path(tmp_path) / "sweep.toml", entries, range_size=range_size)
