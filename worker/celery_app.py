@@ -12,6 +12,8 @@ from celery.signals import celeryd_init, worker_process_init
 from badnet_prune.settings import Settings
 
 QUEUE = "badnet-prune"
+WORKER_PROC_ALIVE_TIMEOUT_S = 120
+UNACKED_RESTORE_INTERVAL_S = 5
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -28,9 +30,19 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_default_queue=QUEUE,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        # kombu scans for unacknowledged messages past their visibility timeout only every
+        # interval x throttle seconds (10 x 10 by default): a dead worker's task would wait up to
+        # 100 s beyond the timeout. Scan every few seconds instead (one small Redis query each).
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": UNACKED_RESTORE_INTERVAL_S,
+            "unacked_restore_throttle": 1,
+        },
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        # A pool child imports TensorFlow in worker_process_init (4-10 s on 2 cores): with billiard's
+        # default of 4 s every replacement child (after one was killed) is itself killed before it is up.
+        worker_proc_alive_timeout=WORKER_PROC_ALIVE_TIMEOUT_S,
         badnet_settings=settings,
     )
     return app
