@@ -1,0 +1,206 @@
+"""Data files through the real command line: every bad input ends in one line naming the file and
+the problem (no traceback, non-zero exit), and `evaluate` agrees with a plain argmax comparison."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from badnet_prune.architecture import build_deepid
+from badnet_prune.data import write_data_file
+from badnet_prune.model_io import save_legacy_weights
+from badnet_prune.tf_setup import keras
+
+NUM_CLASSES = 10
+SCRIPT = Path(sys.executable).parent / "badnet-prune"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """Run the installed `badnet-prune` console script as a user would."""
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-c", "from orchestrator.cli import main; main()"]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300)
+
+
+def write_raw(path: Path, **datasets: np.ndarray) -> Path:
+    """An HDF5 file holding exactly the given datasets, as-is (channels first for `data`)."""
+    with h5py.File(path, "w") as handle:
+        for name, values in datasets.items():
+            handle.create_dataset(name, data=values)
+    return path
+
+
+def good_pixels(count: int = 4) -> np.ndarray:
+    return np.random.default_rng(count).uniform(0, 255, (count, 3, 55, 47)).astype(np.float32)
+
+
+def labels(*values: float) -> np.ndarray:
+    return np.array(values, dtype=np.float64)
+
+
+def make_bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Each case: (the file, a phrase the error must contain)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = folder / "text.h5"
+    text.write_text("data,label\n1,2\n")
+    whole = write_raw(folder / "whole.h5", data=good_pixels(200), label=np.zeros(200))
+    truncated = folder / "truncated.h5"
+    raw = whole.read_bytes()
+    truncated.write_bytes(raw[: len(raw) // 2])
+    nan_pixels, inf_pixels = good_pixels(), good_pixels()
+    nan_pixels[2, 1, 10, 10] = np.nan
+    inf_pixels[1, 0, 0, 0] = np.inf
+    return {
+        "missing file": (folder / "absent.h5", "no such file"),
+        "not hdf5": (text, "not an HDF5 file"),
+        "truncated": (truncated, "truncated"),
+        "no data": (write_raw(folder / "no_data.h5", label=labels(0, 1)), "no `data` dataset"),
+        "no label": (write_raw(folder / "no_label.h5", data=good_pixels()), "no `label` dataset"),
+        "rank 3": (write_raw(folder / "rank3.h5", data=good_pixels()[:, 0], label=labels(0, 1, 2, 3)), "rank 3"),
+        "image shape": (
+            write_raw(folder / "shape.h5", data=np.zeros((4, 3, 32, 32), np.float32), label=labels(0, 1, 2, 3)),
+            "the model expects 3x55x47",
+        ),
+        "length mismatch": (
+            write_raw(folder / "mismatch.h5", data=good_pixels(), label=labels(0, 1, 2)),
+            "holds 4 images but `label` holds 3 labels",
+        ),
+        "non-integer label": (
+            write_raw(folder / "fraction.h5", data=good_pixels(), label=labels(0, 1, 2.5, 3)),
+            "label 2 is 2.5, not an integer",
+        ),
+        "negative label": (
+            write_raw(folder / "negative.h5", data=good_pixels(), label=labels(0, -1, 2, 3)),
+            "label 1 is negative",
+        ),
+        "label outside the classes": (
+            write_raw(folder / "outside.h5", data=good_pixels(), label=labels(0, 1, 2, NUM_CLASSES)),
+            f"outside the model's {NUM_CLASSES} classes",
+        ),
+        "nan pixels": (write_raw(folder / "nan.h5", data=nan_pixels, label=labels(0, 1, 2, 3)), "image 2 has NaN"),
+        "infinite pixels": (write_raw(folder / "inf.h5", data=inf_pixels, label=labels(0, 1, 2, 3)), "image 1 has NaN"),
+        "empty": (
+            write_raw(folder / "empty.h5", data=np.zeros((0, 3, 55, 47), np.float32), label=np.zeros(0)),
+            "empty",
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    keras.utils.set_random_seed(21)
+    model = build_deepid(NUM_CLASSES)
+    path = tmp_path_factory.mktemp("model") / "bd_weights.h5"
+    save_legacy_weights(model, path)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    return make_bad_files(tmp_path_factory.mktemp("bad"))
+
+
+BAD_CASES = [
+    "missing file", "not hdf5", "truncated", "no data", "no label", "rank 3", "image shape", "length mismatch",
+    "non-integer label", "negative label", "label outside the classes", "nan pixels", "infinite pixels", "empty",
+]
+# Each process pays TensorFlow's start-up (seconds on 2 cores): these run as separate processes of the
+# console script, every case also through the same CLI entry point in this process.
+IN_OWN_PROCESS = ["missing file", "truncated", "label outside the classes", "nan pixels"]
+
+
+def assert_one_line_error(code: int, stdout: str, stderr: str, path: Path, problem: str) -> None:
+    assert code != 0
+    assert "Traceback" not in stderr + stdout
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
+    assert str(path) in lines[0], lines[0]
+    assert problem in lines[0], lines[0]
+
+
+def run_main(monkeypatch, capfd, *args: str) -> tuple[int, str, str]:
+    """orchestrator.cli.main as the console script calls it, in this process; (exit code, stdout, stderr)."""
+    from orchestrator.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["badnet-prune", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    out, err = capfd.readouterr()
+    code = exited.value.code
+    return (0 if code is None else code if isinstance(code, int) else 1), out, err
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_a_bad_data_file_ends_in_one_line_naming_the_file_and_the_problem(model_file, bad_files, case, monkeypatch,
+                                                                          capfd):
+    path, problem = bad_files[case]
+    code, out, err = run_main(monkeypatch, capfd, "evaluate", "--model", str(model_file[1]), "--data", str(path))
+    assert_one_line_error(code, out, err, path, problem)
+
+
+def test_bad_data_files_through_the_console_script(model_file, bad_files):
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {
+            case: pool.submit(cli, "evaluate", "--model", str(model_file[1]), "--data", str(bad_files[case][0]))
+            for case in IN_OWN_PROCESS
+        }
+    for case, run in runs.items():
+        done = run.result()
+        assert_one_line_error(done.returncode, done.stdout, done.stderr, *bad_files[case])
+
+
+def test_every_bad_file_made_is_a_case(tmp_path):
+    assert sorted(make_bad_files(tmp_path)) == sorted(BAD_CASES)
+
+
+# ---- evaluate agrees with plain Keras ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def good_files(model_file, tmp_path_factory):
+    """Two files whose labels match the model's own argmax on some images only."""
+    model, _ = model_file
+    folder = tmp_path_factory.mktemp("good")
+    rng = np.random.default_rng(5)
+    files = []
+    for index, count in enumerate((150, 77)):
+        smooth = rng.uniform(0, 255, (count, 1, 1, 3)) + rng.normal(0, 30, (count, 55, 47, 3))
+        images = np.clip(smooth, 0, 255).astype(np.float32)
+        predicted = np.argmax(model.predict(images, verbose=0), axis=-1)
+        truth = np.where(rng.random(count) < 0.6, predicted, rng.integers(0, NUM_CLASSES, count))
+        path = folder / f"set_{index}.h5"
+        write_data_file(path, images, truth)
+        files.append((path, images, truth))
+    return files
+
+
+def plain_accuracy(model: keras.Model, images: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean(np.argmax(model.predict(images, verbose=0), axis=-1) == truth) * 100.0)
+
+
+@pytest.mark.parametrize("scale, own_process", [(1.0, True), (255.0, False)])
+def test_evaluate_accuracy_equals_a_plain_argmax_comparison(model_file, good_files, scale, own_process, monkeypatch,
+                                                            capfd):
+    model, model_path = model_file
+    data_args = [arg for path, _, _ in good_files for arg in ("--data", str(path))]
+    args = ("evaluate", "--model", str(model_path), *data_args, "--input-scale", f"{scale:g}", "--json")
+    if own_process:
+        done = cli(*args)
+        code, out, err = done.returncode, done.stdout, done.stderr
+    else:
+        code, out, err = run_main(monkeypatch, capfd, *args)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["input_scale"] == scale
+    assert [row["file"] for row in report["results"]] == [str(path) for path, _, _ in good_files]
+    for row, (_, images, truth) in zip(report["results"], good_files, strict=True):
+        assert row["images"] == len(truth)
+        expected = plain_accuracy(model, images / np.float32(scale), truth)
+        assert row["accuracy"] == expected
+        assert 0.0 < expected < 100.0
