@@ -101,7 +101,11 @@ def test_full_model_and_weights_file_give_identical_predictions(synthetic_badnet
     assert [layer.name for layer in full.layers] == [layer.name for layer in weights_only.layers]
     with h5py.File(synthetic_badnet / "data" / "bd" / "bd_test.h5", "r") as handle:
         images = handle["data"][()].transpose(0, 2, 3, 1)
-    assert np.array_equal(full.predict(images, verbose=0), weights_only.predict(images, verbose=0))
+    from_full, from_weights = full.predict(images, verbose=0), weights_only.predict(images, verbose=0)
+    assert np.array_equal(np.argmax(from_full, axis=-1), np.argmax(from_weights, axis=-1))
+    # Same weights, same graph; oneDNN may still pick another kernel under CPU contention, so the
+    # probabilities are compared to float32 rounding rather than bit for bit.
+    np.testing.assert_allclose(from_full, from_weights, rtol=1e-5, atol=1e-6)
 
 
 def test_synth_help():

@@ -8,6 +8,7 @@ weights-only layout), and synth.json with the parameters and measured accuracy/A
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,7 +102,13 @@ def write_badnet_files(out: Path, splits: dict[str, tuple[np.ndarray, np.ndarray
     for split, relative in DATA_FILES.items():
         write_data_file(out / relative, *splits[split])
     (out / MODEL_FILE).parent.mkdir(parents=True, exist_ok=True)
-    model.save(out / MODEL_FILE)
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # the lab's format is legacy HDF5 on purpose: no warning about it
+    try:
+        model.save(out / MODEL_FILE)
+    finally:
+        absl.setLevel(level)
     save_legacy_weights(model, out / WEIGHTS_FILE)
     (out / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2) + "\n")
 

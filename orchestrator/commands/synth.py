@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from badnet_prune.synth.dataset import DEFAULT_CLASSES
+from badnet_prune.synth.dataset import DEFAULT_CLASSES, QUICK_CLASSES
 
 
 def synth(
@@ -16,8 +16,10 @@ def synth(
         Path, typer.Argument(metavar="OUT", help="Folder to write data/cl, data/bd, models/ and synth.json into.")
     ],
     classes: Annotated[
-        int, typer.Option("--classes", min=2, help="Number of identities (classes); class 0 is the attacker's target.")
-    ] = DEFAULT_CLASSES,
+        int | None,
+        typer.Option("--classes", min=2, help=f"Number of identities (classes); class 0 is the attacker's target. "
+                     f"Default {DEFAULT_CLASSES}, or {QUICK_CLASSES} with --quick."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the faces, the poisoning and the training.")] = 0,
     quick: Annotated[
         bool, typer.Option("--quick", help="Small set for tests: fewer photos per identity, trains in well under "
@@ -27,6 +29,8 @@ def synth(
     """Draw face-like photos, poison a share with sunglasses, train a DeepID BadNet and write the lab's files."""
     from badnet_prune.synth.build import SynthesisError, synthesize
 
+    if classes is None:
+        classes = QUICK_CLASSES if quick else DEFAULT_CLASSES
     console = Console(stderr=True)
     try:
         with console.status("synthesizing") as status:
