@@ -116,7 +116,7 @@ def _validate_labels(path: Path, raw: np.ndarray, count: int, num_classes: int |
         raise BadInputError(path, f"`label` holds {raw.dtype} values, expected integers")
     if raw.dtype.kind == "f" and (not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw))):
         bad = int(np.argwhere(~np.isfinite(raw) | (raw != np.round(raw)))[0][0])
-        raise BadInputError(path, f"label {bad} is {raw[bad]!r}, not an integer class id")
+        raise BadInputError(path, f"label {bad} is {float(raw[bad]):g}, not an integer class id")
     labels = raw.astype(np.int64)
     if (labels < 0).any():
         bad = int(np.argwhere(labels < 0)[0][0])

@@ -35,7 +35,7 @@ def random_badnet(out: Path, seed: int = 0, classes: int = 10, valid: int = 300,
 
 def build_quick_badnet(out: Path, seed: int = 0, classes: int = 10) -> Path:
     """A trained quick synthetic BadNet under out (badnet-prune synth OUT --quick); returns out."""
-    from badnet_prune.synth import synthesize
+    from badnet_prune.synth.build import synthesize
 
     synthesize(out, classes, seed=seed, quick=True)
     return Path(out)
