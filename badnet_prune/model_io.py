@@ -76,10 +76,11 @@ def _hdf5_model_config(path: Path) -> dict[str, Any] | None:
     return json.loads(text)
 
 
-def _layer_classes(config: Any) -> Iterator[str]:
+def _layer_classes(config: Any) -> Iterator[tuple[str, str]]:
+    """Every (class_name, module) a serialized config names; module is '' in legacy HDF5 configs."""
     if isinstance(config, dict):
         if "class_name" in config and isinstance(config["class_name"], str):
-            yield config["class_name"]
+            yield config["class_name"], str(config.get("module") or "")
         for value in config.values():
             yield from _layer_classes(value)
     elif isinstance(config, list):
@@ -88,12 +89,12 @@ def _layer_classes(config: Any) -> Iterator[str]:
 
 
 def _refuse_code(path: Path, config: dict[str, Any]) -> None:
-    for class_name in _layer_classes(config):
+    for class_name, module in _layer_classes(config):
         if class_name in CODE_CLASSES:
             raise BadInputError(
                 path, f"carries code (a {class_name} layer) that loading would execute; refused: {TRUST_HINT}"
             )
-        if not _is_builtin_keras_class(class_name):
+        if not (module == "keras" or module.startswith("keras.") or _is_builtin_keras_class(class_name)):
             raise BadInputError(
                 path, f"uses the custom class {class_name!r}, whose code is not part of Keras; refused: {TRUST_HINT}"
             )
