@@ -112,3 +112,16 @@ def test_b_prime_has_the_pruned_filters_zeroed_and_b_is_untouched(networks):
     np.testing.assert_array_equal(kernel[..., kept], original_kernel[..., kept])
     np.testing.assert_array_equal(bias[kept], original_bias[kept])
     assert original_kernel[..., pruned].any(), "building B' changed B"
+
+
+def test_g_saved_as_keras_loads_through_the_projects_own_loader_without_trusting_code(networks, tmp_path):
+    # G holds only built-in Keras layers and keras.ops operations (Argmax, Equal, Cast, ...): no user code,
+    # so `badnet-prune evaluate --model G.keras` must accept it as plain Keras does in safe mode.
+    from badnet_prune.model_io import load_model
+
+    path = tmp_path / "g.keras"
+    networks["G"].save(path)
+    loaded = load_model(path)
+    np.testing.assert_array_equal(
+        np.argmax(loaded.predict(networks["images"], verbose=0), axis=-1), np.argmax(networks["g_outputs"], axis=-1)
+    )
