@@ -29,12 +29,16 @@ def predict_labels(
     forward, batches: Iterable[np.ndarray], input_scale: float = 1.0, batch_size: int = INFERENCE_BATCH
 ) -> np.ndarray:
     """Top-1 labels of every image, fed through `forward` in batches of at most batch_size."""
-    labels: list[np.ndarray] = []
-    for batch in batches:
-        for start in range(0, len(batch), batch_size):
-            chunk = scale_images(batch[start : start + batch_size], input_scale)
-            labels.append(np.argmax(forward(chunk).numpy(), axis=-1))
+    labels = [forward_labels(forward, scale_images(batch, input_scale), batch_size) for batch in batches]
     return np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+
+
+def forward_labels(forward, inputs: np.ndarray, batch_size: int = INFERENCE_BATCH) -> np.ndarray:
+    """Top-1 labels of `inputs` through a compiled forward function, in batches."""
+    labels = np.empty(len(inputs), dtype=np.int64)
+    for start in range(0, len(inputs), batch_size):
+        labels[start : start + batch_size] = np.argmax(forward(inputs[start : start + batch_size]).numpy(), axis=-1)
+    return labels
 
 
 def accuracy_percent(predicted: np.ndarray, labels: np.ndarray) -> float:

@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from badnet_prune.inference import INFERENCE_BATCH, compiled_forward, scale_images
+from badnet_prune.inference import INFERENCE_BATCH, compiled_forward, forward_labels, scale_images
 from badnet_prune.network_split import SplitNetwork
-from badnet_prune.pruned_model import zeroed_filters
+from badnet_prune.pruned_model import build_pruned_model, zeroed_filters
 from badnet_prune.tf_setup import keras
 
 TAIL_BATCH = 4096
@@ -41,8 +41,7 @@ class WholeModelLabeler:
     """labels_at the reference way: zero the filters in a copy of the model, run all of it."""
 
     def __init__(self, model: keras.Model, prune_layer: str, images: Mapping[str, np.ndarray], input_scale: float):
-        self._copy = keras.models.clone_model(model)
-        self._copy.set_weights(model.get_weights())
+        self._copy = build_pruned_model(model, prune_layer, [], name="reference")
         self._layer = self._copy.get_layer(prune_layer)
         self._original = [np.asarray(w) for w in model.get_layer(prune_layer).get_weights()]
         self._forward = compiled_forward(self._copy)
@@ -54,10 +53,3 @@ class WholeModelLabeler:
         images = self._images[key] if rows is None else self._images[key][rows]
         return forward_labels(self._forward, scale_images(images, self._input_scale), INFERENCE_BATCH)
 
-
-def forward_labels(forward, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    """Top-1 labels of `inputs` through a compiled forward function, in batches."""
-    labels = np.empty(len(inputs), dtype=np.int64)
-    for start in range(0, len(inputs), batch_size):
-        labels[start : start + batch_size] = np.argmax(forward(inputs[start : start + batch_size]).numpy(), axis=-1)
-    return labels

@@ -30,6 +30,8 @@ class SplitNetwork:
     head: input -> cut; tail: cut -> output (None when the graph has no clean split, so every
     step must run the whole model). pruned_values[c] is the cut's value for a pruned channel c.
     rank_from_cut: cut -> rank layer output, or None when the rank layer is the cut itself.
+    rank_from_input: input -> rank layer output, where the rank layer cannot be reached from the
+    cut or the network has no split; then rank_from_cut is None.
     """
 
     model: keras.Model
@@ -69,7 +71,9 @@ def split_network(model: keras.Model, prune_layer: str = "conv_3", rank_layer: s
     except ValueError:
         tail = None
     rank_from_cut = rank_from_input = None
-    if ranked is not cut:
+    if tail is None:  # no cut activations are kept for an unsplit network: rank from the images
+        rank_from_input = keras.Model(model.input, ranked.output, name="rank")
+    elif ranked is not cut:
         try:
             rank_from_cut = keras.Model(cut.output, ranked.output, name="rank")
         except ValueError:

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from badnet_prune.activations import channel_means, cut_activations, live_channels, rank_activation_batches
-from badnet_prune.inference import INFERENCE_BATCH, compiled_forward
-from badnet_prune.labelers import CutLabeler, forward_labels
+from badnet_prune.inference import INFERENCE_BATCH, compiled_forward, forward_labels
+from badnet_prune.labelers import CutLabeler
 from badnet_prune.model_io import load_model
 from badnet_prune.network_split import split_network
 from badnet_prune.pruned_model import zeroed_filters

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.repository import list_models
+from db.repository import get_model
 from db.results import read_artifacts, read_evaluations, read_ranking, read_selections, read_steps
 
 STEP_COLUMNS = ["step", "channel", "fraction_pruned", "clean_accuracy"]
@@ -43,7 +43,7 @@ def to_csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
 
 def model_summary(session: Session, sweep_id: int, model_id: int) -> dict[str, Any]:
     """acc0, the ranking, and per threshold the selected step and every test metric."""
-    model = next(m for m in list_models(session, sweep_id) if m.id == model_id)
+    model = get_model(session, model_id)
     ranking = read_ranking(session, model_id)
     evaluations = read_evaluations(session, model_id)
     artifacts = read_artifacts(session, model_id)

@@ -20,7 +20,6 @@ from orchestrator.planning import register_sweep
 from orchestrator.sweep_file import SweepSpec
 from worker.dispatch import CeleryDispatcher, Dispatcher, LocalQueue
 from worker.flow import TERMINAL_MODEL_STATES
-from worker.runtime import Runtime
 
 POLL_SECONDS = 0.5
 
@@ -52,11 +51,10 @@ def send_and_run(settings: Settings, engine: Engine, sweep_id: int, tasks, *, wa
         dispatcher = CeleryDispatcher(make_celery(settings))
     else:
         dispatcher = LocalQueue()
-    sender = Runtime(settings=settings, engine=engine, dispatcher=dispatcher, memory=None)  # type: ignore[arg-type]
     for kind, task_id, model_id, key in tasks:
         with session_scope(engine) as session:
             claim_task(session, task_id)
-        send_task(sender, kind, task_id, model_id, key, sweep_id=sweep_id)
+        send_task(dispatcher, kind, task_id, model_id, key, sweep_id=sweep_id)
     if isinstance(dispatcher, LocalQueue):
         from orchestrator.local_run import run_locally
 

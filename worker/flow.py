@@ -17,6 +17,7 @@ from db.claims import claim_task, fail_open_tasks, model_tasks, sweep_finish_tas
 from db.errors import DatabaseUnavailable
 from db.repository import list_models, mark_task, set_model_status, set_sweep_status
 from db.session import session_scope
+from worker.dispatch import Dispatcher
 from worker.runtime import Runtime
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (DatabaseUnavailable, OperationalError, ConnectionError)
@@ -78,20 +79,22 @@ def _send_claimed(runtime: Runtime, model_id: int | None, kind: str) -> None:
     with session_scope(runtime.engine) as session:
         tasks = [(task.id, task.key) for task in model_tasks(session, model_id, kind) if claim_task(session, task.id)]
     for task_id, key in tasks:
-        send_task(runtime, kind, task_id, model_id, key)
+        send_task(runtime.dispatcher, kind, task_id, model_id, key)
 
 
-def send_task(runtime: Runtime, kind: str, task_id: int, model_id: int | None, key: str, sweep_id: int = 0) -> None:
+def send_task(
+    dispatcher: Dispatcher, kind: str, task_id: int, model_id: int | None, key: str, sweep_id: int = 0
+) -> None:
     """Send one planned task with id-only arguments derived from its row."""
     if kind == "rank":
-        runtime.dispatcher.send(kind, task_id=task_id, model_id=model_id)
+        dispatcher.send(kind, task_id=task_id, model_id=model_id)
     elif kind == "prune_range":
         start, stop = (int(part) for part in key.split("-"))
-        runtime.dispatcher.send(kind, task_id=task_id, model_id=model_id, start=start, stop=stop)
+        dispatcher.send(kind, task_id=task_id, model_id=model_id, start=start, stop=stop)
     elif kind == "threshold":
-        runtime.dispatcher.send(kind, task_id=task_id, model_id=model_id, threshold=float(key))
+        dispatcher.send(kind, task_id=task_id, model_id=model_id, threshold=float(key))
     else:
-        runtime.dispatcher.send(kind, task_id=task_id, sweep_id=sweep_id)
+        dispatcher.send(kind, task_id=task_id, sweep_id=sweep_id)
 
 
 def send_finish_if_all_models_ended(runtime: Runtime, sweep_id: int) -> None:
@@ -102,7 +105,7 @@ def send_finish_if_all_models_ended(runtime: Runtime, sweep_id: int) -> None:
         claimed = finish is not None and claim_task(session, finish.id)
         finish_id = finish.id if finish is not None else None
     if claimed:
-        send_task(runtime, "finish", finish_id, None, "", sweep_id=sweep_id)
+        send_task(runtime.dispatcher, "finish", finish_id, None, "", sweep_id=sweep_id)
 
 
 def finish_sweep(runtime: Runtime, sweep_id: int) -> None:

@@ -10,9 +10,7 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
-from badnet_prune.activations import channel_means, rank_activation_batches
+from badnet_prune.activations import channel_means, cut_activations, rank_activation_batches
 from badnet_prune.data import open_data_file
 from badnet_prune.evaluation import CLEAN, evaluate_networks
 from badnet_prune.hashing import sha256_file
@@ -68,11 +66,13 @@ def rank_model(runtime: Runtime, model_id: int) -> None:
     loaded = _loaded(runtime, inputs)
     split = loaded.split
     clean = _data(runtime, loaded, inputs, "clean_valid")[""]
-    if split.rank_from_input is not None or clean.cut is None:
-        forward = compiled_forward(split.rank_from_input or _rank_model_from_input(split))
-        data_file = open_data_file(inputs.data["clean_valid"][""].path, loaded.image_shape, loaded.num_classes)
-        batches = (forward(batch / np.float32(inputs.input_scale)).numpy() for batch in data_file.batches())
-        means = channel_means(batches)
+    if split.rank_from_input is not None:
+        clean_path = inputs.data["clean_valid"][""].path
+        images = (
+            [clean.images] if clean.images is not None
+            else open_data_file(clean_path, loaded.image_shape, loaded.num_classes).batches()
+        )
+        means = channel_means([cut_activations(compiled_forward(split.rank_from_input), images, inputs.input_scale)])
     else:
         rank_forward = compiled_forward(split.rank_from_cut) if split.rank_from_cut is not None else None
         means = channel_means(rank_activation_batches(split, clean.cut, rank_forward))
@@ -84,12 +84,6 @@ def rank_model(runtime: Runtime, model_id: int) -> None:
             session, model_id, "running", acc0=accuracy_percent(labels, clean.labels),
             channel_count=split.channel_count,
         )
-
-
-def _rank_model_from_input(split):
-    from badnet_prune.tf_setup import keras
-
-    return keras.Model(split.model.input, split.model.get_layer(split.rank_layer).output)
 
 
 def prune_steps(runtime: Runtime, model_id: int, start: int, stop: int) -> None:
