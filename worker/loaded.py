@@ -7,6 +7,7 @@ read once per process; its cut activations come from memory, else from the share
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Mapping
@@ -23,6 +24,8 @@ from badnet_prune.labelers import CutLabeler, WholeModelLabeler
 from badnet_prune.model_io import image_shape, load_model, num_classes
 from badnet_prune.network_split import SplitNetwork, split_network
 from badnet_prune.pruning import LabeledSet, LabelsAt
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,12 @@ class WorkerMemory:
         if key not in self._models:
             network = load_model(key.path, trust_code=key.trust_code)
             split = split_network(network, key.prune_layer, key.rank_layer)
+            if not split.is_split:
+                LOG.warning(
+                    "%s: layers after %s also read inputs that bypass %s, so the network has no split: each "
+                    "pruning step runs the whole model on every image (exact, but slower)",
+                    key.path, split.cut_layer, key.prune_layer,
+                )
             self._models[key] = LoadedModel(
                 key=key,
                 split=split,
