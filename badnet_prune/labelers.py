@@ -16,10 +16,16 @@ from badnet_prune.pruned_model import build_pruned_model, zeroed_filters
 from badnet_prune.tf_setup import keras
 
 TAIL_BATCH = 4096
+DENSE_SHARE = 0.9
 
 
 class CutLabeler:
-    """labels_at over cached cut activations: pruned channels take their pruned value."""
+    """labels_at over cached cut activations: pruned channels take their pruned value.
+
+    It keeps, per data set, the cut with the channels of its last request pruned, so a request
+    that prunes one channel more (as prune_range's steps do) writes that channel alone instead
+    of copying the cut and writing every pruned channel again.
+    """
 
     def __init__(self, split: SplitNetwork, activations: Mapping[str, np.ndarray], forward=None) -> None:
         if split.tail is None:
@@ -27,14 +33,32 @@ class CutLabeler:
         self._forward = forward if forward is not None else compiled_forward(split.tail)
         self._pruned_values = split.pruned_values
         self._activations = activations
+        self._masked: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}
 
     def __call__(self, key: str, pruned: Sequence[int], rows: np.ndarray | None = None) -> np.ndarray:
-        source = self._activations[key]
-        cut = source.copy() if rows is None else source[rows]
-        if len(pruned):
-            index = np.asarray(pruned, dtype=np.int64)
+        cut = self.masked_cut(key, pruned)
+        if rows is None:
+            return forward_labels(self._forward, cut, TAIL_BATCH)
+        if len(rows) < DENSE_SHARE * len(cut):
+            return forward_labels(self._forward, cut[rows], TAIL_BATCH)
+        # nearly every row: running the few others costs less than gathering these
+        return forward_labels(self._forward, cut, TAIL_BATCH)[rows]
+
+    def masked_cut(self, key: str, pruned: Sequence[int]) -> np.ndarray:
+        """The cut of data set `key` with `pruned` at their pruned value (do not modify it)."""
+        wanted = tuple(int(c) for c in pruned)
+        if not wanted:
+            return self._activations[key]
+        known = self._masked.get(key)
+        if known is not None and wanted[: len(known[0])] == known[0]:
+            cut, new = known[1], wanted[len(known[0]) :]
+        else:
+            cut, new = self._activations[key].copy(), wanted
+        if new:
+            index = np.asarray(sorted(set(new)), dtype=np.int64)
             cut[..., index] = self._pruned_values[index]
-        return forward_labels(self._forward, cut, TAIL_BATCH)
+        self._masked[key] = (wanted, cut)
+        return cut
 
 
 class WholeModelLabeler:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from badnet_prune.data import open_data_file
 from badnet_prune.errors import BadInputError
-from badnet_prune.hashing import sha256_file
+from badnet_prune.hashing import sha256_file, sha256_files
 from badnet_prune.model_inspect import prune_layer_filters
 from db.repository import add_model, create_sweep, set_model_status, set_sweep_status, upsert_data_file, upsert_task
 from orchestrator.sweep_file import ModelSpec, SweepSpec
@@ -46,9 +46,10 @@ def register_sweep(
     )
     rank_tasks: list[tuple[int, int]] = []
     failed: dict[str, str] = {}
+    hashes = sha256_files(path for model in spec.models for path in _model_files(model))
     for model in spec.models:
         try:
-            model_id, channels = _register_model(session, sweep_id, spec, model)
+            model_id, channels = _register_model(session, sweep_id, spec, model, hashes)
         except BadInputError as error:
             failed[model.name] = str(error)
             model_id = add_model(session, sweep_id, name=model.name, path=str(model.path), sha256="",
@@ -65,17 +66,30 @@ def register_sweep(
     return PlannedSweep(sweep_id, rank_tasks, finish_task, failed)
 
 
-def _register_model(session: Session, sweep_id: int, spec: SweepSpec, model: ModelSpec) -> tuple[int, int]:
-    channels = prune_layer_filters(model.path, spec.prune_layer)
+def _data_files(model: ModelSpec) -> list[tuple[str, str, Path]]:
     files = [("clean_valid", "", model.clean_valid), ("clean_test", "", model.clean_test)]
     for poisoned in model.poisoned:
         files += [("poisoned_valid", poisoned.name, poisoned.valid), ("poisoned_test", poisoned.name, poisoned.test)]
+    return files
+
+
+def _model_files(model: ModelSpec) -> list[Path]:
+    return [model.path, *(path for _, _, path in _data_files(model))]
+
+
+def _register_model(
+    session: Session, sweep_id: int, spec: SweepSpec, model: ModelSpec, hashes: dict[str, str]
+) -> tuple[int, int]:
+    def sha256(path: Path) -> str:
+        return hashes.get(str(path)) or sha256_file(path)
+
+    channels = prune_layer_filters(model.path, spec.prune_layer)
     data = []
-    for role, poison_name, path in files:
+    for role, poison_name, path in _data_files(model):
         count = open_data_file(path).count
-        data.append((role, poison_name, upsert_data_file(session, path, sha256_file(path), count)))
+        data.append((role, poison_name, upsert_data_file(session, path, sha256(path), count)))
     model_id = add_model(
-        session, sweep_id, name=model.name, path=str(model.path), sha256=sha256_file(model.path),
+        session, sweep_id, name=model.name, path=str(model.path), sha256=sha256(model.path),
         input_scale=model.input_scale, data=data,
     )
     set_model_status(session, model_id, "pending", channel_count=channels)

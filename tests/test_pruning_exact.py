@@ -151,6 +151,19 @@ def test_any_split_into_ranges_gives_the_rows_of_one_run(sweep, reference_rows, 
     assert rows == reference_rows
 
 
+def test_the_labelers_kept_masked_cut_answers_requests_in_any_order(sweep, reference):
+    """Extending, repeating, shortening and unrelated requests all give the reference labels."""
+    order = sweep.order.tolist()
+    rows = np.arange(0, len(reference[CLEAN][0]), 3)
+    requests = [45, 46, 46, 50, 20, 21, 60, 0, 59, 1, 33]
+    for step in requests:
+        labels = sweep.cut_labeler(CLEAN, order[:step], rows)
+        assert np.array_equal(labels, reference[CLEAN][step][rows]), f"after {step} channels"
+        assert np.array_equal(sweep.cut_labeler(POISONED, order[:step], None), reference[POISONED][step])
+    reordered = order[:10][::-1] + order[10:30]
+    assert np.array_equal(sweep.cut_labeler(CLEAN, reordered, None), reference[CLEAN][30])
+
+
 @pytest.mark.parametrize("start, stop", [(-1, 3), (3, 3), (5, 2), (0, 62)])
 def test_ranges_outside_the_sweep_are_rejected(sweep, start, stop):
     with pytest.raises(ValueError):

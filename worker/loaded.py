@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +66,7 @@ class WorkerMemory:
         self.cache_dir = Path(cache_dir)
         self._models: dict[ModelKey, LoadedModel] = {}
         self._data: dict[tuple[ModelKey, str], LoadedData] = {}
+        self._unpruned_labels: dict[tuple[ModelKey, str], np.ndarray] = {}
 
     def model(self, key: ModelKey) -> LoadedModel:
         if key not in self._models:
@@ -109,13 +110,30 @@ class WorkerMemory:
         return LoadedData(sha256, data_file.labels, live_channels(cut, split.pruned_values), cut, None)
 
     def labels_at(self, loaded: LoadedModel, sets: Mapping[str, LoadedData]) -> LabelsAt:
-        """The labeler for these data sets: tail on cut activations, or the whole model if unsplit."""
+        """The labeler for these data sets: tail on cut activations, or the whole model if unsplit.
+
+        B's own labels of a data set (nothing pruned) are kept for the process's life: the rank
+        task, the first range and every threshold task ask for them again.
+        """
+        labeler: LabelsAt
         if loaded.split.is_split:
-            return CutLabeler(loaded.split, {name: data.cut for name, data in sets.items()}, loaded.tail_forward)
-        return WholeModelLabeler(
-            loaded.split.model, loaded.split.prune_layer,
-            {name: data.images for name, data in sets.items()}, loaded.key.input_scale,
-        )
+            labeler = CutLabeler(loaded.split, {name: data.cut for name, data in sets.items()}, loaded.tail_forward)
+        else:
+            labeler = WholeModelLabeler(
+                loaded.split.model, loaded.split.prune_layer,
+                {name: data.images for name, data in sets.items()}, loaded.key.input_scale,
+            )
+        cache_keys = {name: (loaded.key, data.sha256) for name, data in sets.items()}
+
+        def labels_at(key: str, pruned: Sequence[int], rows: np.ndarray | None = None) -> np.ndarray:
+            if len(pruned) or rows is not None:
+                return labeler(key, pruned, rows)
+            cache_key = cache_keys[key]
+            if cache_key not in self._unpruned_labels:
+                self._unpruned_labels[cache_key] = labeler(key, pruned, None)
+            return self._unpruned_labels[cache_key].copy()
+
+        return labels_at
 
 
 def labeled_set(name: str, data: LoadedData) -> LabeledSet:
