@@ -17,12 +17,23 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def sha256_files(paths: Iterable[str | Path]) -> dict[str, str]:
-    """sha256 of many files at once, one thread per core (hashlib releases the GIL on large reads).
+class BackgroundHashes:
+    """sha256 of many files, computed on one thread per core while the caller goes on.
 
-    Files that cannot be read are left out; the caller hashes those again and reports the error.
+    hashlib releases the GIL while it hashes, so a caller can import TensorFlow meanwhile.
     """
-    unique = list(dict.fromkeys(str(path) for path in paths))
-    with ThreadPoolExecutor(max_workers=max(1, min(len(unique), os.cpu_count() or 1))) as pool:
-        futures = {path: pool.submit(sha256_file, path) for path in unique}
-    return {path: future.result() for path, future in futures.items() if future.exception() is None}
+
+    def __init__(self, paths: Iterable[str | Path]) -> None:
+        unique = list(dict.fromkeys(str(path) for path in paths))
+        pool = ThreadPoolExecutor(max_workers=max(1, min(len(unique), os.cpu_count() or 1)))
+        self._futures = {path: pool.submit(sha256_file, path) for path in unique}
+        pool.shutdown(wait=False)
+
+    def result(self) -> dict[str, str]:
+        """Wait for every file; files that could not be read are left out (hash them again to report why)."""
+        return {path: future.result() for path, future in self._futures.items() if future.exception() is None}
+
+
+def sha256_files(paths: Iterable[str | Path]) -> dict[str, str]:
+    """sha256 of many files at once; unreadable files are left out."""
+    return BackgroundHashes(paths).result()

@@ -15,6 +15,12 @@ from worker.dispatch import LocalQueue
 from worker.runtime import install_runtime
 
 
+def import_task_code() -> None:
+    """Import the tasks and TensorFlow now, so a caller can overlap that with other waiting."""
+    import worker.jobs
+    import worker.tasks  # noqa: F401
+
+
 def run_locally(settings: Settings, engine: Engine, queue: LocalQueue, on_task_done: Callable[[], None] | None = None):
     """Drain the queue (tasks send their successors into it) until no work is left."""
     from worker import tasks

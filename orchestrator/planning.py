@@ -34,10 +34,22 @@ def channel_ranges(channel_count: int, range_size: int) -> list[tuple[int, int]]
     return [(start, min(start + range_size, steps)) for start in range(0, steps, range_size)]
 
 
+def sweep_files(spec: SweepSpec) -> list[Path]:
+    """Every model and data file of the sweep, for hashing them ahead of planning."""
+    return [path for model in spec.models for path in _model_files(model)]
+
+
 def register_sweep(
-    session: Session, spec: SweepSpec, artifact_dir: Path, extra_config: dict | None = None
+    session: Session,
+    spec: SweepSpec,
+    artifact_dir: Path,
+    extra_config: dict | None = None,
+    hashes: dict[str, str] | None = None,
 ) -> PlannedSweep:
-    """Record the sweep and plan its tasks; extra_config (e.g. flat_artifacts) is stored with it."""
+    """Record the sweep and plan its tasks; extra_config (e.g. flat_artifacts) is stored with it.
+
+    hashes: sha256 by path, computed ahead (sweep_files); files missing from it are hashed here.
+    """
     config = {**spec.source, **(extra_config or {}), "trust_model_code": spec.trust_model_code}
     sweep_id = create_sweep(
         session, name=spec.name, config=config, thresholds=spec.thresholds, policy=spec.policy,
@@ -46,7 +58,8 @@ def register_sweep(
     )
     rank_tasks: list[tuple[int, int]] = []
     failed: dict[str, str] = {}
-    hashes = sha256_files(path for model in spec.models for path in _model_files(model))
+    if hashes is None:
+        hashes = sha256_files(sweep_files(spec))
     for model in spec.models:
         try:
             model_id, channels = _register_model(session, sweep_id, spec, model, hashes)

@@ -12,11 +12,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import Engine
 
+from badnet_prune.hashing import BackgroundHashes
 from badnet_prune.settings import Settings
 from db.claims import claim_task, reset_to_pending
 from db.repository import missing_tasks, sweep_progress
 from db.session import display_url, prepare_database, session_scope
-from orchestrator.planning import register_sweep
+from orchestrator.planning import register_sweep, sweep_files
 from orchestrator.sweep_file import SweepSpec
 from worker.dispatch import CeleryDispatcher, Dispatcher, LocalQueue
 from worker.flow import TERMINAL_MODEL_STATES
@@ -27,9 +28,15 @@ POLL_SECONDS = 0.5
 def submit_sweep(
     settings: Settings, spec: SweepSpec, *, wait: bool, console: Console, extra_config: dict | None = None
 ) -> int:
+    hashing = BackgroundHashes(sweep_files(spec))
+    if not settings.broker_url:
+        from orchestrator.local_run import import_task_code
+
+        import_task_code()  # TensorFlow's import (seconds) overlaps the hashing of the input files
     engine = prepare_database(settings.db_url)
+    hashes = hashing.result()
     with session_scope(engine) as session:
-        planned = register_sweep(session, spec, settings.artifact_dir, extra_config)
+        planned = register_sweep(session, spec, settings.artifact_dir, extra_config, hashes)
     console.print(f"sweep {planned.sweep_id} registered: {len(spec.models)} model(s) in {display_url(settings.db_url)}")
     for name, reason in planned.failed.items():
         console.print(f"[red]model {name} failed:[/red] {reason}")

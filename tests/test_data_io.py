@@ -204,3 +204,18 @@ def test_evaluate_accuracy_equals_a_plain_argmax_comparison(model_file, good_fil
         expected = plain_accuracy(model, images / np.float32(scale), truth)
         assert row["accuracy"] == expected
         assert 0.0 < expected < 100.0
+
+
+def test_background_hashes_equal_hashlib_and_leave_out_unreadable_files(tmp_path):
+    import hashlib
+
+    from badnet_prune.hashing import BackgroundHashes, sha256_file
+
+    payloads = {tmp_path / f"file{i}.bin": bytes(range(256)) * (1000 * (i + 1)) for i in range(3)}
+    for path, payload in payloads.items():
+        path.write_bytes(payload)
+    missing = tmp_path / "missing.h5"
+    hashes = BackgroundHashes([*payloads, missing, next(iter(payloads))]).result()
+    assert set(hashes) == {str(path) for path in payloads}
+    for path, payload in payloads.items():
+        assert hashes[str(path)] == hashlib.sha256(payload).hexdigest() == sha256_file(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from badnet_prune.activations import channel_means, cut_activations, rank_activation_batches
@@ -121,15 +122,18 @@ def evaluate_threshold(runtime: Runtime, model_id: int, threshold: float) -> Non
     assert inputs.acc0 is not None
     step = select_steps(inputs.acc0, [s.clean_accuracy for s in steps], inputs.thresholds, inputs.policy)[threshold]
     loaded = _loaded(runtime, inputs)
-    tests = {CLEAN: _data(runtime, loaded, inputs, "clean_test")[""]}
-    tests.update(_data(runtime, loaded, inputs, "poisoned_test"))
-    labels_at = runtime.memory.labels_at(loaded, tests)
-    labels_b = {name: labels_at(name, [], None) for name in tests}
     pruned = order[:step] if step is not None else None
-    labels_b_prime = {} if pruned is None else {threshold: {name: labels_at(name, pruned, None) for name in tests}}
+    # B'_t and G_t are built and saved on a thread while TensorFlow labels the test data here
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        writing = None if pruned is None else pool.submit(_write_models, loaded, inputs, threshold, step, pruned)
+        tests = {CLEAN: _data(runtime, loaded, inputs, "clean_test")[""]}
+        tests.update(_data(runtime, loaded, inputs, "poisoned_test"))
+        labels_at = runtime.memory.labels_at(loaded, tests)
+        labels_b = {name: labels_at(name, [], None) for name in tests}
+        labels_b_prime = {} if pruned is None else {threshold: {name: labels_at(name, pruned, None) for name in tests}}
+        artifacts = [] if writing is None else writing.result()
     truth = {name: data.labels for name, data in tests.items()}
     evaluations = evaluate_networks(labels_b, labels_b_prime, truth, loaded.num_classes)
-    artifacts = [] if pruned is None else _write_models(loaded, inputs, threshold, step, pruned)
     with session_scope(runtime.engine) as session:
         valid_accuracy = None if step is None else steps[step].clean_accuracy
         save_selection(session, model_id, threshold, step, valid_accuracy)
