@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import Engine
 
@@ -39,7 +40,7 @@ def submit_sweep(
         planned = register_sweep(session, spec, settings.artifact_dir, extra_config, hashes)
     console.print(f"sweep {planned.sweep_id} registered: {len(spec.models)} model(s) in {display_url(settings.db_url)}")
     for name, reason in planned.failed.items():
-        console.print(f"[red]model {name} failed:[/red] {reason}")
+        console.print(f"[red]model {name} failed:[/red] {escape(reason)}", soft_wrap=True)
     first = [("rank", task_id, model_id, "") for task_id, model_id in planned.rank_tasks]
     if not planned.rank_tasks:
         first = [("finish", planned.finish_task, None, "")]

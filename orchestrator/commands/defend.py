@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from badnet_prune.errors import BadInputError
+from badnet_prune.selection import POLICIES, validate_thresholds
 from orchestrator.options import DbOption, InputScaleOption, ModelOption, TrustCodeOption, load_settings
 
 
@@ -53,6 +54,12 @@ def defend(
         threshold_values = [float(t) for t in thresholds.split(",") if t.strip()]
     except ValueError as error:
         raise BadInputError("--thresholds", f"{thresholds!r} is not a comma-separated list of numbers") from error
+    try:
+        validate_thresholds(threshold_values)
+    except ValueError as error:
+        raise BadInputError("--thresholds", str(error)) from error
+    if policy not in POLICIES:
+        raise BadInputError("--policy", f"{policy!r} is not one of {', '.join(POLICIES)}")
     raw = {
         "name": f"defend {model.name}",
         "thresholds": threshold_values,
@@ -84,7 +91,7 @@ def _write_results(db_url: str, sweep_id: int, out: Path, console: Console) -> N
     with session_scope(engine) as session:
         model = list_models(session, sweep_id)[0]
         if model.status == "failed":
-            console.print(f"error: {model.error or 'the model failed'}")
+            console.print(f"error: {model.error or 'the model failed'}", soft_wrap=True, markup=False)
             raise typer.Exit(2)
         columns, rows = step_rows(session, sweep_id)
         summary = model_summary(session, sweep_id, model.id)
@@ -94,7 +101,8 @@ def _write_results(db_url: str, sweep_id: int, out: Path, console: Console) -> N
     header, table_rows = lab_table(summary)
     table = Table(title=f"{summary['model']}: clean validation accuracy of B {summary['acc0']:.2f}%")
     for column in header:
-        table.add_column(column, justify="left" if column == "model" else "right")
+        # row names ("B' 2%, 45 pruned") stay on one line; the numeric headers wrap instead
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
     for row in table_rows:
         table.add_row(*row)
     Console().print(table)

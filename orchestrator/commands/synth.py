@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from badnet_prune.synth.dataset import DEFAULT_CLASSES, QUICK_CLASSES
 
@@ -36,7 +37,7 @@ def synth(
         with console.status("synthesizing") as status:
             summary = synthesize(out, classes, seed, quick, progress=lambda text: status.update(text))
     except SynthesisError as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(1) from error
     Console().print(
         f"{out}: {classes} classes, seed {seed}{' (quick)' if quick else ''}: "
