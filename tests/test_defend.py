@@ -247,3 +247,23 @@ def test_poisoned_images_that_do_not_match_the_model_end_in_one_line_naming_the_
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(wrong) in last, result.stderr
     assert not (tmp_path / "out" / "steps.csv").exists()
+
+
+def test_several_poisoned_sets_get_one_asr_column_each(synthetic_badnet, tmp_path, defended):
+    """The 2020 multi-trigger BadNets come with several poisoned sets: each gets its own ASR column."""
+    data = synthetic_badnet / "data"
+    pair = f"{data / 'bd' / 'bd_valid.h5'},{data / 'bd' / 'bd_test.h5'}"
+    arguments = defend_arguments(synthetic_badnet, tmp_path / "out", tmp_path / "d.db",
+                                 **{"--poisoned": f"glasses={pair}", "--thresholds": "0.1"})
+    result = run_defend(*arguments, "--poisoned", f"again={pair}", cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "out" / "steps.csv", newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        header = list(reader.fieldnames or [])
+    assert header == ["step", "channel", "fraction_pruned", "clean_accuracy", "asr_again", "asr_glasses"]
+    assert [row["asr_again"] for row in rows] == [row["asr_glasses"] for row in rows]
+    assert [row["asr_glasses"] for row in rows] == [row[f"asr_{POISON}"] for row in defended.steps]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
+    g = summary["thresholds"]["0.1"]["G"]
+    assert g["detection_again"] == g["detection_glasses"]
