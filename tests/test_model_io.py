@@ -199,3 +199,13 @@ def test_an_hdf5_file_without_a_model_is_refused(tmp_path):
 def test_a_missing_model_file_is_refused(tmp_path):
     with pytest.raises(BadInputError, match="no such model file"):
         load_model(tmp_path / "absent.h5")
+
+
+def test_inference_runs_with_tensor_float_32_off():
+    """TF32 would round GPU matmul inputs to 10 mantissa bits; the tool's inference must stay float32."""
+    from badnet_prune.architecture import build_deepid
+    from badnet_prune.inference import compiled_forward
+    from badnet_prune.tf_setup import tf
+
+    compiled_forward(build_deepid(4))
+    assert not tf.config.experimental.tensor_float_32_execution_enabled()
