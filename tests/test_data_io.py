@@ -219,3 +219,13 @@ def test_background_hashes_equal_hashlib_and_leave_out_unreadable_files(tmp_path
     assert set(hashes) == {str(path) for path in payloads}
     for path, payload in payloads.items():
         assert hashes[str(path)] == hashlib.sha256(payload).hexdigest() == sha256_file(path)
+
+
+@pytest.mark.parametrize("case", ["truncated", "no label", "length mismatch"])
+def test_a_malformed_data_file_is_reported_before_the_model_is_loaded(bad_files, case, tmp_path, monkeypatch, capfd):
+    """The model here is not even a model: the data file's own problem must come first, without TensorFlow."""
+    not_a_model = tmp_path / "model.h5"
+    not_a_model.write_bytes(b"not an HDF5 model")
+    path, problem = bad_files[case]
+    code, out, err = run_main(monkeypatch, capfd, "evaluate", "--model", str(not_a_model), "--data", str(path))
+    assert_one_line_error(code, out, err, path, problem)

@@ -26,6 +26,10 @@ def evaluate(
 ) -> None:
     """Accuracy of MODEL on each data file, in percent of the file's own labels."""
     from badnet_prune.data import open_data_file
+
+    for path in data:  # a malformed file is reported now, not after seconds of TensorFlow start-up
+        open_data_file(path)
+
     from badnet_prune.inference import accuracy_percent, compiled_forward, predict_labels
     from badnet_prune.model_io import image_shape, load_model, num_classes
 
