@@ -16,6 +16,12 @@ import numpy as np
 POLICIES = ("first", "notebook")
 
 
+def validate_policy(policy: str) -> str:
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    return policy
+
+
 def validate_thresholds(thresholds: Sequence[float]) -> list[float]:
     values = [float(t) for t in thresholds]
     if not values:
@@ -39,8 +45,7 @@ def select_steps(
 
     accuracies[k] is the clean validation accuracy with k channels pruned (accuracies[0] is B's).
     """
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    validate_policy(policy)
     ordered = validate_thresholds(thresholds)
     accuracy = np.asarray(accuracies, dtype=np.float64)
     first = {t: _first(qualifies(acc0, accuracy, t)) for t in ordered}

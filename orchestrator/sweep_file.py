@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from badnet_prune.errors import BadInputError
-from badnet_prune.selection import POLICIES, validate_thresholds
+from badnet_prune.selection import validate_policy, validate_thresholds
 
 DEFAULT_THRESHOLDS = (0.02, 0.04, 0.10)
 SWEEP_KEYS = {"name", "thresholds", "policy", "prune_layer", "rank_layer", "range_size", "trust_model_code", "model"}
@@ -71,8 +71,10 @@ def parse_sweep(raw: dict[str, Any], *, base: Path, source: str | Path, default_
     except (ValueError, TypeError) as error:
         raise BadInputError(source, f"thresholds: {error}") from error
     policy = raw.get("policy", "first")
-    if policy not in POLICIES:
-        raise BadInputError(source, f"policy {policy!r} is not one of {', '.join(POLICIES)}")
+    try:
+        validate_policy(policy)
+    except ValueError as error:
+        raise BadInputError(source, str(error)) from error
     range_size = raw.get("range_size", 10)
     if not isinstance(range_size, int) or range_size < 1:
         raise BadInputError(source, f"range_size must be a positive integer, not {range_size!r}")

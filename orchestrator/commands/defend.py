@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from badnet_prune.errors import BadInputError
-from badnet_prune.selection import POLICIES, validate_thresholds
+from badnet_prune.selection import validate_policy, validate_thresholds
 from orchestrator.options import DbOption, InputScaleOption, ModelOption, TrustCodeOption, load_settings
 
 
@@ -54,12 +54,15 @@ def defend(
         threshold_values = [float(t) for t in thresholds.split(",") if t.strip()]
     except ValueError as error:
         raise BadInputError("--thresholds", f"{thresholds!r} is not a comma-separated list of numbers") from error
+    # checked here as well as in parse_sweep, so that the error names the option, not the sweep
     try:
         validate_thresholds(threshold_values)
     except ValueError as error:
         raise BadInputError("--thresholds", str(error)) from error
-    if policy not in POLICIES:
-        raise BadInputError("--policy", f"{policy!r} is not one of {', '.join(POLICIES)}")
+    try:
+        validate_policy(policy)
+    except ValueError as error:
+        raise BadInputError("--policy", str(error)) from error
     raw = {
         "name": f"defend {model.name}",
         "thresholds": threshold_values,
