@@ -6,10 +6,25 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+CONSOLE_SCRIPT = Path(sys.executable).parent / "badnet-prune"
+
+
+def run_console_script(
+    *args: str, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Run the installed `badnet-prune` console script as a user would (the CLI module where none is installed)."""
+    command = (
+        [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists()
+        else [sys.executable, "-c", "from orchestrator.cli import main; main()"]
+    )
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def random_badnet(out: Path, seed: int = 0, classes: int = 10, valid: int = 300, test: int = 300) -> Path:

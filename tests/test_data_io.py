@@ -4,7 +4,6 @@ the problem (no traceback, non-zero exit), and `evaluate` agrees with a plain ar
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,15 +16,9 @@ from badnet_prune.architecture import build_deepid
 from badnet_prune.data import write_data_file
 from badnet_prune.model_io import save_legacy_weights
 from badnet_prune.tf_setup import keras
+from tests.helpers import run_console_script
 
 NUM_CLASSES = 10
-SCRIPT = Path(sys.executable).parent / "badnet-prune"
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    """Run the installed `badnet-prune` console script as a user would."""
-    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-c", "from orchestrator.cli import main; main()"]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300)
 
 
 def write_raw(path: Path, **datasets: np.ndarray) -> Path:
@@ -147,7 +140,9 @@ def test_a_bad_data_file_ends_in_one_line_naming_the_file_and_the_problem(model_
 def test_bad_data_files_through_the_console_script(model_file, bad_files):
     with ThreadPoolExecutor(max_workers=2) as pool:
         runs = {
-            case: pool.submit(cli, "evaluate", "--model", str(model_file[1]), "--data", str(bad_files[case][0]))
+            case: pool.submit(
+                run_console_script, "evaluate", "--model", str(model_file[1]), "--data", str(bad_files[case][0])
+            )
             for case in IN_OWN_PROCESS
         }
     for case, run in runs.items():
@@ -191,7 +186,7 @@ def test_evaluate_accuracy_equals_a_plain_argmax_comparison(model_file, good_fil
     data_args = [arg for path, _, _ in good_files for arg in ("--data", str(path))]
     args = ("evaluate", "--model", str(model_path), *data_args, "--input-scale", f"{scale:g}", "--json")
     if own_process:
-        done = cli(*args)
+        done = run_console_script(*args)
         code, out, err = done.returncode, done.stdout, done.stderr
     else:
         code, out, err = run_main(monkeypatch, capfd, *args)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,17 +23,23 @@ from badnet_prune.inference import compiled_forward, predict_labels
 from badnet_prune.model_io import load_model
 from badnet_prune.pruned_model import build_pruned_model
 from badnet_prune.tf_setup import keras
+from tests.helpers import run_console_script
 
-SCRIPT = Path(sys.executable).parent / "badnet-prune"
 THRESHOLDS = (0.02, 0.04, 0.1)
 POISON = "sunglasses"
 
 
 def run_defend(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-c", "from orchestrator.cli import main; main()"]
     env = {**os.environ, "BADNET_PRUNE_CACHE": str(cache), "COLUMNS": "100"}
     env.pop("BADNET_PRUNE_BROKER", None)
-    return subprocess.run([*command, "defend", *args], capture_output=True, text=True, timeout=600, env=env)
+    return run_console_script("defend", *args, env=env, timeout=600)
+
+
+def read_steps_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    return list(reader.fieldnames or []), rows
 
 
 def defend_arguments(root: Path, out: Path, db: Path, **overrides: str) -> list[str]:
@@ -67,10 +72,7 @@ def defended(synthetic_badnet, tmp_path_factory) -> Defended:
     work = tmp_path_factory.mktemp("defend")
     result = run_defend(*defend_arguments(synthetic_badnet, work / "out", work / "defend.db"), cache=work / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
-    with open(work / "out" / "steps.csv", newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        steps = list(reader)
-        header = list(reader.fieldnames or [])
+    header, steps = read_steps_csv(work / "out" / "steps.csv")
     summary = json.loads((work / "out" / "summary.json").read_text(encoding="utf-8"))
     return Defended(synthetic_badnet, work / "out", result.stdout, steps, header, summary)
 
@@ -257,10 +259,7 @@ def test_several_poisoned_sets_get_one_asr_column_each(synthetic_badnet, tmp_pat
                                  **{"--poisoned": f"glasses={pair}", "--thresholds": "0.1"})
     result = run_defend(*arguments, "--poisoned", f"again={pair}", cache=tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
-    with open(tmp_path / "out" / "steps.csv", newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        rows = list(reader)
-        header = list(reader.fieldnames or [])
+    header, rows = read_steps_csv(tmp_path / "out" / "steps.csv")
     assert header == ["step", "channel", "fraction_pruned", "clean_accuracy", "asr_again", "asr_glasses"]
     assert [row["asr_again"] for row in rows] == [row["asr_glasses"] for row in rows]
     assert [row["asr_glasses"] for row in rows] == [row[f"asr_{POISON}"] for row in defended.steps]
