@@ -19,7 +19,7 @@ def cut_activations(head_forward, batches: Iterable[np.ndarray], input_scale: fl
     parts = []
     for batch in batches:
         for start in range(0, len(batch), INFERENCE_BATCH):
-            parts.append(head_forward(scale_images(batch[start : start + INFERENCE_BATCH], input_scale)).numpy())
+            parts.append(np.asarray(head_forward(scale_images(batch[start : start + INFERENCE_BATCH], input_scale))))
     return np.concatenate(parts)
 
 
@@ -52,4 +52,4 @@ def rank_activation_batches(split: SplitNetwork, cut: np.ndarray, rank_forward=N
         yield cut
         return
     for start in range(0, len(cut), INFERENCE_BATCH):
-        yield rank_forward(cut[start : start + INFERENCE_BATCH]).numpy()
+        yield np.asarray(rank_forward(cut[start : start + INFERENCE_BATCH]))

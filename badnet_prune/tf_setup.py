@@ -1,7 +1,9 @@
 """TensorFlow start-up in one place: quiet logs and GPU memory growth.
 
 Every module imports `tf` and `keras` from here, so these settings apply before TensorFlow
-initialises (they cannot be changed afterwards).
+initialises (they cannot be changed afterwards). TensorFlow is the tool's backend; the engine's
+inference also runs on Keras's JAX backend (KERAS_BACKEND=jax), where `tf` is None, so that
+bench/engine.py can measure a GPU machine that has JAX but no TensorFlow.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 
 @contextmanager
@@ -25,9 +28,12 @@ def _stderr_silenced() -> Iterator[None]:
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+tf: Any = None
 with _stderr_silenced():
     import keras
-    import tensorflow as tf
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
 
 __all__ = ["configure_tensorflow", "keras", "tf"]
 
@@ -42,6 +48,10 @@ def configure_tensorflow() -> None:
     global _configured
     if _configured:
         return
+    if tf is None:
+        _configure_jax()
+        _configured = True
+        return
     with _stderr_silenced():
         gpus = tf.config.list_physical_devices("GPU")
     tf.config.experimental.enable_tensor_float_32_execution(False)
@@ -50,3 +60,11 @@ def configure_tensorflow() -> None:
         with suppress(RuntimeError):
             tf.config.experimental.set_memory_growth(gpu, True)
     _configured = True
+
+
+def _configure_jax() -> None:
+    """JAX's default float32 matmul and convolution precision on GPUs is TensorFloat-32 as well."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")

@@ -7,6 +7,9 @@
     then prune_range over every step with clean accuracy and ASR.
 (c)'s per-step correct counts must equal (b)'s, or the bench fails.
 
+On a GPU machine without TensorFlow, KERAS_BACKEND=jax runs the same engine on Keras's JAX
+backend ((b) and (c) then run compiled XLA programs of one batch shape; see inference.py).
+
 Inputs are synthetic faces (badnet_prune.synth) of the lab's validation size by default; the
 poisoned set is the same photos with sunglasses. The lab's model does not know these people,
 so labels are B's own top-1 labels (acc0 = 100%) and the target is B's most common label on the
@@ -18,6 +21,7 @@ poisoned set: the curve still falls as channels are pruned, which is all the tim
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -59,7 +63,7 @@ def notebook_loop(model: keras.Model, images: np.ndarray, labels: np.ndarray, or
     correct = []
     for step in range(len(order) + 1):
         layer.set_weights(zeroed_filters(original, order[:step]))
-        predicted = np.argmax(model(images, training=False).numpy(), axis=-1)
+        predicted = np.argmax(np.asarray(model(images, training=False)), axis=-1)
         correct.append(int(np.count_nonzero(predicted == labels)))
     layer.set_weights(original)
     return correct
@@ -101,6 +105,16 @@ def engine(model: keras.Model, sets: dict[str, tuple[np.ndarray, np.ndarray]]):
     return order, rows
 
 
+def backend_versions() -> str:
+    """Which Keras backend runs the bench, its version and the GPUs it sees."""
+    if tf is not None:
+        return (f"Keras {keras.__version__} on TensorFlow {tf.__version__}; "
+                f"GPUs: {tf.config.list_physical_devices('GPU')}")
+    import jax
+
+    return f"Keras {keras.__version__} on JAX {jax.__version__}; devices: {jax.devices()}"
+
+
 def timed(function, *args):
     start = time.perf_counter()
     result = function(*args)
@@ -118,8 +132,7 @@ def main() -> int:
         print(f"error: {args.weights}: no such file (the lab's bd_weights.h5 is needed)", file=sys.stderr)
         return 2
 
-    print(f"machine: {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores; "
-          f"TensorFlow {tf.__version__}, Keras {keras.__version__}; GPUs: {tf.config.list_physical_devices('GPU')}")
+    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores; {backend_versions()}")
     start = time.perf_counter()
     model = load_model(args.weights)
     classes = int(model.output_shape[-1])
