@@ -63,6 +63,20 @@ def prune_range(
     return steps
 
 
+def pruned_labels(
+    labels_at: LabelsAt, data: LabeledSet, pruned: Sequence[int], unpruned: np.ndarray
+) -> np.ndarray:
+    """Labels with `pruned` channels pruned: B's labels (`unpruned`), except on the images where
+    some pruned channel is live, which alone run through the tail again."""
+    rows = np.flatnonzero(data.live[:, np.asarray(list(pruned), dtype=np.int64)].any(axis=1))
+    if rows.size == len(unpruned):
+        return labels_at(data.name, list(pruned), None)
+    labels = unpruned.copy()
+    if rows.size:
+        labels[rows] = labels_at(data.name, list(pruned), rows)
+    return labels
+
+
 def _step_row(
     step: int,
     order: Sequence[int],

@@ -21,7 +21,7 @@ from badnet_prune.labelers import CutLabeler, WholeModelLabeler
 from badnet_prune.model_io import load_model
 from badnet_prune.network_split import split_network
 from badnet_prune.pruned_model import build_pruned_model
-from badnet_prune.pruning import LabeledSet, prune_range
+from badnet_prune.pruning import LabeledSet, prune_range, pruned_labels
 from badnet_prune.ranking import rank_channels
 from badnet_prune.tf_setup import keras
 
@@ -162,6 +162,24 @@ def test_the_labelers_kept_masked_cut_answers_requests_in_any_order(sweep, refer
         assert np.array_equal(sweep.cut_labeler(POISONED, order[:step], None), reference[POISONED][step])
     reordered = order[:10][::-1] + order[10:30]
     assert np.array_equal(sweep.cut_labeler(CLEAN, reordered, None), reference[CLEAN][30])
+
+
+@pytest.mark.parametrize("step", [0, 31, 40, 48, 60])
+def test_pruned_labels_rerun_only_live_images_and_equal_the_whole_pruned_model(sweep, reference, step):
+    """B'_t's labels on a data set, as the threshold task gets them, at a few selected steps."""
+    asked = []
+
+    def counting_labeler(key, pruned, rows):
+        asked.append(len(reference[key][0]) if rows is None else len(rows))
+        return sweep.cut_labeler(key, pruned, rows)
+
+    for key, data in ((CLEAN, sweep.clean), (POISONED, sweep.poisoned[POISONED])):
+        asked.clear()
+        pruned = sweep.order[:step].tolist()
+        labels = pruned_labels(counting_labeler, data, pruned, reference[key][0])
+        assert np.array_equal(labels, reference[key][step]), f"{key or 'clean'} at step {step}"
+        live = int(data.live[:, pruned].any(axis=1).sum())
+        assert sum(asked) == live, f"{sum(asked)} images ran the tail, {live} have a live pruned channel"
 
 
 @pytest.mark.parametrize("start, stop", [(-1, 3), (3, 3), (5, 2), (0, 62)])

@@ -17,7 +17,7 @@ from badnet_prune.evaluation import CLEAN, evaluate_networks
 from badnet_prune.hashing import sha256_file
 from badnet_prune.inference import accuracy_percent, compiled_forward
 from badnet_prune.pruned_model import build_pruned_model
-from badnet_prune.pruning import prune_range
+from badnet_prune.pruning import prune_range, pruned_labels
 from badnet_prune.ranking import rank_channels
 from badnet_prune.repair import build_repaired_net
 from badnet_prune.selection import select_steps
@@ -130,7 +130,10 @@ def evaluate_threshold(runtime: Runtime, model_id: int, threshold: float) -> Non
         tests.update(_data(runtime, loaded, inputs, "poisoned_test"))
         labels_at = runtime.memory.labels_at(loaded, tests)
         labels_b = {name: labels_at(name, [], None) for name in tests}
-        labels_b_prime = {} if pruned is None else {threshold: {name: labels_at(name, pruned, None) for name in tests}}
+        labels_b_prime = {} if pruned is None else {threshold: {
+            name: pruned_labels(labels_at, labeled_set(name, data), pruned, labels_b[name])
+            for name, data in tests.items()
+        }}
         artifacts = [] if writing is None else writing.result()
     truth = {name: data.labels for name, data in tests.items()}
     evaluations = evaluate_networks(labels_b, labels_b_prime, truth, loaded.num_classes)
