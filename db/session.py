@@ -14,6 +14,7 @@ between, whatever the timeout; an immediate one waits its turn instead.
 from __future__ import annotations
 
 import sqlite3
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,8 @@ POSTGRES_CONNECT_TIMEOUT_S = 10
 MIGRATION_LOCK_KEY = int.from_bytes(b"bnprune1", "big") & 0x7FFF_FFFF_FFFF_FFFF
 ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
 
 def make_engine(url: str | URL) -> Engine:
     """An engine for a SQLite file (path relative to the cwd) or PostgreSQL through psycopg 3.
@@ -51,7 +54,19 @@ def make_engine(url: str | URL) -> Engine:
     else:
         raise ValueError(f"unsupported database URL {parsed!r}: use sqlite:///FILE or postgresql+psycopg://...")
     event.listen(engine, "handle_error", _unavailable_on_connect_failure)
+    _engines.add(engine)
     return engine
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection of this process's engines.
+
+    The interpreter's teardown would close them; a process that skips it (the console script)
+    calls this instead, so that SQLite folds its write-ahead log back into the database file
+    as the last connection closes, and the file alone holds every committed row.
+    """
+    for engine in list(_engines):
+        engine.dispose()
 
 
 @contextmanager

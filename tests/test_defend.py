@@ -72,6 +72,9 @@ def defended(synthetic_badnet, tmp_path_factory) -> Defended:
     work = tmp_path_factory.mktemp("defend")
     result = run_defend(*defend_arguments(synthetic_badnet, work / "out", work / "defend.db"), cache=work / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
+    # the console script skips the interpreter's teardown, but not closing the database:
+    # SQLite's write-ahead log is folded back, so the file alone holds the results
+    assert not (work / "defend.db-wal").exists()
     header, steps = read_steps_csv(work / "out" / "steps.csv")
     summary = json.loads((work / "out" / "summary.json").read_text(encoding="utf-8"))
     return Defended(synthetic_badnet, work / "out", result.stdout, steps, header, summary)
