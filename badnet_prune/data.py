@@ -7,9 +7,11 @@ BadInputError naming the file.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import h5py
 import numpy as np
@@ -32,7 +34,11 @@ class DataFile:
         return int(self.labels.shape[0])
 
     def batches(self, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[np.ndarray]:
-        """Yield float32 channels-last image batches, each read from disk once."""
+        """Yield float32 channels-last image batches, each read from disk once, the next one
+        read on a thread while the caller works on this one."""
+        return read_ahead(self._read_batches(batch_size))
+
+    def _read_batches(self, batch_size: int) -> Iterator[np.ndarray]:
         try:
             with h5py.File(self.path, "r") as handle:
                 data = handle["data"]
@@ -53,6 +59,25 @@ class DataFile:
         for index, batch in enumerate(self.batches(batch_size)):
             images[index * batch_size : index * batch_size + len(batch)] = batch
         return images
+
+
+_END = object()
+T = TypeVar("T")
+
+
+def read_ahead(items: Iterable[T]) -> Iterator[T]:
+    """Yield `items` in order while the next one is produced on a worker thread.
+
+    Reading, checking and transposing a batch (NumPy and HDF5 copies) then overlaps the model's
+    work on the previous batch, which TensorFlow runs outside the GIL. The producer's exceptions
+    are raised here, at the item they stopped.
+    """
+    iterator = iter(items)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(next, iterator, _END)
+        while (item := pending.result()) is not _END:
+            pending = pool.submit(next, iterator, _END)
+            yield item
 
 
 def _first_line(error: BaseException) -> str:

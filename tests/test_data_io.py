@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from badnet_prune.architecture import build_deepid
-from badnet_prune.data import write_data_file
+from badnet_prune.data import read_ahead, write_data_file
 from badnet_prune.model_io import save_legacy_weights
 from badnet_prune.tf_setup import keras
 from tests.helpers import run_console_script
@@ -224,3 +224,31 @@ def test_a_malformed_data_file_is_reported_before_the_model_is_loaded(bad_files,
     path, problem = bad_files[case]
     code, out, err = run_main(monkeypatch, capfd, "evaluate", "--model", str(not_a_model), "--data", str(path))
     assert_one_line_error(code, out, err, path, problem)
+
+
+def test_read_ahead_keeps_order_raises_where_the_reader_failed_and_stops_early():
+    import threading
+
+    produced = []
+
+    def reader(fail_at: int | None = None):
+        for index in range(6):
+            if index == fail_at:
+                raise ValueError(f"item {index} is bad")
+            produced.append((index, threading.current_thread().name))
+            yield index
+
+    assert list(read_ahead(reader())) == list(range(6))
+    assert all(thread != threading.current_thread().name for _, thread in produced), "read on this thread"
+
+    seen = []
+    with pytest.raises(ValueError, match="item 3 is bad"):
+        for item in read_ahead(reader(fail_at=3)):
+            seen.append(item)
+    assert seen == [0, 1, 2]
+
+    produced.clear()
+    ahead = read_ahead(reader())
+    assert next(ahead) == 0
+    ahead.close()  # returns once the one batch being read ahead is done, without reading the rest
+    assert [index for index, _ in produced] == [0, 1]
