@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from badnet_prune.activations import live_channels
 from badnet_prune.inference import INFERENCE_BATCH, compiled_forward, forward_labels, scale_images
 from badnet_prune.network_split import SplitNetwork
 from badnet_prune.pruned_model import build_pruned_model, zeroed_filters
@@ -24,7 +25,8 @@ class CutLabeler:
 
     It keeps, per data set, the cut with the channels of its last request pruned, so a request
     that prunes one channel more (as prune_range's steps do) writes that channel alone instead
-    of copying the cut and writing every pruned channel again.
+    of copying the cut and writing every pruned channel again; and only on the images where the
+    channel is live, since elsewhere it already holds its pruned value.
     """
 
     def __init__(self, split: SplitNetwork, activations: Mapping[str, np.ndarray], forward=None) -> None:
@@ -34,6 +36,7 @@ class CutLabeler:
         self._pruned_values = split.pruned_values
         self._activations = activations
         self._masked: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}
+        self._live_rows: dict[str, list[np.ndarray]] = {}
 
     def __call__(self, key: str, pruned: Sequence[int], rows: np.ndarray | None = None) -> np.ndarray:
         cut = self.masked_cut(key, pruned)
@@ -52,8 +55,10 @@ class CutLabeler:
         known = self._masked.get(key)
         if known is not None and wanted[: len(known[0])] == known[0]:
             cut = known[1]
+            live_rows = self._live_rows_of(key)
             for channel in wanted[len(known[0]) :]:
-                cut[..., channel] = self._pruned_values[channel]
+                if live_rows[channel].size:
+                    cut[live_rows[channel], ..., channel] = self._pruned_values[channel]
         else:
             pruned_channels = np.zeros(len(self._pruned_values), dtype=bool)
             pruned_channels[list(wanted)] = True
@@ -61,6 +66,13 @@ class CutLabeler:
             cut = np.where(pruned_channels, self._pruned_values, self._activations[key])
         self._masked[key] = (wanted, cut)
         return cut
+
+    def _live_rows_of(self, key: str) -> list[np.ndarray]:
+        """Per channel, the images on which it differs from its pruned value (computed once per set)."""
+        if key not in self._live_rows:
+            live = live_channels(self._activations[key], self._pruned_values)
+            self._live_rows[key] = [np.flatnonzero(column) for column in live.T]
+        return self._live_rows[key]
 
 
 class WholeModelLabeler:
