@@ -29,13 +29,21 @@ class CutLabeler:
     channel is live, since elsewhere it already holds its pruned value.
     """
 
-    def __init__(self, split: SplitNetwork, activations: Mapping[str, np.ndarray], forward=None) -> None:
+    def __init__(
+        self,
+        split: SplitNetwork,
+        activations: Mapping[str, np.ndarray],
+        forward=None,
+        live: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """`live`, per set, is live_channels of its activations where the caller has it already."""
         if split.tail is None:
             raise ValueError("the network has no split; use WholeModelLabeler")
         self._forward = forward if forward is not None else compiled_forward(split.tail)
         self._pruned_values = split.pruned_values
         self._activations = activations
         self._masked: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}
+        self._live = dict(live or {})
         self._live_rows: dict[str, list[np.ndarray]] = {}
 
     def __call__(self, key: str, pruned: Sequence[int], rows: np.ndarray | None = None) -> np.ndarray:
@@ -70,7 +78,9 @@ class CutLabeler:
     def _live_rows_of(self, key: str) -> list[np.ndarray]:
         """Per channel, the images on which it differs from its pruned value (computed once per set)."""
         if key not in self._live_rows:
-            live = live_channels(self._activations[key], self._pruned_values)
+            live = self._live.get(key)
+            if live is None:
+                live = live_channels(self._activations[key], self._pruned_values)
             self._live_rows[key] = [np.flatnonzero(column) for column in live.T]
         return self._live_rows[key]
 

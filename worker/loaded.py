@@ -117,7 +117,10 @@ class WorkerMemory:
         """
         labeler: LabelsAt
         if loaded.split.is_split:
-            labeler = CutLabeler(loaded.split, {name: data.cut for name, data in sets.items()}, loaded.tail_forward)
+            labeler = CutLabeler(
+                loaded.split, {name: data.cut for name, data in sets.items()}, loaded.tail_forward,
+                live={name: data.live for name, data in sets.items()},
+            )
         else:
             labeler = WholeModelLabeler(
                 loaded.split.model, loaded.split.prune_layer,
