@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -33,12 +34,29 @@ def step_rows(session: Session, sweep_id: int, model_name: str | None = None) ->
     return columns, rows
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
 def to_csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    """CSV text whose cells a spreadsheet shows, never runs.
+
+    Spreadsheets execute a text cell that starts with =, +, -, @, a tab or a carriage return
+    (`=HYPERLINK(...)`, `@SUM(...)`, `+cmd|...`), and names, paths and error messages come from
+    whoever wrote the sweep file or the model. Such text cells get a leading single quote (OWASP's
+    rule for CSV injection); numbers, and text that is only a number, stay as they are.
+    """
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=[_inert(column) for column in columns], lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({_inert(column): _inert(row.get(column, "")) for column in columns} for row in rows)
     return buffer.getvalue()
+
+
+def _inert(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
 
 
 def model_summary(session: Session, sweep_id: int, model_id: int) -> dict[str, Any]:
