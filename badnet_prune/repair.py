@@ -18,9 +18,16 @@ def repaired_labels(labels_b: np.ndarray, labels_b_prime: np.ndarray, num_classe
 
 
 def build_repaired_net(model_b: keras.Model, model_b_prime: keras.Model, name: str = "G") -> keras.Model:
-    """A model with N + 1 outputs: B's probabilities and 0 where B and B' agree, one-hot N otherwise."""
+    """A model with N + 1 outputs: B's probabilities and 0 where B and B' agree, one-hot N otherwise.
+
+    G holds a copy of B (same architecture and weights), not B itself: calling B on G's input would
+    add a node to B's graph that keeps G and B' alive for as long as B lives, which in a worker is
+    the life of its cached model (about 2 MB per threshold task at DeepID's size).
+    """
     inputs = keras.Input(shape=model_b.input_shape[1:], name="image")
-    probabilities_b = model_b(inputs)
+    copy_b = keras.models.clone_model(model_b)
+    copy_b.set_weights(model_b.get_weights())
+    probabilities_b = copy_b(inputs)
     probabilities_b_prime = model_b_prime(inputs)
     agree = keras.ops.cast(
         keras.ops.equal(keras.ops.argmax(probabilities_b, axis=-1), keras.ops.argmax(probabilities_b_prime, axis=-1)),

@@ -6,6 +6,7 @@ must be built-in Keras only, and G's labels must be those repaired_labels derive
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -125,3 +126,28 @@ def test_g_saved_as_keras_loads_through_the_projects_own_loader_without_trusting
     np.testing.assert_array_equal(
         np.argmax(loaded.predict(networks["images"], verbose=0), axis=-1), np.argmax(networks["g_outputs"], axis=-1)
     )
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_building_g_leaves_b_graph_alone_and_memory_flat_over_many_builds():
+    # A worker keeps B for its life and builds a G per threshold task: if G called B itself, every
+    # build would add a node to B's graph holding that G and its B' (about 2 MB each) for good.
+    keras.utils.set_random_seed(3)
+    model_b = build_deepid(NUM_CLASSES)
+    nodes = len(model_b._inbound_nodes), [len(layer._inbound_nodes) for layer in model_b.layers]
+
+    def build(count: int) -> None:
+        for i in range(count):
+            build_repaired_net(model_b, build_pruned_model(model_b, "conv_3", list(range(i % 50))))
+        gc.collect()
+
+    build(10)  # TensorFlow's and Keras's one-time allocations
+    before = _rss_mib()
+    build(40)
+    grown = _rss_mib() - before
+    assert (len(model_b._inbound_nodes), [len(layer._inbound_nodes) for layer in model_b.layers]) == nodes
+    assert grown < 25, f"RSS grew {grown:.0f} MiB over 40 builds of G"
