@@ -13,6 +13,7 @@ between, whatever the timeout; an immediate one waits its turn instead.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import weakref
 from collections.abc import Iterator
@@ -22,40 +23,106 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import URL, Engine, create_engine, event, func, make_url, select
+from sqlalchemy import URL, Engine, create_engine, event, func, make_url, select, text
 from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session
 
-from db.errors import DatabaseUnavailable
+from db.errors import DatabaseUnavailable, one_line
 
 SQLITE_BUSY_TIMEOUT_S = 30
 POSTGRES_CONNECT_TIMEOUT_S = 10
 # Key of the PostgreSQL advisory lock that serialises migrations (b"bnprune1" as an int64).
 MIGRATION_LOCK_KEY = int.from_bytes(b"bnprune1", "big") & 0x7FFF_FFFF_FFFF_FFFF
 ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
+POSTGRES_DRIVERS = ("postgres", "postgresql", "postgresql+psycopg")  # all mean psycopg 3, the driver we ship
+SQLITE_DRIVERS = ("sqlite", "sqlite+pysqlite")
+MAINTENANCE_DATABASE = "postgres"
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
-def make_engine(url: str | URL) -> Engine:
+def normalise_database_url(value: str) -> str:
+    """The one spelling of a database given as a URL or a plain path; ValueError naming what is wrong.
+
+    A plain path (no scheme) is a SQLite file; SQLite paths become absolute, so that a later chdir
+    cannot move the database; postgres://, postgresql:// and postgresql+psycopg:// all become
+    postgresql+psycopg://. Any other scheme is refused rather than failing later inside SQLAlchemy.
+    """
+    text = value.strip()
+    if not text:
+        raise ValueError("empty")
+    if "://" not in text:
+        if any(char in text for char in ":?#\x00"):
+            raise ValueError("neither a database URL nor a plain file path")
+        return _render(URL.create("sqlite", database=str(Path(text).expanduser().absolute())))
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise ValueError("not a database URL") from None
+    if url.drivername in POSTGRES_DRIVERS:
+        if not url.database:
+            raise ValueError("the URL names no database (postgresql://USER@HOST/DB)")
+        return _render(url.set(drivername="postgresql+psycopg"))
+    if url.drivername in SQLITE_DRIVERS:
+        if url.database and url.database != ":memory:" and not url.query.get("uri"):
+            url = url.set(database=str(Path(url.database).expanduser().absolute()))
+        return _render(url)
+    raise ValueError(f"{url.drivername} is not supported: use SQLite (a file path) or PostgreSQL")
+
+
+def make_engine(url: str | URL, *, create: bool = True) -> Engine:
     """An engine for a SQLite file (path relative to the cwd) or PostgreSQL through psycopg 3.
 
-    Connection failures surface as DatabaseUnavailable when a connection is first needed.
+    create=False (commands that only read): a SQLite file that does not exist is a one-line
+    DatabaseUnavailable, and nothing (no file, no folder) is created. Connection failures surface
+    as DatabaseUnavailable when a connection is first needed.
     """
-    parsed = make_url(url)
+    try:
+        parsed = make_url(normalise_database_url(url) if isinstance(url, str) else url)
+    except ValueError as error:
+        raise DatabaseUnavailable(display_url(url), str(error)) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        engine = _sqlite_engine(parsed)
+        engine = _sqlite_engine(parsed, create=create)
     elif backend == "postgresql":
         if parsed.drivername == "postgresql":  # the bare scheme means psycopg2, which we do not ship
             parsed = parsed.set(drivername="postgresql+psycopg")
         connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
         engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     else:
-        raise ValueError(f"unsupported database URL {parsed!r}: use sqlite:///FILE or postgresql+psycopg://...")
+        raise DatabaseUnavailable(display_url(parsed), "unsupported: use sqlite:///FILE or postgresql+psycopg://...")
     event.listen(engine, "handle_error", _unavailable_on_connect_failure)
     _engines.add(engine)
     return engine
+
+
+def create_database_if_missing(url: str | URL) -> bool:
+    """Create the PostgreSQL database `url` names, through the `postgres` maintenance database; True if created.
+
+    A SQLite URL needs nothing (make_engine creates the file). Without the right to connect or to
+    create, the DatabaseUnavailable line says which database to create and how.
+    """
+    parsed = make_url(normalise_database_url(url) if isinstance(url, str) else url)
+    if parsed.get_backend_name() != "postgresql":
+        return False
+    name = parsed.database or ""
+    how = f"create it first (createdb -h {parsed.host or 'localhost'} -U {parsed.username or 'postgres'} {name})"
+    admin = create_engine(parsed.set(database=MAINTENANCE_DATABASE), isolation_level="AUTOCOMMIT",
+                          connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S})
+    try:
+        with admin.connect() as connection:
+            found = connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name})
+            if found.first() is not None:
+                return False
+            connection.execute(text(f"CREATE DATABASE {admin.dialect.identifier_preparer.quote(name)}"))
+    except DBAPIError as error:
+        if "already exists" in str(error.orig):  # another process created it in between
+            return False
+        raise DatabaseUnavailable(display_url(parsed), f"{one_line(error.orig)}; {how}") from None
+    finally:
+        admin.dispose()
+    return True
 
 
 def dispose_engines() -> None:
@@ -80,15 +147,16 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         yield session
 
 
-def prepare_database(url: str | URL) -> Engine:
+def prepare_database(url: str | URL, *, create: bool = True) -> Engine:
     """An engine for `url` whose schema has been upgraded to the newest migration.
 
     Call it once per process before any other use; a database already at head costs a
     version check. Safe when several processes call it at once: the upgrade runs in one
     transaction that holds a PostgreSQL advisory lock, or SQLite's write lock (BEGIN
-    IMMEDIATE), so the others wait, then find the schema current.
+    IMMEDIATE), so the others wait, then find the schema current. create=False for commands that
+    only read: a SQLite file that does not exist is refused instead of created (see make_engine).
     """
-    engine = make_engine(url)
+    engine = make_engine(url, create=create)
     config = Config(str(ALEMBIC_INI))
     try:
         with engine.begin() as connection:
@@ -103,15 +171,28 @@ def prepare_database(url: str | URL) -> Engine:
 
 
 def display_url(engine_or_url: Engine | str | URL) -> str:
-    """The URL without its password, for messages."""
-    url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
-    return url.render_as_string(hide_password=True)
+    """The URL without its password, for messages; text that is no URL keeps no user:password@ part."""
+    if isinstance(engine_or_url, Engine):
+        return engine_or_url.url.render_as_string(hide_password=True)
+    try:
+        return make_url(engine_or_url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        return re.sub(r"[^/@;]*@", "***@", str(engine_or_url))
 
 
-def _sqlite_engine(url: URL) -> Engine:
+def _render(url: URL) -> str:
+    return url.render_as_string(hide_password=False)
+
+
+def _sqlite_engine(url: URL, *, create: bool) -> Engine:
     database = url.database
     if database and database != ":memory:" and not url.query.get("uri"):
         path = Path(database).expanduser().absolute()  # fixed now, so a later chdir cannot move it
+        if path.is_dir():
+            raise DatabaseUnavailable(str(path), "is a folder, not a SQLite database file")
+        if not create and not path.is_file():
+            raise DatabaseUnavailable(str(path), "no such database file (only sweep, defend and migrate create one; "
+                                      "check --db or BADNET_PRUNE_DB)")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
