@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import platformdirs
 from pydantic import ByteSize, Field, ValidationError, field_serializer, field_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from badnet_prune.errors import BadInputError
 
@@ -26,6 +27,7 @@ DEFAULT_DB_URL = "sqlite:///badnet-prune.db"
 DEFAULT_CACHE_MAX_BYTES = 20 * 10**9
 BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel", "amqp", "amqps", "pyamqp", "memory")
 # The CLI flag that sets each field, so that an error in a flag names the flag, not the attribute.
+MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 FLAGS = {"db_url": "--db", "broker_url": "--broker"}
 
 
@@ -46,6 +48,8 @@ class Settings(BaseSettings):
     visibility_timeout_s: how long Redis waits for a task's acknowledgement before it hands the
         task to another worker (a worker that died mid-task is noticed after this long).
     statement_timeout_s: the longest one statement of the `sql` command may run.
+    stage_modules: modules that declare extra pipeline stages (pipeline.contract), comma-separated
+        in the environment; every process that plans or runs a sweep imports them.
     """
 
     model_config = SettingsConfigDict(
@@ -66,6 +70,7 @@ class Settings(BaseSettings):
                                       validation_alias="BADNET_PRUNE_CACHE_MAX_BYTES")
     visibility_timeout_s: int = Field(300, gt=0, le=7 * 24 * 3600, validation_alias="BADNET_PRUNE_VISIBILITY_TIMEOUT")
     statement_timeout_s: int = Field(30, gt=0, le=24 * 3600, validation_alias="BADNET_PRUNE_STATEMENT_TIMEOUT")
+    stage_modules: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias="BADNET_PRUNE_STAGE_MODULES")
 
     _expected: ClassVar[dict[str, str]] = {
         "db_url": "a database: a SQLite file path, sqlite:///FILE or postgresql://USER@HOST/DB",
@@ -75,6 +80,7 @@ class Settings(BaseSettings):
         "cache_max_bytes": "a size such as 20GB, 500MiB or a number of bytes",
         "visibility_timeout_s": "a positive whole number of seconds, at most 604800 (e.g. 300, not 5m)",
         "statement_timeout_s": "a positive whole number of seconds, at most 86400 (e.g. 30, not 30s)",
+        "stage_modules": "comma-separated Python module names (e.g. mylab.stages)",
     }
 
     @classmethod
@@ -160,6 +166,14 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip().isdigit():
             raise ValueError("not a whole number")
         return value
+
+    @field_validator("stage_modules", mode="before")
+    @classmethod
+    def _module_names(cls, value: object) -> object:
+        names = [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+        if not isinstance(names, list | tuple) or not all(isinstance(n, str) and MODULE_NAME.match(n) for n in names):
+            raise ValueError("not a list of module names")
+        return tuple(names)
 
     @field_serializer("db_url", "broker_url")
     def _hide_password(self, value: str | None) -> str | None:
