@@ -6,9 +6,12 @@ from orchestrator.options import DbOption, load_settings
 
 
 def migrate(db: DbOption = None) -> None:
-    """Create or upgrade the schema (every other command also does this on first use)."""
-    from db.session import display_url, prepare_database
-
+    """Create the database if it does not exist (PostgreSQL: via the `postgres` database), then upgrade its schema."""
     url = load_settings(db=db).db_url
+
+    from db.session import create_database_if_missing, display_url, prepare_database
+
+    if create_database_if_missing(url):
+        print(f"created database {display_url(url)}")
     prepare_database(url).dispose()
     print(f"database {display_url(url)} is at the newest schema")

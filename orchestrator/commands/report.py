@@ -21,10 +21,13 @@ def report(
 ) -> None:
     """Write a report of a sweep: one self-contained HTML page, report.md and the tables as CSV."""
     from badnet_prune.errors import BadInputError
+
+    settings = load_settings(db=db)
+
     from db.session import prepare_database
     from orchestrator.report.write import write_report
 
-    engine = prepare_database(load_settings(db=db).db_url)
+    engine = prepare_database(settings.db_url, create=False)  # reading: a mistyped file is an error, not a new db
     try:
         index = write_report(engine, sweep_id, out, asr_bound=asr_bound, samples_per_set=samples)
     except LookupError:

@@ -18,12 +18,15 @@ def steps(
 ) -> None:
     """Print the steps: model, step, channel, fraction_pruned, clean_accuracy, asr_<poison>..."""
     from badnet_prune.errors import BadInputError
-    from db.session import prepare_database, session_scope
-    from orchestrator.exports import step_rows, to_csv
 
     if output_format not in ("csv", "json"):
         raise BadInputError("--format", f"{output_format!r} is not csv or json")
-    engine = prepare_database(load_settings(db=db).db_url)
+    settings = load_settings(db=db)
+
+    from db.session import prepare_database, session_scope
+    from orchestrator.exports import step_rows, to_csv
+
+    engine = prepare_database(settings.db_url, create=False)  # reading: a mistyped file is an error, not a new db
     with session_scope(engine) as session:
         columns, rows = step_rows(session, sweep_id, model)
     if output_format == "json":
