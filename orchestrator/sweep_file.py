@@ -1,52 +1,126 @@
 """Reading a sweep file (TOML): models, data files, thresholds, policy and task sizes.
 
-Relative paths are relative to the sweep file. Unknown keys are an error that names them, so
-a typo never silently falls back to a default.
+The file is validated once, here, by strict pydantic models: a boolean is a TOML boolean (the
+string "false" is refused, not read as true), numbers are numbers within their ranges, names are
+identifiers (badnet_prune.names), and unknown keys are an error that names them, so a typo never
+silently falls back to a default. Every problem is one BadInputError line:
+`FILE: key path: what was expected, got what` (list positions counted from 1: model #1).
+Relative paths are relative to the sweep file.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    InstanceOf,
+    PrivateAttr,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from badnet_prune.errors import BadInputError
-from badnet_prune.selection import validate_policy, validate_thresholds
+from badnet_prune.names import Name
+from badnet_prune.selection import validate_policy
+from badnet_prune.thresholds import Threshold, parse_thresholds
 
-DEFAULT_THRESHOLDS = (0.02, 0.04, 0.10)
-SWEEP_KEYS = {"name", "thresholds", "policy", "prune_layer", "rank_layer", "range_size", "trust_model_code", "model"}
-MODEL_KEYS = {"name", "path", "input_scale", "clean_valid", "clean_test", "poisoned"}
-
-
-@dataclass(frozen=True)
-class PoisonedSpec:
-    name: str
-    valid: Path
-    test: Path
+DEFAULT_THRESHOLDS = parse_thresholds(("0.02", "0.04", "0.1"))
+MAX_RANGE_SIZE = 100_000
+MAX_TEXT = 200  # sweep and layer names: text, but not a megabyte of it
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    path: Path
-    input_scale: float
-    clean_valid: Path
-    clean_test: Path
+def _resolve(value: object, info: ValidationInfo) -> Path:
+    """A file path from the sweep file, made absolute against the file's folder."""
+    if not isinstance(value, str | Path) or not str(value):
+        raise ValueError("expected a file path (a non-empty string)")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (info.context["base"] / path).resolve()
+
+
+def _input_scale(value: float) -> float:
+    if value not in (1.0, 255.0):
+        raise ValueError("expected 1 (raw 0..255 pixels) or 255 (pixels divided by 255)")
+    return float(value)
+
+
+FilePath = Annotated[Path, BeforeValidator(_resolve)]
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
+InputScale = Annotated[float, AfterValidator(_input_scale)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+
+class PoisonedSpec(_Spec):
+    """A poisoned set: validation data (design) and test data (evaluation), labelled with the attacker's targets."""
+
+    name: Name
+    valid: FilePath
+    test: FilePath
+
+
+class ModelSpec(_Spec):
+    name: Name
+    path: FilePath
+    input_scale: InputScale = 1.0
+    clean_valid: FilePath
+    clean_test: FilePath
     poisoned: tuple[PoisonedSpec, ...] = ()
 
+    @field_validator("poisoned", mode="before")
+    @classmethod
+    def _poisoned_table(cls, value: object) -> object:
+        """The file's `poisoned = { NAME = { valid = ..., test = ... } }` as a list of PoisonedSpec inputs."""
+        if not isinstance(value, dict):
+            raise ValueError("expected a table of NAME = { valid = ..., test = ... }")
+        _no_repeats("poisoned set names", list(value))
+        return tuple({"name": name, **files} if isinstance(files, dict) else files for name, files in value.items())
 
-@dataclass(frozen=True)
-class SweepSpec:
-    name: str
-    models: tuple[ModelSpec, ...]
-    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
-    policy: str = "first"
-    prune_layer: str = "conv_3"
-    rank_layer: str = "pool_3"
-    range_size: int = 10
-    trust_model_code: bool = False
-    source: dict[str, Any] = field(default_factory=dict)
+
+class SweepSpec(_Spec):
+    name: Text
+    models: tuple[ModelSpec, ...] = Field(validation_alias="model")  # parse_sweep refuses an empty list
+    thresholds: tuple[InstanceOf[Threshold], ...] = DEFAULT_THRESHOLDS
+    policy: Annotated[str, AfterValidator(validate_policy)] = "first"
+    prune_layer: Text = "conv_3"
+    rank_layer: Text = "pool_3"
+    range_size: int = Field(10, ge=1, le=MAX_RANGE_SIZE)
+    trust_model_code: StrictBool = False
+    _source: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def source(self) -> dict[str, Any]:
+        """The mapping this spec was read from, as given (stored with the sweep for the record)."""
+        return self._source
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _model_tables(cls, value: object) -> object:
+        """TOML's array of [[model]] tables arrives as a list; the spec keeps a tuple."""
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _thresholds(cls, value: object) -> tuple[Threshold, ...]:
+        return parse_thresholds(value)
+
+    @model_validator(mode="after")
+    def _distinct_models(self) -> SweepSpec:
+        _no_repeats("model names", [model.name for model in self.models])
+        return self
 
 
 def read_sweep_file(path: str | Path) -> SweepSpec:
@@ -62,76 +136,67 @@ def read_sweep_file(path: str | Path) -> SweepSpec:
 
 def parse_sweep(raw: dict[str, Any], *, base: Path, source: str | Path, default_name: str) -> SweepSpec:
     """Validate a sweep definition given as a mapping (from TOML, or built by `defend`)."""
-    _no_unknown(source, "the sweep", raw, SWEEP_KEYS)
-    models_raw = raw.get("model", [])
-    if not isinstance(models_raw, list) or not models_raw:
+    if not isinstance(raw.get("model", []), list) or not raw.get("model"):
         raise BadInputError(source, "lists no models: add at least one [[model]] table")
     try:
-        thresholds = tuple(validate_thresholds(raw.get("thresholds", DEFAULT_THRESHOLDS)))
-    except (ValueError, TypeError) as error:
-        raise BadInputError(source, f"thresholds: {error}") from error
-    policy = raw.get("policy", "first")
-    try:
-        validate_policy(policy)
-    except ValueError as error:
-        raise BadInputError(source, str(error)) from error
-    range_size = raw.get("range_size", 10)
-    if not isinstance(range_size, int) or range_size < 1:
-        raise BadInputError(source, f"range_size must be a positive integer, not {range_size!r}")
-    models = tuple(_parse_model(source, base, index, item) for index, item in enumerate(models_raw))
-    names = [model.name for model in models]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise BadInputError(source, f"model names repeat: {', '.join(duplicates)}")
-    return SweepSpec(
-        name=str(raw.get("name", default_name)),
-        models=models,
-        thresholds=thresholds,
-        policy=policy,
-        prune_layer=str(raw.get("prune_layer", "conv_3")),
-        rank_layer=str(raw.get("rank_layer", "pool_3")),
-        range_size=range_size,
-        trust_model_code=bool(raw.get("trust_model_code", False)),
-        source=raw,
-    )
+        spec = SweepSpec.model_validate({"name": default_name, **raw}, context={"base": Path(base)})
+    except ValidationError as error:
+        raise BadInputError(source, _one_line(error, raw)) from None
+    spec._source = raw
+    return spec
 
 
-def _parse_model(source: str | Path, base: Path, index: int, raw: Any) -> ModelSpec:
-    where = f"model #{index + 1}"
-    if not isinstance(raw, dict):
-        raise BadInputError(source, f"{where} is not a table")
-    _no_unknown(source, where, raw, MODEL_KEYS)
-    for key in ("name", "path", "clean_valid", "clean_test"):
-        if key not in raw:
-            raise BadInputError(source, f"{where} lacks the key {key!r}")
-    scale = float(raw.get("input_scale", 1))
-    if scale not in (1.0, 255.0):
-        raise BadInputError(source, f"{where}: input_scale must be 1 or 255, not {raw.get('input_scale')!r}")
-    poisoned_raw = raw.get("poisoned", {})
-    if not isinstance(poisoned_raw, dict):
-        raise BadInputError(source, f"{where}: poisoned must be a table of name = {{ valid = ..., test = ... }}")
-    poisoned = []
-    for name, files in poisoned_raw.items():
-        if not isinstance(files, dict) or set(files) != {"valid", "test"}:
-            raise BadInputError(source, f"{where}: poisoned set {name!r} needs exactly the keys valid and test")
-        poisoned.append(PoisonedSpec(str(name), _resolve(base, files["valid"]), _resolve(base, files["test"])))
-    return ModelSpec(
-        name=str(raw["name"]),
-        path=_resolve(base, raw["path"]),
-        input_scale=scale,
-        clean_valid=_resolve(base, raw["clean_valid"]),
-        clean_test=_resolve(base, raw["clean_test"]),
-        poisoned=tuple(poisoned),
-    )
+def _no_repeats(what: str, names: list[str]) -> None:
+    """Names that differ only in case would collide in file names on some file systems: refused too."""
+    folded = [name.lower() if isinstance(name, str) else name for name in names]
+    repeated = sorted({name for name, key in zip(names, folded, strict=True) if folded.count(key) > 1})
+    if repeated:
+        raise ValueError(f"{what} repeat (ignoring case): {', '.join(map(str, repeated))}")
 
 
-def _resolve(base: Path, value: Any) -> Path:
-    path = Path(str(value)).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
+def _one_line(error: ValidationError, raw: dict[str, Any]) -> str:
+    """`key path: what was expected, got what` for each problem pydantic found, joined by '; '."""
+    problems = []
+    for item in error.errors(include_url=False):
+        where = _key_path(item["loc"], raw)
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown key (allowed: {', '.join(_keys_at(len(item['loc'])))})")
+            continue
+        if item["type"] == "missing":
+            problems.append(f"{where}: missing (required)")
+            continue
+        got = repr(item.get("input"))
+        got = f"{got[:60]}..." if len(got) > 60 else got
+        expected = re.sub(r"^\w+ should (be|have) ", "expected ", message).replace(" or instance of ", "")
+        expected = re.sub(r"(a valid dictionary)\w+Spec", r"\1", expected)
+        whole = not item["loc"]  # a check of the whole sweep: its input is the whole file
+        problems.append(f"{where}: {expected}" if whole or got in expected else f"{where}: {expected}, got {got}")
+    return "; ".join(dict.fromkeys(problems))
 
 
-def _no_unknown(source: str | Path, where: str, raw: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        allowed_text = ", ".join(sorted(allowed))
-        raise BadInputError(source, f"{where} has unknown keys: {', '.join(unknown)} (allowed: {allowed_text})")
+def _keys_at(depth: int) -> list[str]:
+    """The keys a table at this depth of the file may have: the sweep (1), a [[model]] (3), a poisoned set (5)."""
+    spec = {1: SweepSpec, 3: ModelSpec, 5: PoisonedSpec}.get(depth, SweepSpec)
+    keys = [info.validation_alias or name for name, info in spec.model_fields.items()]
+    return sorted(key for key in keys if not (spec is PoisonedSpec and key == "name"))
+
+
+def _key_path(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
+    """The TOML key of a pydantic location: ('model', 0, 'poisoned', 1, 'valid') -> 'model #1 poisoned.sun.valid'."""
+    parts: list[str] = []
+    node: Any = raw
+    for step in loc:
+        if isinstance(step, int):
+            if isinstance(node, dict):  # the poisoned table, validated as a list: name the set
+                name = list(node)[step] if step < len(node) else step
+                bare = isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_-]+", name)
+                parts.append(f".{name}" if bare else f".{json.dumps(str(name))[:80]}")  # quoted as TOML does
+                node = node.get(name)
+            else:
+                parts.append(f" #{step + 1}")
+                node = node[step] if isinstance(node, list) and step < len(node) else None
+            continue
+        parts.append(f".{step}" if parts else str(step))
+        node = node.get(step) if isinstance(node, dict) else None
+    return "".join(parts) or "the sweep"

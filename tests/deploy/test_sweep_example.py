@@ -10,7 +10,7 @@ from orchestrator.sweep_file import read_sweep_file
 def test_csaw_sweep_names_the_four_models_under_data(repo):
     sweep = read_sweep_file(repo / "deploy" / "sweeps" / "csaw-hackml-2020.toml")
 
-    assert (sweep.thresholds, sweep.policy) == ((0.02, 0.04, 0.10), "first")
+    assert ([t.key for t in sweep.thresholds], sweep.policy) == (["0.02", "0.04", "0.1"], "first")
     assert (sweep.prune_layer, sweep.rank_layer) == ("conv_3", "pool_3")
     models = {model.name: model for model in sweep.models}
     assert models.keys() == {"sunglasses", "anonymous_1", "anonymous_2", "multi_trigger_multi_target"}

@@ -1,0 +1,127 @@
+"""Sweep files as an attacker writes them: every wrong value is one line naming the file and the key."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from badnet_prune.errors import BadInputError
+from badnet_prune.names import check_name
+from badnet_prune.thresholds import Threshold
+from orchestrator.sweep_file import parse_sweep, read_sweep_file
+
+
+def model(**changes: object) -> dict:
+    entry = {"name": "m0", "path": "models/bd.h5", "clean_valid": "cl/valid.h5", "clean_test": "cl/test.h5",
+             "poisoned": {"sunglasses": {"valid": "bd/valid.h5", "test": "bd/test.h5"}}}
+    return entry | changes
+
+
+def refused(raw: dict) -> str:
+    with pytest.raises(BadInputError) as caught:
+        parse_sweep(raw, base=Path("/sweeps"), source="s.toml", default_name="s")
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("s.toml: ")
+    return message.removeprefix("s.toml: ")
+
+
+@pytest.mark.parametrize("name", ["../../../../tmp/elsewhere", "", "clean", "CLEAN_test", "a/b", "x" * 65, "-x",
+                                  "a b", "a.b", "é", "a\n"])
+def test_names_are_identifiers(name: str) -> None:
+    with pytest.raises(BadInputError) as caught:
+        check_name(name, "--model")
+    assert str(caught.value).startswith("--model: ") and "\n" not in str(caught.value)
+    assert refused({"model": [model(name=name)]}).startswith("model #1.name: ")
+    poisoned = {name: {"valid": "a.h5", "test": "b.h5"}}
+    key = name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)  # TOML quotes other keys
+    assert refused({"model": [model(poisoned=poisoned)]}).startswith(f"model #1.poisoned.{key}.name: ")
+
+
+@pytest.mark.parametrize("name", ["ok-name_1", "x" * 64, "0", "sunglasses", "Clean2"])
+def test_good_names_pass(name: str) -> None:
+    assert check_name(name, "--model") == name
+
+
+def test_a_valid_file_is_read_with_paths_relative_to_it(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.toml"
+    path.write_text('thresholds = [0.02, "4%", 0.1]\npolicy = "notebook"\nrange_size = 5\ntrust_model_code = false\n'
+                    '[[model]]\nname = "m0"\npath = "bd.h5"\ninput_scale = 255\nclean_valid = "v.h5"\n'
+                    'clean_test = "/abs/t.h5"\npoisoned = { sun = { valid = "a.h5", test = "b.h5" } }\n')
+    spec = read_sweep_file(path)
+    assert spec.name == "sweep" and spec.policy == "notebook" and spec.range_size == 5
+    assert spec.thresholds == (Threshold("0.02"), Threshold("0.04"), Threshold("0.1"))
+    (entry,) = spec.models
+    assert (entry.path, entry.clean_test, entry.input_scale) == (tmp_path / "bd.h5", Path("/abs/t.h5"), 255.0)
+    assert [(p.name, p.valid) for p in entry.poisoned] == [("sun", tmp_path / "a.h5")]
+    assert spec.source["model"][0]["name"] == "m0" and spec.trust_model_code is False
+    with pytest.raises(Exception, match="frozen"):
+        spec.range_size = 1
+
+
+def test_defend_shaped_input_is_accepted() -> None:
+    raw = {"name": "defend bd.h5", "thresholds": ["0.02", "0.04", "0.1"], "policy": "first", "prune_layer": "conv_3",
+           "rank_layer": "pool_3", "range_size": 1000, "trust_model_code": True,
+           "model": [model(input_scale=1.0, path="/m/bd.h5", poisoned={})]}
+    spec = parse_sweep(raw, base=Path("/cwd"), source="defend", default_name="defend")
+    assert spec.trust_model_code is True and spec.models[0].input_scale == 1.0 and spec.models[0].poisoned == ()
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"trust_model_code": "false"}, "trust_model_code: expected a valid boolean, got 'false'"),
+    ({"trust_model_code": 0}, "trust_model_code: expected a valid boolean, got 0"),
+    ({"range_size": True}, "range_size: expected a valid integer, got True"),
+    ({"range_size": 2**63 - 1}, "range_size: expected less than or equal to 100000, got 9223372036854775807"),
+    ({"range_size": 0}, "range_size: expected greater than or equal to 1, got 0"),
+    ({"range_size": 2.0}, "range_size: expected a valid integer, got 2.0"),
+    ({"policy": "best"}, "policy: unknown policy 'best'; choose one of first, notebook"),
+    ({"thresholds": [0.02, "2%"]}, "thresholds: thresholds repeat: 0.02"),
+    ({"thresholds": [1.5]}, "thresholds: threshold 1.5 is outside (0, 1)"),
+    ({"thresholds": [True]}, "thresholds: a threshold must be a number"),
+    ({"tresholds": [0.02]}, "tresholds: unknown key (allowed: model, name, policy, prune_layer, range_size, "
+                            "rank_layer, thresholds, trust_model_code)"),
+    ({"models": []}, "models: unknown key"),
+    ({"prune_layer": 3}, "prune_layer: expected a valid string, got 3"),
+    ({"name": ""}, "name: expected at least 1 character"),
+])
+def test_sweep_keys_are_strict(change: dict, expected: str) -> None:
+    assert refused({"model": [model()], **change}).startswith(expected)
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"input_scale": "abc"}, "model #1.input_scale: expected a valid number, got 'abc'"),
+    ({"input_scale": [1]}, "model #1.input_scale: expected a valid number, got [1]"),
+    ({"input_scale": True}, "model #1.input_scale: expected a valid number, got True"),
+    ({"input_scale": 2}, "model #1.input_scale: expected 1 (raw 0..255 pixels) or 255"),
+    ({"pth": "x"}, "model #1.pth: unknown key (allowed: clean_test, clean_valid, input_scale, name, path, poisoned)"),
+    ({"path": 3}, "model #1.path: expected a file path"),
+    ({"path": ""}, "model #1.path: expected a file path"),
+    ({"poisoned": {"x": {"valid": "a"}}}, "model #1.poisoned.x.test: missing (required)"),
+    ({"poisoned": {"x": {"valid": "a", "test": "b", "extra": 1}}}, "model #1.poisoned.x.extra: unknown key"),
+    ({"poisoned": {"x": "a"}}, "model #1.poisoned.x: expected a valid dictionary, got 'a'"),
+    ({"poisoned": [1]}, "model #1.poisoned: expected a table of NAME"),
+    ({"poisoned": {"Sun": {"valid": "a", "test": "b"}, "sun": {"valid": "a", "test": "b"}}},
+     "model #1.poisoned: poisoned set names repeat (ignoring case): Sun, sun"),
+])
+def test_model_keys_are_strict(change: dict, expected: str) -> None:
+    assert refused({"model": [model(**change)]}).startswith(expected)
+
+
+def test_whole_file_problems() -> None:
+    assert refused({}) == "lists no models: add at least one [[model]] table"
+    assert refused({"model": {"name": "m0"}}) == "lists no models: add at least one [[model]] table"
+    assert refused({"model": [model(), model(name="M0")]}) == "the sweep: model names repeat (ignoring case): M0, m0"
+    assert refused({"model": [3]}) == "model #1: expected a valid dictionary, got 3"
+    missing = refused({"model": [model(), {"name": "m1"}]})
+    assert missing == ("model #2.path: missing (required); model #2.clean_valid: missing (required); "
+                       "model #2.clean_test: missing (required)")
+
+
+def test_broken_files(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="no such sweep file"):
+        read_sweep_file(tmp_path / "nope.toml")
+    (tmp_path / "bad.toml").write_text("range_size = = 3\n")
+    with pytest.raises(BadInputError, match="not valid TOML"):
+        read_sweep_file(tmp_path / "bad.toml")
