@@ -18,7 +18,11 @@ LabelsAt = Callable[[str, Sequence[int], np.ndarray | None], np.ndarray]
 
 @dataclass(frozen=True)
 class LabeledSet:
-    """A data set as the sweep sees it: its labels and, per image and channel, liveness."""
+    """A data set as the sweep sees it: its labels and, per image and channel, liveness.
+
+    `name` is what labels_at knows the set by; it is distinct for every set a labeler holds
+    (the clean set's never equals a poisoned set's), whatever the poison names are.
+    """
 
     name: str
     labels: np.ndarray
@@ -50,15 +54,17 @@ def prune_range(
     channel_count = len(order)
     if not 0 <= start < stop <= channel_count + 1:
         raise ValueError(f"step range [{start}, {stop}) is outside 0..{channel_count}")
-    sets = {"": clean, **poisoned}
-    current = {key: labels_at(key, list(order[:start]), None).copy() for key in sets}
+    sets = [clean, *poisoned.values()]
+    if len({data.name for data in sets}) != len(sets):
+        raise ValueError(f"data sets share a name: {[data.name for data in sets]}")
+    current = {data.name: labels_at(data.name, list(order[:start]), None).copy() for data in sets}
     steps = [_step_row(start, order, current, clean, poisoned)]
     for step in range(start + 1, stop):
         channel = int(order[step - 1])
-        for key, data in sets.items():
+        for data in sets:
             rows = np.flatnonzero(data.live[:, channel])
             if rows.size:
-                current[key][rows] = labels_at(key, list(order[:step]), rows)
+                current[data.name][rows] = labels_at(data.name, list(order[:step]), rows)
         steps.append(_step_row(step, order, current, clean, poisoned))
     return steps
 
@@ -84,8 +90,8 @@ def _step_row(
     clean: LabeledSet,
     poisoned: Mapping[str, LabeledSet],
 ) -> PruneStep:
-    correct = int(np.count_nonzero(current[""] == clean.labels))
-    hits = {name: int(np.count_nonzero(current[name] == data.labels)) for name, data in poisoned.items()}
+    correct = int(np.count_nonzero(current[clean.name] == clean.labels))
+    hits = {name: int(np.count_nonzero(current[data.name] == data.labels)) for name, data in poisoned.items()}
     return PruneStep(
         step=step,
         channel=None if step == 0 else int(order[step - 1]),

@@ -82,6 +82,10 @@ def parse_thresholds(values: object) -> tuple[Threshold, ...]:
     repeated = sorted({t.key for t in parsed if parsed.count(t) > 1})
     if repeated:
         raise ValueError(f"thresholds repeat: {', '.join(repeated)}")
+    values = [t.value for t in parsed]
+    same = sorted({t.key for t in parsed if values.count(t.value) > 1})
+    if same:
+        raise ValueError(f"thresholds {', '.join(same)} differ only past a float64's precision")
     return tuple(sorted(parsed))
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from badnet_prune.thresholds import Threshold, parse_threshold
 from db.models import DataFile, Model, ModelData, Sweep
 
 
@@ -28,7 +29,7 @@ class ModelInputs:
     status: str
     acc0: float | None
     channel_count: int | None
-    thresholds: list[float]
+    thresholds: tuple[Threshold, ...]
     policy: str
     prune_layer: str
     rank_layer: str
@@ -62,7 +63,7 @@ def model_inputs(session: Session, model_id: int) -> ModelInputs:
         status=model.status,
         acc0=model.acc0,
         channel_count=model.channel_count,
-        thresholds=list(sweep.thresholds),
+        thresholds=tuple(parse_threshold(key) for key in sweep.thresholds),
         policy=sweep.policy,
         prune_layer=sweep.prune_layer,
         rank_layer=sweep.rank_layer,

@@ -32,7 +32,7 @@ MODEL_STATUSES = ("pending", "running", "done", "failed")
 POLICIES = ("first", "notebook")
 CLEAN_ROLES = ("clean_valid", "clean_test")
 POISONED_ROLES = ("poisoned_valid", "poisoned_test")
-TASK_KINDS = ("rank", "prune_range", "threshold", "finish")  # 'finish' is per sweep: no model
+TEST_ROLES = ("clean_test", "poisoned_test")
 TASK_STATES = ("pending", "queued", "running", "done", "failed", "retrying")
 NETWORKS = ("B", "B_prime", "G")
 ARTIFACT_KINDS = ("B_prime", "G")
@@ -86,6 +86,7 @@ class Base(DeclarativeBase):
         datetime: UtcDateTime,
         dict[str, Any]: JSON,
         list[float]: JSON,
+        list[str]: JSON,
     }
 
 
@@ -107,7 +108,7 @@ class Sweep(Base):
     name: Mapped[str] = mapped_column(index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     config: Mapped[dict[str, Any]]  # the sweep definition as given, to replay it
-    thresholds: Mapped[list[float]]
+    thresholds: Mapped[list[str]]  # exact keys (badnet_prune.thresholds), ascending
     policy: Mapped[str]
     prune_layer: Mapped[str]
     rank_layer: Mapped[str]
@@ -171,26 +172,25 @@ class ModelData(Base):
 
 
 class Task(Base):
-    """One unit of queued work and its life: what the resume and progress views read.
+    """One planned unit of work of a stage (pipeline.contract) and its life.
 
-    The 'finish' task belongs to the sweep and has no model. NULLs are distinct in unique
-    constraints, so uniqueness is two partial unique indexes (one per case), which both
-    backends support and can name as the conflict target of an upsert.
+    `stage` names a declared stage; `key` is the exact identity of the task within its model
+    ('0-10' for steps [0, 10), a threshold's key), `arguments` the stage's typed arguments as
+    JSON: the worker reads them here, never from the message. A running task holds a lease
+    (token and expiry, renewed while it runs), so that a redelivered copy never runs beside it.
+    Sweep-scope tasks have no model. NULLs are distinct in unique constraints, so uniqueness is
+    two partial unique indexes (one per scope), which both backends support and can name as
+    the conflict target of an upsert.
     """
 
     __tablename__ = "tasks"
     __table_args__ = (
-        CheckConstraint(one_of("kind", TASK_KINDS), name="kind"),
         CheckConstraint(one_of("state", TASK_STATES), name="state"),
-        CheckConstraint(
-            "(kind = 'finish' AND model_id IS NULL) OR (kind <> 'finish' AND model_id IS NOT NULL)",
-            name="model_scope",
-        ),
         Index(
             "uq_tasks_model_task",
             "sweep_id",
             "model_id",
-            "kind",
+            "stage",
             "key",
             unique=True,
             sqlite_where=text("model_id IS NOT NULL"),
@@ -199,7 +199,7 @@ class Task(Base):
         Index(
             "uq_tasks_sweep_task",
             "sweep_id",
-            "kind",
+            "stage",
             "key",
             unique=True,
             sqlite_where=text("model_id IS NULL"),
@@ -211,12 +211,15 @@ class Task(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
     model_id: Mapped[int | None] = mapped_column(_model_fk(), index=True)
-    kind: Mapped[str]
-    key: Mapped[str] = mapped_column(default="")  # '0-10': steps [0, 10); '0.02': a threshold
+    stage: Mapped[str]
+    key: Mapped[str] = mapped_column(default="")
+    arguments: Mapped[dict[str, Any]] = mapped_column(default=dict)
     state: Mapped[str] = mapped_column(default="pending")
     attempts: Mapped[int] = mapped_column(default=0)
     worker: Mapped[str | None]
-    celery_id: Mapped[str | None]
+    message_id: Mapped[str | None]  # the broker's id of the last message sent for it
+    lease_token: Mapped[str | None]
+    lease_expires_at: Mapped[datetime | None]
     enqueued_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -270,25 +273,34 @@ class Selection(Base):
     __tablename__ = "selections"
 
     model_id: Mapped[int] = mapped_column(_model_fk(), primary_key=True)
-    threshold: Mapped[float] = mapped_column(primary_key=True)
+    threshold: Mapped[str] = mapped_column(primary_key=True)  # exact key
     step: Mapped[int | None]
     clean_valid_accuracy: Mapped[float | None]
 
 
 class Evaluation(Base):
-    """A network on a test file: accuracy against the file's labels (clean accuracy or ASR)."""
+    """A network on a test file: accuracy against the file's labels (clean accuracy or ASR).
+
+    The test file is named by its role and, for a poisoned one, its poison name: clean and
+    poisoned sets never share a namespace. B has no threshold ('').
+    """
 
     __tablename__ = "evaluations"
     __table_args__ = (
         CheckConstraint(one_of("network", NETWORKS), name="network"),
-        CheckConstraint("network <> 'B' OR threshold = 0", name="b_threshold"),
+        CheckConstraint("(network = 'B') = (threshold = '')", name="b_threshold"),
         CheckConstraint("network = 'G' OR flagged IS NULL", name="flagged"),
+        CheckConstraint(
+            "(role = 'clean_test' AND poison_name = '') OR (role = 'poisoned_test' AND poison_name <> '')",
+            name="role",
+        ),
     )
 
     model_id: Mapped[int] = mapped_column(_model_fk(), primary_key=True)
     network: Mapped[str] = mapped_column(primary_key=True)
-    threshold: Mapped[float] = mapped_column(primary_key=True)  # 0.0 for B
-    dataset: Mapped[str] = mapped_column(primary_key=True)  # 'clean' or the poison name
+    threshold: Mapped[str] = mapped_column(primary_key=True)  # exact key; '' for B
+    role: Mapped[str] = mapped_column(primary_key=True)  # clean_test or poisoned_test
+    poison_name: Mapped[str] = mapped_column(primary_key=True)  # '' for the clean test set
     accuracy: Mapped[float]  # percent
     flagged: Mapped[float | None]  # percent classified as N (G only)
     image_count: Mapped[int]
@@ -301,7 +313,7 @@ class Artifact(Base):
     __table_args__ = (CheckConstraint(one_of("kind", ARTIFACT_KINDS), name="kind"),)
 
     model_id: Mapped[int] = mapped_column(_model_fk(), primary_key=True)
-    threshold: Mapped[float] = mapped_column(primary_key=True)
+    threshold: Mapped[str] = mapped_column(primary_key=True)  # exact key
     kind: Mapped[str] = mapped_column(primary_key=True)
     path: Mapped[str]
     sha256: Mapped[str]

@@ -21,8 +21,6 @@ from db.models import (
     MODEL_STATUSES,
     POLICIES,
     SWEEP_STATUSES,
-    TASK_KINDS,
-    TASK_STATES,
     Base,
     DataFile,
     Model,
@@ -34,11 +32,7 @@ from db.models import (
 )
 from db.upsert import upsert_statement
 
-TASK_FIELDS = frozenset(
-    {"state", "attempts", "worker", "celery_id", "enqueued_at", "started_at", "finished_at", "seconds", "error"}
-)
 MODEL_FIELDS = frozenset({"acc0", "channel_count"})
-FINAL_TASK_STATES = frozenset({"done", "failed", "retrying"})
 
 RowT = TypeVar("RowT", bound=Base)
 
@@ -54,6 +48,7 @@ class ModelProgress:
     steps_stored: int
     steps_expected: int | None
     tasks: dict[str, int] = field(default_factory=dict)  # state -> count
+    stages: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> state -> count
 
 
 @dataclass(frozen=True)
@@ -76,7 +71,7 @@ def create_sweep(
     *,
     name: str,
     config: Mapping[str, Any],
-    thresholds: Iterable[float],
+    thresholds: Iterable[str],
     policy: str,
     prune_layer: str,
     rank_layer: str,
@@ -87,7 +82,7 @@ def create_sweep(
     sweep = Sweep(
         name=name,
         config=dict(config),
-        thresholds=[float(threshold) for threshold in thresholds],
+        thresholds=[str(threshold) for threshold in thresholds],
         policy=check_choice(policy, POLICIES, "policy"),
         prune_layer=prune_layer,
         rank_layer=rank_layer,
@@ -104,6 +99,14 @@ def set_sweep_status(session: Session, sweep_id: int, status: str) -> None:
     check_choice(status, SWEEP_STATUSES, "sweep status")
     finished_at = utcnow() if status in ("done", "failed") else None
     _update_one(session, Sweep, sweep_id, status=status, finished_at=finished_at)
+
+
+def finish_sweep(session: Session, sweep_id: int) -> str:
+    """Close a sweep whose models have all ended: 'failed' if every model failed, else 'done'."""
+    statuses = [model.status for model in list_models(session, sweep_id)]
+    status = "failed" if statuses and all(s == "failed" for s in statuses) else "done"
+    set_sweep_status(session, sweep_id, status)
+    return status
 
 
 def delete_sweep(session: Session, sweep_id: int) -> bool:
@@ -161,77 +164,12 @@ def set_model_status(session: Session, model_id: int, status: str, error: str | 
     _update_one(session, Model, model_id, status=status, error=error, **fields)
 
 
-def upsert_task(session: Session, sweep_id: int, model_id: int | None, kind: str, key: str = "", **fields: Any) -> int:
-    """The id of the task (sweep, model, kind, key), created 'pending' if new.
-
-    Only the fields given are written over an existing task, so planning a sweep again (on
-    resume) leaves the state of finished tasks alone. model_id is None for 'finish' only.
-    """
-    check_choice(kind, TASK_KINDS, "task kind")
-    _check_fields(fields, TASK_FIELDS, "upsert_task")
-    if "state" in fields:
-        check_choice(fields["state"], TASK_STATES, "task state")
-    if model_id is None:
-        index, where = ["sweep_id", "kind", "key"], Task.model_id.is_(None)
-    else:
-        index, where = ["sweep_id", "model_id", "kind", "key"], Task.model_id.is_not(None)
-    statement = upsert_statement(session, Task, key=index, update=list(fields), index_where=where)
-    row = {"sweep_id": sweep_id, "model_id": model_id, "kind": kind, "key": key, **fields}
-    return session.execute(statement.values(row).returning(Task.id)).scalar_one()
-
-
-def mark_task(
-    session: Session,
-    task_id: int,
-    state: str,
-    *,
-    worker: str | None = None,
-    celery_id: str | None = None,
-    error: str | None = None,
-    seconds: float | None = None,
-) -> Task:
-    """Move a task to `state`, stamping what that state means.
-
-    queued: enqueued_at (and celery_id). running: started_at, attempts + 1, worker; clears the
-    end of an earlier attempt. done/failed/retrying: finished_at, seconds (measured from
-    started_at unless given), error (cleared by done). The row is locked while it changes.
-    """
-    check_choice(state, TASK_STATES, "task state")
-    task = session.get(Task, task_id, with_for_update=True, populate_existing=True)
-    if task is None:
-        raise LookupError(f"no task {task_id}")
-    now = utcnow()
-    task.state = state
-    if state == "queued":
-        task.enqueued_at = now
-    elif state == "running":
-        task.attempts += 1
-        task.started_at, task.finished_at, task.seconds = now, None, None
-    elif state in FINAL_TASK_STATES:
-        task.finished_at = now
-        if seconds is None and task.started_at is not None:
-            seconds = (now - task.started_at).total_seconds()
-        task.seconds = seconds
-    if error is not None or state == "done":
-        task.error = error
-    if worker is not None:
-        task.worker = worker
-    if celery_id is not None:
-        task.celery_id = celery_id
-    session.flush()
-    return task
-
-
 def get_sweep(session: Session, sweep_id: int) -> Sweep:
     return _get(session, Sweep, sweep_id)
 
 
 def get_model(session: Session, model_id: int) -> Model:
     return _get(session, Model, model_id)
-
-
-def get_task(session: Session, task_id: int) -> Task:
-    return _get(session, Task, task_id)
 
 
 def list_models(session: Session, sweep_id: int) -> list[Model]:
@@ -254,14 +192,8 @@ def model_data_paths(session: Session, model_id: int) -> dict[str, dict[str, str
     return paths
 
 
-def missing_tasks(session: Session, sweep_id: int) -> list[Task]:
-    """The sweep's tasks that are not 'done' (what a resume must enqueue again), oldest first."""
-    query = select(Task).where(Task.sweep_id == sweep_id, Task.state != "done").order_by(Task.id)
-    return list(session.scalars(query.execution_options(populate_existing=True)))
-
-
 def sweep_progress(session: Session, sweep_id: int) -> SweepProgress:
-    """Per model: status, error, steps stored out of steps expected (channels + 1), tasks by state."""
+    """Per model: status, error, steps stored of steps expected (channels + 1), tasks by state and by stage."""
     sweep = get_sweep(session, sweep_id)
     models = list_models(session, sweep_id)
     step_counts = (
@@ -272,9 +204,12 @@ def sweep_progress(session: Session, sweep_id: int) -> SweepProgress:
     )
     steps: dict[int, int] = {model_id: count for model_id, count in session.execute(step_counts)}
     tasks: dict[int | None, dict[str, int]] = {}
-    task_counts = select(Task.model_id, Task.state, func.count()).where(Task.sweep_id == sweep_id)
-    for model_id, state, count in session.execute(task_counts.group_by(Task.model_id, Task.state)):
-        tasks.setdefault(model_id, {})[state] = count
+    per_stage: dict[int | None, dict[str, dict[str, int]]] = {}
+    task_counts = select(Task.model_id, Task.stage, Task.state, func.count()).where(Task.sweep_id == sweep_id)
+    for model_id, stage, state, count in session.execute(task_counts.group_by(Task.model_id, Task.stage, Task.state)):
+        by_state = tasks.setdefault(model_id, {})
+        by_state[state] = by_state.get(state, 0) + count
+        per_stage.setdefault(model_id, {}).setdefault(stage, {})[state] = count
     return SweepProgress(
         sweep_id=sweep.id,
         status=sweep.status,
@@ -287,11 +222,43 @@ def sweep_progress(session: Session, sweep_id: int) -> SweepProgress:
                 steps_stored=steps.get(model.id, 0),
                 steps_expected=None if model.channel_count is None else model.channel_count + 1,
                 tasks=tasks.get(model.id, {}),
+                stages=per_stage.get(model.id, {}),
             )
             for model in models
         ],
         sweep_tasks=tasks.get(None, {}),
     )
+
+
+@dataclass(frozen=True)
+class SweepOverview:
+    """A sweep at a glance, from one grouped query: per model its status, error and task states."""
+
+    sweep_id: int
+    status: str
+    models: list[tuple[int, str, str, str | None, dict[str, int]]]  # id, name, status, error, state -> count
+    sweep_tasks: dict[str, int]
+
+
+def sweep_overview(session: Session, sweep_id: int) -> SweepOverview:
+    """What a watcher redraws every half second; cheap at thousands of models (grouped queries)."""
+    sweep = get_sweep(session, sweep_id)
+    query = (
+        select(Model.id, Model.name, Model.status, Model.error, Task.state, func.count(Task.id))
+        .select_from(Model)
+        .outerjoin(Task, Task.model_id == Model.id)
+        .where(Model.sweep_id == sweep_id)
+        .group_by(Model.id, Model.name, Model.status, Model.error, Task.state)
+        .order_by(Model.id)
+    )
+    models: dict[int, tuple[int, str, str, str | None, dict[str, int]]] = {}
+    for model_id, name, status, error, state, count in session.execute(query):
+        counts = models.setdefault(model_id, (model_id, name, status, error, {}))[4]
+        if state is not None:
+            counts[state] = count
+    own = select(Task.state, func.count()).where(Task.sweep_id == sweep_id, Task.model_id.is_(None))
+    sweep_tasks = {state: count for state, count in session.execute(own.group_by(Task.state))}
+    return SweepOverview(sweep.id, sweep.status, list(models.values()), sweep_tasks)
 
 
 def _get(session: Session, model: type[RowT], row_id: int) -> RowT:

@@ -13,10 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from db.models import ARTIFACT_KINDS, NETWORKS, Artifact, Evaluation, Model, Ranking, Selection, Step, StepAsr
+from db.models import (
+    ARTIFACT_KINDS,
+    NETWORKS,
+    TEST_ROLES,
+    Artifact,
+    Evaluation,
+    Model,
+    Ranking,
+    Selection,
+    Step,
+    StepAsr,
+)
 from db.repository import check_choice
 from db.upsert import upsert_rows
 
@@ -56,6 +67,11 @@ def save_ranking(session: Session, model_id: int, rows: Iterable[tuple[int, int,
     upsert_rows(session, Ranking, values, key=["model_id", "channel"])
 
 
+def ranking_stored(session: Session, model_id: int) -> bool:
+    """A ranking is stored whole (one upsert), so one row means all of it."""
+    return session.scalar(select(func.count()).where(Ranking.model_id == model_id)) > 0
+
+
 def read_ranking(session: Session, model_id: int) -> list[tuple[int, int, float]]:
     """(channel, position, mean activation) in pruning order."""
     query = (
@@ -89,9 +105,10 @@ def save_steps(session: Session, model_id: int, rows: Iterable[StepRow]) -> None
     upsert_rows(session, StepAsr, asr, key=["model_id", "step", "poison_name"])
 
 
-def stored_steps(session: Session, model_id: int) -> set[int]:
-    """The steps already stored for a model: a redelivered range task can skip them."""
-    return set(session.scalars(select(Step.step).where(Step.model_id == model_id)))
+def steps_stored(session: Session, model_id: int, start: int, stop: int) -> bool:
+    """Whether every step in [start, stop) of a model is stored."""
+    query = select(func.count()).where(Step.model_id == model_id, Step.step >= start, Step.step < stop)
+    return session.scalar(query) == stop - start
 
 
 def read_steps(session: Session, sweep_id: int, model_name: str | None = None) -> list[StoredStep]:
@@ -128,14 +145,20 @@ def read_steps(session: Session, sweep_id: int, model_name: str | None = None) -
 
 
 def save_selection(
-    session: Session, model_id: int, threshold: float, step: int | None, clean_valid_accuracy: float | None
+    session: Session, model_id: int, threshold: str, step: int | None, clean_valid_accuracy: float | None
 ) -> None:
     """The step chosen for a threshold (None with no accuracy when pruning never reached it)."""
     row = {"model_id": model_id, "threshold": threshold, "step": step, "clean_valid_accuracy": clean_valid_accuracy}
     upsert_rows(session, Selection, [row], key=["model_id", "threshold"])
 
 
+def selection_stored(session: Session, model_id: int, threshold: str) -> bool:
+    query = select(func.count()).where(Selection.model_id == model_id, Selection.threshold == threshold)
+    return session.scalar(query) == 1
+
+
 def read_selections(session: Session, model_id: int) -> list[Selection]:
+    """By threshold key; callers that order by value sort by badnet_prune.thresholds.Threshold."""
     return _read(session, select(Selection).where(Selection.model_id == model_id).order_by(Selection.threshold))
 
 
@@ -144,32 +167,38 @@ def save_evaluation(
     model_id: int,
     *,
     network: str,
-    threshold: float,
-    dataset: str,
+    threshold: str,
+    role: str,
+    poison_name: str,
     accuracy: float,
     image_count: int,
     flagged: float | None = None,
 ) -> None:
-    """A network on a test file: accuracy (clean accuracy, or ASR on a poison), flagged % (G only)."""
+    """A network on a test file: accuracy (clean accuracy, or ASR on a poison), flagged % (G only).
+
+    threshold is '' for B; role is clean_test (poison_name '') or poisoned_test.
+    """
     check_choice(network, NETWORKS, "network")
+    check_choice(role, TEST_ROLES, "test role")
     row = {
         "model_id": model_id,
         "network": network,
         "threshold": threshold,
-        "dataset": dataset,
+        "role": role,
+        "poison_name": poison_name,
         "accuracy": accuracy,
         "flagged": flagged,
         "image_count": image_count,
     }
-    upsert_rows(session, Evaluation, [row], key=["model_id", "network", "threshold", "dataset"])
+    upsert_rows(session, Evaluation, [row], key=["model_id", "network", "threshold", "role", "poison_name"])
 
 
 def read_evaluations(session: Session, model_id: int) -> list[Evaluation]:
-    """B first, then B' and G, each by threshold then dataset."""
+    """B first, then B' and G, each by threshold key, the clean test set before the poisoned ones."""
     query = (
         select(Evaluation)
         .where(Evaluation.model_id == model_id)
-        .order_by(Evaluation.network, Evaluation.threshold, Evaluation.dataset)
+        .order_by(Evaluation.network, Evaluation.threshold, Evaluation.role, Evaluation.poison_name)
     )
     return _read(session, query)
 
@@ -178,7 +207,7 @@ def save_artifact(
     session: Session,
     model_id: int,
     *,
-    threshold: float,
+    threshold: str,
     kind: str,
     path: str | Path,
     sha256: str,

@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.repository import get_model
-from db.results import read_artifacts, read_evaluations, read_ranking, read_selections, read_steps
+from db.model_results import Metrics, ModelResults
+from db.results import read_steps
 
 STEP_COLUMNS = ["step", "channel", "fraction_pruned", "clean_accuracy"]
 
@@ -59,69 +59,62 @@ def _inert(value: Any) -> Any:
     return value
 
 
-def model_summary(session: Session, sweep_id: int, model_id: int) -> dict[str, Any]:
-    """acc0, the ranking, and per threshold the selected step and every test metric."""
-    model = get_model(session, model_id)
-    ranking = read_ranking(session, model_id)
-    evaluations = read_evaluations(session, model_id)
-    artifacts = read_artifacts(session, model_id)
-    metrics: dict[tuple[str, float], dict[str, Any]] = {}
-    for row in evaluations:
-        entry = metrics.setdefault((row.network, row.threshold), {})
-        key = "clean_accuracy" if row.dataset == "clean" else f"asr_{row.dataset}"
-        entry[key] = row.accuracy
-        if row.flagged is not None:
-            entry["false_alarms" if row.dataset == "clean" else f"detection_{row.dataset}"] = row.flagged
-    thresholds = {}
-    for selection in read_selections(session, model_id):
-        t = selection.threshold
-        thresholds[f"{t:g}"] = {
-            "step": selection.step,
-            "channels_pruned": selection.step,
-            "clean_valid_accuracy": selection.clean_valid_accuracy,
-            "B_prime": metrics.get(("B_prime", t), {}),
-            "G": metrics.get(("G", t), {}),
-            "files": {a.kind: a.path for a in artifacts if a.threshold == t},
-        }
+def model_summary(results: ModelResults) -> dict[str, Any]:
+    """summary.json's content: acc0, the ranking, and per threshold (by its key) the selected step and test metrics."""
     return {
-        "model": model.name,
-        "path": model.path,
-        "sha256": model.sha256,
-        "status": model.status,
-        "error": model.error,
-        "acc0": model.acc0,
-        "ranking": [{"channel": c, "position": p, "mean_activation": m} for c, p, m in ranking],
-        "pruning_order": [c for c, _, _ in ranking],
-        "B": metrics.get(("B", 0.0), {}),
-        "thresholds": thresholds,
+        "model": results.name,
+        "path": results.path,
+        "sha256": results.sha256,
+        "status": results.status,
+        "error": results.error,
+        "acc0": results.acc0,
+        "ranking": [{"channel": e.channel, "position": e.position, "mean_activation": e.mean_activation}
+                    for e in results.ranking],
+        "pruning_order": results.pruning_order,
+        "B": _metrics_json(results.b),
+        "thresholds": {
+            entry.threshold.key: {
+                "step": entry.step,
+                "channels_pruned": entry.step,
+                "clean_valid_accuracy": entry.clean_valid_accuracy,
+                "B_prime": _metrics_json(entry.b_prime),
+                "G": _metrics_json(entry.g),
+                "files": dict(entry.files),
+            }
+            for entry in results.thresholds
+        },
     }
 
 
-def lab_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def _metrics_json(metrics: Metrics) -> dict[str, float]:
+    values: dict[str, float] = {}
+    if metrics.clean_accuracy is not None:
+        values["clean_accuracy"] = metrics.clean_accuracy
+    values.update({f"asr_{name}": rate for name, rate in sorted(metrics.asr.items())})
+    values.update({f"detection_{name}": rate for name, rate in sorted(metrics.detection.items())})
+    if metrics.false_alarms is not None:
+        values["false_alarms"] = metrics.false_alarms
+    return values
+
+
+def lab_table(results: ModelResults) -> tuple[list[str], list[list[str]]]:
     """The lab's table: B, each B'_t and G_t with clean accuracy, ASR per poison, detection and false alarms."""
-    poisons = sorted(key[4:] for key in summary["B"] if key.startswith("asr_"))
+    poisons = sorted(results.b.asr)
     header = ["model", "clean accuracy %", *(f"ASR {p} %" for p in poisons),
               *(f"detected {p} %" for p in poisons), "false alarms %"]
 
-    def line(name: str, values: dict[str, Any], steps: int | None = None) -> list[str]:
-        def cell(key: str) -> str:
-            return "" if values.get(key) is None else f"{values[key]:.2f}"
+    def cell(value: float | None) -> str:
+        return "" if value is None else f"{value:.2f}"
 
-        label = name if steps is None else f"{name}, {steps} pruned"
-        return [label, cell("clean_accuracy"), *(cell(f"asr_{p}") for p in poisons),
-                *(cell(f"detection_{p}") for p in poisons), cell("false_alarms")]
+    def line(label: str, metrics: Metrics) -> list[str]:
+        return [label, cell(metrics.clean_accuracy), *(cell(metrics.asr.get(p)) for p in poisons),
+                *(cell(metrics.detection.get(p)) for p in poisons), cell(metrics.false_alarms)]
 
-    rows = [line("B", summary["B"])]
-    for t, entry in summary["thresholds"].items():
-        if entry["step"] is None:
-            rows.append([f"B' {_percent(t)}: never reached", *([""] * (len(header) - 1))])
-            continue
-        rows.append(line(f"B' {_percent(t)}", entry["B_prime"], entry["step"]))
-    for t, entry in summary["thresholds"].items():
-        if entry["step"] is not None:
-            rows.append(line(f"G {_percent(t)}", entry["G"]))
+    rows = [line("B", results.b)]
+    for entry in results.thresholds:
+        if entry.step is None:
+            rows.append([f"B' {entry.threshold.percent}: never reached", *([""] * (len(header) - 1))])
+        else:
+            rows.append(line(f"B' {entry.threshold.percent}, {entry.step} pruned", entry.b_prime))
+    rows += [line(f"G {entry.threshold.percent}", entry.g) for entry in results.thresholds if entry.step is not None]
     return header, rows
-
-
-def _percent(threshold: str) -> str:
-    return f"{float(threshold) * 100:g}%"

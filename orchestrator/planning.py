@@ -1,14 +1,17 @@
-"""Registering a sweep: its models, data files (with sha256) and every task it will need.
+"""Registering a sweep: its models, data files (with sha256) and every task its stages plan.
 
 Planning reads file metadata only (hashes, counts, the prune layer's filter count); it never
-loads a model into TensorFlow. A model whose files are unusable is recorded as failed here,
-with its reason, and the others are planned as usual.
+loads a model into TensorFlow. The tasks come from the stage declarations (pipeline.contract):
+each stage plans its own for every model, and the sweep's own stages once. A model whose files
+are unusable is recorded as failed here, with its reason, and the others are planned as usual.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -16,22 +19,18 @@ from badnet_prune.data import open_data_file
 from badnet_prune.errors import BadInputError
 from badnet_prune.hashing import sha256_file, sha256_files
 from badnet_prune.model_inspect import prune_layer_filters
-from db.repository import add_model, create_sweep, set_model_status, set_sweep_status, upsert_data_file, upsert_task
+from badnet_prune.thresholds import Threshold, parse_thresholds
+from db.repository import add_model, create_sweep, set_model_status, set_sweep_status, upsert_data_file
+from db.tasks import plan_task
 from orchestrator.sweep_file import ModelSpec, SweepSpec
+from pipeline.contract import PlanContext, Scope, stages
 
 
 @dataclass(frozen=True)
 class PlannedSweep:
     sweep_id: int
-    rank_tasks: list[tuple[int, int]]  # (task id, model id) to send first
-    finish_task: int
+    model_ids: list[int]  # the models planned (not failed at planning)
     failed: dict[str, str]  # model name -> reason
-
-
-def channel_ranges(channel_count: int, range_size: int) -> list[tuple[int, int]]:
-    """Steps 0..C in contiguous ranges [a, b) of at most range_size steps."""
-    steps = channel_count + 1
-    return [(start, min(start + range_size, steps)) for start in range(0, steps, range_size)]
 
 
 def sweep_files(spec: SweepSpec) -> list[Path]:
@@ -50,13 +49,14 @@ def register_sweep(
 
     hashes: sha256 by path, computed ahead (sweep_files); files missing from it are hashed here.
     """
-    config = {**spec.source, **(extra_config or {}), "trust_model_code": spec.trust_model_code}
+    config = {**_json_safe(spec.source), **(extra_config or {}), "trust_model_code": spec.trust_model_code}
+    thresholds = parse_thresholds(spec.thresholds)
     sweep_id = create_sweep(
-        session, name=spec.name, config=config, thresholds=spec.thresholds, policy=spec.policy,
+        session, name=spec.name, config=config, thresholds=[t.key for t in thresholds], policy=spec.policy,
         prune_layer=spec.prune_layer, rank_layer=spec.rank_layer, range_size=spec.range_size,
         artifact_dir=str(Path(artifact_dir).resolve()),
     )
-    rank_tasks: list[tuple[int, int]] = []
+    planned: list[int] = []
     failed: dict[str, str] = {}
     if hashes is None:
         hashes = sha256_files(sweep_files(spec))
@@ -69,14 +69,30 @@ def register_sweep(
                                  input_scale=model.input_scale, data=[])
             set_model_status(session, model_id, "failed", error=str(error))
             continue
-        rank_tasks.append((upsert_task(session, sweep_id, model_id, "rank", ""), model_id))
-        for start, stop in channel_ranges(channels, spec.range_size):
-            upsert_task(session, sweep_id, model_id, "prune_range", f"{start}-{stop}")
-        for threshold in spec.thresholds:
-            upsert_task(session, sweep_id, model_id, "threshold", f"{threshold:g}")
-    finish_task = upsert_task(session, sweep_id, None, "finish", "")
+        context = PlanContext(channels, thresholds, spec.range_size, config)
+        for stage in stages(Scope.MODEL):
+            for key, arguments in stage.planned(context):
+                plan_task(session, sweep_id, model_id, stage.name, key, arguments)
+        planned.append(model_id)
+    sweep_context = PlanContext(0, thresholds, spec.range_size, config)
+    for stage in stages(Scope.SWEEP):
+        for key, arguments in stage.planned(sweep_context):
+            plan_task(session, sweep_id, None, stage.name, key, arguments)
     set_sweep_status(session, sweep_id, "running")
-    return PlannedSweep(sweep_id, rank_tasks, finish_task, failed)
+    return PlannedSweep(sweep_id, planned, failed)
+
+
+def _json_safe(value: Any) -> Any:
+    """The sweep definition as JSON can hold it (thresholds as their keys), to be stored and replayed."""
+    if isinstance(value, Mapping):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, Threshold):
+        return value.key
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def _data_files(model: ModelSpec) -> list[tuple[str, str, Path]]:

@@ -1,132 +1,200 @@
-"""Submitting a sweep: register it, send its first tasks, and (optionally) watch it to the end.
+"""Submitting, resuming and watching a sweep: the orchestrator plans and sends; it never computes.
 
-With a broker the tasks go to Celery workers; without one (the embedded default) they run in
-this process through the same task code.
+Tasks reach workers through a dispatcher (worker.dispatch): Celery when a broker is set, else
+the in-process runner of the embedded default, which runs them here through the same code a
+worker runs. What to send first, what resume sends again and what progress counts all come
+from the stage declarations (pipeline.contract).
 """
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
+from datetime import timedelta
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import Engine
 
+from badnet_prune.errors import BadInputError
 from badnet_prune.hashing import BackgroundHashes
 from badnet_prune.settings import Settings
-from db.claims import claim_task, reset_to_pending
-from db.repository import missing_tasks, sweep_progress
+from db.models import Task, utcnow
+from db.repository import get_sweep, list_models, set_model_status
 from db.session import display_url, prepare_database, session_scope
+from db.tasks import claim_for_sending, lease_is_live, record_message, reset_to_pending, sweep_tasks
 from orchestrator.planning import register_sweep, sweep_files
 from orchestrator.sweep_file import SweepSpec
-from worker.dispatch import CeleryDispatcher, Dispatcher, LocalQueue
-from worker.flow import TERMINAL_MODEL_STATES
+from orchestrator.watch import watch_sweep
+from pipeline.contract import Scope, Stage, TaskContext, get_stage, load_stage_modules, roots, stages
+from worker.dispatch import Dispatcher, LocalDispatcher, import_task_code, make_dispatcher
 
-POLL_SECONDS = 0.5
+# A queued task younger than this may still be on its way to the broker: never called lost.
+IN_FLIGHT_GRACE = timedelta(seconds=30)
 
 
 def submit_sweep(
     settings: Settings, spec: SweepSpec, *, wait: bool, console: Console, extra_config: dict | None = None
 ) -> int:
+    """Register the sweep, send the first stage's tasks, and run (embedded default) or optionally watch it."""
+    load_stage_modules(settings.stage_modules)
     hashing = BackgroundHashes(sweep_files(spec))
-    if not settings.broker_url:
-        from orchestrator.local_run import import_task_code
-
-        import_task_code()  # TensorFlow's import (seconds) overlaps the hashing of the input files
     engine = prepare_database(settings.db_url)
+    dispatcher = _dispatcher(settings, engine)
+    if not settings.broker_url:
+        import_task_code()  # TensorFlow's import (seconds) overlaps the hashing of the input files
     hashes = hashing.result()
     with session_scope(engine) as session:
         planned = register_sweep(session, spec, settings.artifact_dir, extra_config, hashes)
     console.print(f"sweep {planned.sweep_id} registered: {len(spec.models)} model(s) in {display_url(settings.db_url)}")
     for name, reason in planned.failed.items():
-        console.print(f"[red]model {name} failed:[/red] {escape(reason)}", soft_wrap=True)
-    first = [("rank", task_id, model_id, "") for task_id, model_id in planned.rank_tasks]
-    if not planned.rank_tasks:
-        first = [("finish", planned.finish_task, None, "")]
-    send_and_run(settings, engine, planned.sweep_id, first, wait=wait, console=console)
+        console.print(f"[red]model {escape(name)} failed:[/red] {escape(reason)}", soft_wrap=True)
+    with session_scope(engine) as session:
+        first = [task for task in sweep_tasks(session, planned.sweep_id) if _is_root(task)]
+        if not planned.model_ids:
+            first = [task for task in sweep_tasks(session, planned.sweep_id) if task.model_id is None]
+        to_send = [(get_stage(task.stage), task.id) for task in first]
+    _send(engine, dispatcher, to_send)
+    _run_or_watch(engine, dispatcher, planned.sweep_id, wait=wait, console=console)
     return planned.sweep_id
 
 
-def send_and_run(settings: Settings, engine: Engine, sweep_id: int, tasks, *, wait: bool, console: Console) -> None:
-    """Claim and send the given (kind, task id, model id, key) tasks; run or watch the sweep."""
-    from worker.flow import send_task
+def _is_root(task: Task) -> bool:
+    return task.model_id is not None and task.stage in {stage.name for stage in roots()}
 
-    dispatcher: Dispatcher
-    if settings.broker_url:
-        from worker.celery_app import make_celery
 
-        dispatcher = CeleryDispatcher(make_celery(settings))
-    else:
-        dispatcher = LocalQueue()
-    for kind, task_id, model_id, key in tasks:
+def _dispatcher(settings: Settings, engine: Engine) -> Dispatcher:
+    """The dispatcher, with the broker checked before anything is registered (one line if it does not answer)."""
+    dispatcher = make_dispatcher(settings, engine)
+    if settings.broker_url and dispatcher.held_message_ids() is None:
+        raise BadInputError("BADNET_PRUNE_BROKER", f"the broker at {display_url(settings.broker_url)} does not answer")
+    return dispatcher
+
+
+def _send(engine: Engine, dispatcher: Dispatcher, tasks: list[tuple[Stage, int]]) -> None:
+    """Claim each task (pending -> queued) and send those this caller claimed; record their message ids."""
+    for stage, task_id in tasks:
         with session_scope(engine) as session:
-            claim_task(session, task_id)
-        send_task(dispatcher, kind, task_id, model_id, key, sweep_id=sweep_id)
-    if isinstance(dispatcher, LocalQueue):
-        from orchestrator.local_run import run_locally
-
-        with _progress(console) as progress:
-            bars: dict[str, int] = {}
-            run_locally(settings, engine, dispatcher, lambda: _update(progress, bars, engine, sweep_id))
-            _update(progress, bars, engine, sweep_id)
-    elif wait:
-        watch(engine, sweep_id, console)
+            claimed = claim_for_sending(session, task_id)
+        if not claimed:
+            continue
+        message_id = dispatcher.send(stage, task_id)
+        if message_id is not None:
+            with session_scope(engine) as session:
+                record_message(session, task_id, message_id)
 
 
-def watch(engine: Engine, sweep_id: int, console: Console) -> None:
-    """Show per-model progress until the sweep is done."""
-    with _progress(console) as progress:
-        bars: dict[str, int] = {}
-        while not _update(progress, bars, engine, sweep_id):
-            time.sleep(POLL_SECONDS)
+def _run_or_watch(engine: Engine, dispatcher: Dispatcher, sweep_id: int, *, wait: bool, console: Console) -> None:
+    """The embedded default runs the sweep here (showing it); with a broker, show it only when asked to wait."""
+    if wait or isinstance(dispatcher, LocalDispatcher):
+        watch_sweep(engine, sweep_id, console, dispatcher=dispatcher, follow=wait)
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[state]}"),
-        TimeElapsedColumn(), console=console, transient=False,
-    )
+@dataclass(frozen=True)
+class ResumePlan:
+    """What a resume sends, and the open tasks it leaves alone because something still holds them."""
+
+    to_send: list[tuple[Stage, int]]
+    held: int
+    lost: list[int]
+    models_closed: list[int]
 
 
-def _update(progress: Progress, bars: dict[str, int], engine: Engine, sweep_id: int) -> bool:
-    """Refresh the bars from the database; True once the sweep is done."""
+def plan_resume(engine: Engine, dispatcher: Dispatcher, sweep_id: int) -> ResumePlan:
+    """Every task that is not done (or whose results are missing), whose predecessors are done, and
+    that nothing holds: neither a message the broker still has nor a live lease."""
+    held_ids = dispatcher.held_message_ids()
+    now = utcnow()
+    to_send: list[tuple[Stage, int]] = []
+    held = 0
+    lost: list[int] = []
+    closed: list[int] = []
     with session_scope(engine) as session:
-        state = sweep_progress(session, sweep_id)
-    for model in state.models:
-        total = model.steps_expected or 1
-        done = model.steps_stored
-        if model.name not in bars:
-            bars[model.name] = progress.add_task(model.name, total=total, state=model.status)
-        label = model.status if model.error is None else f"failed: {model.error[:60]}"
-        progress.update(bars[model.name], total=total, completed=min(done, total), state=label)
-    finished = state.status in ("done", "failed")
-    return finished and all(model.status in TERMINAL_MODEL_STATES for model in state.models)
+        get_sweep(session, sweep_id)
+        tasks = sweep_tasks(session, sweep_id)
+        by_model: dict[int | None, dict[str, list[Task]]] = {}
+        for task in tasks:
+            by_model.setdefault(task.model_id, {}).setdefault(task.stage, []).append(task)
+        models = list_models(session, sweep_id)
+        for model in models:
+            if model.status == "failed":
+                continue
+            planned = by_model.get(model.id, {})
+            done = {name: all(_done(session, get_stage(name), t) for t in group) for name, group in planned.items()}
+            for stage in stages(Scope.MODEL):
+                if not all(done.get(name, True) for name in stage.after):
+                    continue
+                for task in planned.get(stage.name, []):
+                    if _done(session, stage, task):
+                        continue
+                    if _held(task, held_ids, now):
+                        held += 1
+                        continue
+                    if task.state in ("queued", "running"):
+                        lost.append(task.id)
+                    to_send.append((stage, task.id))
+            if planned and all(done.values()) and model.status != "done":
+                set_model_status(session, model.id, "done")
+                model.status = "done"
+                closed.append(model.id)
+        if all(model.status in ("done", "failed") for model in models) and not to_send:
+            for task in (task for group in by_model.get(None, {}).values() for task in group):
+                if task.state != "done":
+                    to_send.append((get_stage(task.stage), task.id))
+        reset_to_pending(session, [task_id for _, task_id in to_send])
+    return ResumePlan(to_send, held, lost, closed)
+
+
+def _done(session, stage: Stage, task: Task) -> bool:
+    if task.state != "done":
+        return False
+    if stage.stored is None:
+        return True
+    return stage.stored(session, TaskContext(task.id, task.sweep_id, task.model_id), stage.parse(task.arguments))
+
+
+def _held(task: Task, held_ids: set[str] | None, now) -> bool:
+    """Whether something will still run this open task: a live lease, or (queued or running) a message
+    the broker still holds or may still be receiving."""
+    if lease_is_live(task, now):
+        return True
+    if task.state not in ("queued", "running", "retrying"):
+        return False
+    if held_ids is None:
+        return True  # the broker cannot be asked: never send a second copy on a guess
+    if task.message_id is not None and task.message_id in held_ids:
+        return True
+    return task.state == "queued" and task.enqueued_at is not None and now - task.enqueued_at < IN_FLIGHT_GRACE
 
 
 def resume_sweep(settings: Settings, sweep_id: int, *, wait: bool, console: Console) -> int:
-    """Send again every task that is not done and whose predecessors are; returns how many."""
-    engine = prepare_database(settings.db_url)
-    with session_scope(engine) as session:
-        open_tasks = missing_tasks(session, sweep_id)
-        state = sweep_progress(session, sweep_id)
-        status = {model.model_id: model.status for model in state.models}
-        by_model: dict[int | None, dict[str, list]] = {}
-        for task in open_tasks:
-            by_model.setdefault(task.model_id, {}).setdefault(task.kind, []).append(task)
-        to_send = []
-        for model_id, kinds in by_model.items():
-            if model_id is None or status.get(model_id) == "failed":
-                continue
-            for kind in ("rank", "prune_range", "threshold"):
-                if kinds.get(kind):
-                    to_send += [(kind, task.id, model_id, task.key) for task in kinds[kind]]
-                    break
-        if not to_send and None in by_model and all(s in TERMINAL_MODEL_STATES for s in status.values()):
-            finish = by_model[None]["finish"][0]
-            to_send = [("finish", finish.id, None, "")]
-        reset_to_pending(session, [task_id for _, task_id, _, _ in to_send])
-    console.print(f"sweep {sweep_id}: sending {len(to_send)} task(s) again")
-    send_and_run(settings, engine, sweep_id, to_send, wait=wait, console=console)
-    return len(to_send)
+    """Send again what is missing and free to run; returns how many tasks were sent."""
+    load_stage_modules(settings.stage_modules)
+    engine = prepare_database(settings.db_url, create=False)
+    dispatcher = _dispatcher(settings, engine)
+    try:
+        plan = plan_resume(engine, dispatcher, sweep_id)
+    except LookupError:
+        raise BadInputError(f"sweep {sweep_id}", f"no such sweep in {display_url(settings.db_url)}") from None
+    held = f", {plan.held} still queued or running" if plan.held else ""
+    lost = f" ({len(plan.lost)} were queued or running but nothing held them)" if plan.lost else ""
+    console.print(f"sweep {sweep_id}: sending {len(plan.to_send)} task(s) again{lost}{held}")
+    if not settings.broker_url:
+        import_task_code()
+    _send(engine, dispatcher, plan.to_send)
+    _run_or_watch(engine, dispatcher, sweep_id, wait=wait, console=console)
+    return len(plan.to_send)
 
+
+def lost_task_count(settings: Settings, engine: Engine, sweep_id: int) -> int | None:
+    """How many queued or running tasks nothing holds (lost with a broker that kept nothing); None if unknown."""
+    if not settings.broker_url:
+        return None
+    dispatcher = make_dispatcher(settings, engine)
+    held_ids = dispatcher.held_message_ids()
+    if held_ids is None:
+        return None
+    now = utcnow()
+    with session_scope(engine) as session:
+        tasks = sweep_tasks(session, sweep_id)
+    open_states = ("queued", "running", "retrying")
+    return sum(1 for task in tasks if task.state in open_states and not _held(task, held_ids, now))

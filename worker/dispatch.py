@@ -1,39 +1,130 @@
-"""Sending tasks: to Celery through the broker, or to an in-process queue on the embedded default.
+"""Dispatchers: how a claimed task reaches a worker. The orchestrator talks to workers only through these.
 
-Both send the same task names with the same id-only arguments; only the transport differs.
+CeleryDispatcher sends a message (the stage's task name and the task id, nothing else) to the
+broker; workers elsewhere run it. LocalDispatcher is the embedded default's runner: the same
+messages go to an in-process queue, drained here by the same code a worker runs. Both can say
+which messages they still hold, so that `status` and `sweep resume` can tell a queued task
+from a lost one.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections import deque
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
-TASK_NAMES = {
-    "rank": "badnet_prune.rank",
-    "prune_range": "badnet_prune.prune_range",
-    "threshold": "badnet_prune.threshold",
-    "finish": "badnet_prune.finish",
-}
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from badnet_prune.settings import Settings
+    from pipeline.contract import Stage
+
+LOG = logging.getLogger(__name__)
 
 
 class Dispatcher(Protocol):
-    def send(self, kind: str, **arguments: Any) -> str | None: ...
+    def send(self, stage: Stage, task_id: int) -> str | None:
+        """Send one claimed task; the message id, where the transport has one."""
+        ...
+
+    def held_message_ids(self) -> set[str] | None:
+        """Ids of the messages the transport still holds (waiting or delivered, not acknowledged); None if unknown."""
+        ...
+
+    def run(self, on_task_done: Callable[[], None] | None = None) -> None:
+        """Run what was sent, where that happens in this process (the embedded default); else return at once."""
+        ...
+
+    def workers_alive(self) -> bool | None:
+        """Whether any worker consumes what is sent (None: cannot tell)."""
+        ...
 
 
 class CeleryDispatcher:
+    """Messages through the Celery broker: the task id as the only argument."""
+
     def __init__(self, app: Any) -> None:
         self._app = app
 
-    def send(self, kind: str, **arguments: Any) -> str | None:
-        return self._app.send_task(TASK_NAMES[kind], kwargs=arguments).id
+    def send(self, stage: Stage, task_id: int) -> str | None:
+        return self._app.send_task(stage.celery_name, kwargs={"task_id": task_id}).id
 
+    def held_message_ids(self) -> set[str] | None:
+        """On Redis: the queue's waiting messages and the ones delivered but not yet acknowledged."""
+        from worker.celery_app import QUEUE
 
-class LocalQueue:
-    """A FIFO of (task name, arguments) drained by orchestrator.local_run in this process."""
+        try:
+            with self._app.connection_for_read() as connection:
+                channel = connection.default_channel
+                client = getattr(channel, "client", None)
+                if client is None:
+                    return None
+                raw = [*client.lrange(QUEUE, 0, -1), *client.hvals(channel.unacked_key)]
+        except Exception as error:  # a broker that cannot be asked: say unknown, never guess "lost"
+            LOG.warning("could not list the broker's messages: %s", error)
+            return None
+        ids = set()
+        for payload in raw:
+            try:
+                message = json.loads(payload)
+                if isinstance(message, list):  # unacked entries are [message, exchange, routing key]
+                    message = message[0]
+                ids.add(message["headers"]["id"])
+            except (ValueError, KeyError, TypeError, IndexError):
+                continue
+        return ids
 
-    def __init__(self) -> None:
-        self.pending: deque[tuple[str, dict[str, Any]]] = deque()
-
-    def send(self, kind: str, **arguments: Any) -> str | None:
-        self.pending.append((TASK_NAMES[kind], arguments))
+    def run(self, on_task_done: Callable[[], None] | None = None) -> None:
         return None
+
+    def workers_alive(self) -> bool | None:
+        try:
+            return bool(self._app.control.ping(timeout=1.0))
+        except Exception:  # the broker itself is unreachable: that is what `status` reports
+            return None
+
+
+class LocalDispatcher:
+    """The embedded default: a FIFO of (stage, task id) run in this process; released successors join its end."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self._settings = settings
+        self._engine = engine
+        self.pending: deque[tuple[str, int]] = deque()
+
+    def send(self, stage: Stage, task_id: int) -> str | None:
+        self.pending.append((stage.name, task_id))
+        return None
+
+    def held_message_ids(self) -> set[str] | None:
+        return set()  # nothing outlives this process: a queued task no process runs is lost
+
+    def workers_alive(self) -> bool | None:
+        return True  # this process is the worker
+
+    def run(self, on_task_done: Callable[[], None] | None = None) -> None:
+        from worker.flow import run_planned_task
+        from worker.runtime import install_runtime
+
+        runtime = install_runtime(self._settings, self, engine=self._engine)
+        while self.pending:
+            stage_name, task_id = self.pending.popleft()
+            run_planned_task(runtime, task_id, stage_name)
+            if on_task_done is not None:
+                on_task_done()
+
+
+def make_dispatcher(settings: Settings, engine: Engine) -> Dispatcher:
+    """Celery when a broker is set, else the in-process runner."""
+    if settings.broker_url:
+        from worker.celery_app import make_celery
+
+        return CeleryDispatcher(make_celery(settings))
+    return LocalDispatcher(settings, engine)
+
+
+def import_task_code() -> None:
+    """Import the jobs and TensorFlow now, so that a caller can overlap that with other waiting."""
+    import worker.jobs  # noqa: F401

@@ -1,114 +1,233 @@
-"""A task's life around its work: mark it running, run it, record the outcome, send what follows.
+"""A task's life around its job, for every stage alike: lease it, run it, record it, release what follows.
 
-Dependencies are enforced by who sends what: the orchestrator sends each model's rank task;
-a finished rank sends the model's ranges; the last finished range sends its thresholds; the
-last finished threshold completes the model, and the last model sends the sweep's finish.
-"Last" is decided by claiming the successor's row (pending -> queued), so exactly one sends it.
+A message carries only a task id. Everything else is the task row's: its stage, its arguments
+and whether it may run at all, so a forged or replayed message can at most redo the planned
+work of an existing task whose predecessors are done. A task that is done, failed, not yet
+released or running under another live lease is left alone. What follows a finished task is
+read from the stage contract: every stage waiting for it whose predecessors are now all done is
+claimed (pending -> queued, so exactly one finisher sends it) and sent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
 
 from sqlalchemy.exc import OperationalError
 
 from badnet_prune.errors import BadInputError
-from db.claims import claim_task, fail_open_tasks, model_tasks, sweep_finish_task
 from db.errors import DatabaseUnavailable
-from db.repository import list_models, mark_task, set_model_status, set_sweep_status
+from db.models import Task, utcnow
+from db.repository import list_models, set_model_status
 from db.session import session_scope
-from worker.dispatch import Dispatcher
+from db.tasks import (
+    claim_for_sending,
+    end_task,
+    fail_open_tasks,
+    get_task,
+    lease_is_live,
+    record_message,
+    renew_lease,
+    stage_tasks,
+    take_lease,
+)
+from pipeline.contract import Scope, Stage, TaskContext, get_stage, stages, waiting_on
 from worker.runtime import Runtime
 
+LOG = logging.getLogger(__name__)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (DatabaseUnavailable, OperationalError, ConnectionError)
 TERMINAL_MODEL_STATES = ("done", "failed")
+# A running task's lease lasts this long and is renewed every third of it: a worker that died
+# mid-task (machine gone) releases its tasks this long after its last renewal; a killed pool
+# child on the same machine is recognised at once (its process id no longer exists).
+LEASE_S = 15.0
 
 
-def run_task(runtime: Runtime, task_id: int, work: Callable[[], None]) -> None:
-    """Run one task's work with its bookkeeping; transient errors propagate so Celery retries."""
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one delivery of a task: ran (and how it ended), or why it did not run."""
+
+    ran: bool
+    detail: str
+    retry_in_s: float | None = None  # another holder's live lease: look again after this long
+
+
+def run_planned_task(runtime: Runtime, task_id: object, stage_name: str | None = None) -> Outcome:
+    """Run task `task_id` if its row says it may run; stage_name is what the message claimed to be."""
+    if not isinstance(task_id, int) or isinstance(task_id, bool):
+        return _refused(f"task id {task_id!r} is not an integer")
     with session_scope(runtime.engine) as session:
-        task = mark_task(session, task_id, "running", worker=runtime.hostname)
-        kind, model_id, sweep_id = task.kind, task.model_id, task.sweep_id
+        task = get_task(session, task_id)
+        if task is None:
+            return _refused(f"no task {task_id}")
+        try:
+            stage = get_stage(task.stage)
+        except LookupError as error:
+            return _refused(f"task {task_id}: {error}")
+        if stage_name is not None and stage_name != stage.name:
+            return _refused(f"task {task_id} is a {stage.name} task, not {stage_name}")
+        reason = _why_not_startable(session, task, stage)
+        if reason is not None:
+            return _refused(f"task {task_id}: {reason}", log=logging.INFO)
+        if lease_is_live(task) and not _holder_is_dead(task.lease_token):
+            remaining = (task.lease_expires_at - utcnow()).total_seconds() if task.lease_expires_at else 0.0
+            return Outcome(False, f"task {task_id} runs elsewhere ({task.worker})", max(1.0, remaining))
+        dead = task.lease_token if task.state == "running" and _holder_is_dead(task.lease_token) else None
+        token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+        if not take_lease(session, task_id, token, runtime.hostname, LEASE_S, dead_token=dead):
+            return Outcome(False, f"task {task_id} was started by another worker", LEASE_S)
+        context = TaskContext(task_id=task.id, sweep_id=task.sweep_id, model_id=task.model_id)
+        raw_arguments = dict(task.arguments)
     try:
-        work()
+        arguments = stage.parse(raw_arguments)
+        with _Heartbeat(runtime, task_id, token):
+            stage.run(runtime, context, arguments)
     except TRANSIENT_ERRORS:
-        _mark_quietly(runtime, task_id, "retrying", "database or broker unavailable; retrying")
+        _end_quietly(runtime, task_id, token, "retrying", "database or broker unavailable; retrying")
         raise
-    except Exception as error:  # a model's bad input, or a failure of its own: the others go on
+    except Exception as error:  # a model's bad input, or a failure of its own: the other models go on
         reason = str(error) if isinstance(error, BadInputError) else f"{type(error).__name__}: {error}"
         reason = reason.strip().splitlines()[0] if reason.strip() else type(error).__name__
-        with session_scope(runtime.engine) as session:
-            mark_task(session, task_id, "failed", error=reason)
-            if model_id is not None:
-                set_model_status(session, model_id, "failed", error=reason)
-                fail_open_tasks(session, model_id, f"not run: model failed ({reason})")
-        if model_id is not None:
-            send_finish_if_all_models_ended(runtime, sweep_id)
-        return
+        _fail(runtime, context, token, reason)
+        return Outcome(True, f"failed: {reason}")
     with session_scope(runtime.engine) as session:
-        mark_task(session, task_id, "done")
-    send_successors(runtime, kind, sweep_id, model_id)
+        ended = end_task(session, task_id, token, "done")
+    if ended:
+        release_successors(runtime, stage, context)
+    return Outcome(True, "done")
 
 
-def _mark_quietly(runtime: Runtime, task_id: int, state: str, error: str) -> None:
+def _why_not_startable(session, task: Task, stage: Stage) -> str | None:
+    if task.state == "done":
+        return "already done"
+    if task.state == "failed":
+        return f"failed ({task.error})"
+    for waited in stage.after:
+        if not _all_done(stage_tasks(session, task.sweep_id, task.model_id, waited)):
+            return f"waits for {waited}, which is not done"
+    if stage.scope is Scope.SWEEP and not _all_models_ended(session, task.sweep_id):
+        return "waits for every model of the sweep to end"
+    return None
+
+
+def _refused(message: str, log: int = logging.WARNING) -> Outcome:
+    LOG.log(log, "message not run: %s", message)
+    return Outcome(False, message)
+
+
+def _holder_is_dead(token: str | None) -> bool:
+    """A lease taken on this machine by a process that no longer exists (a killed pool child)."""
+    if not token:
+        return False
+    host, _, rest = token.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class _Heartbeat:
+    """Renews a task's lease every third of its length while the job runs (on a daemon thread)."""
+
+    def __init__(self, runtime: Runtime, task_id: int, token: str) -> None:
+        self._runtime, self._task_id, self._token = runtime, task_id, token
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{task_id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(LEASE_S / 3):
+            try:
+                with session_scope(self._runtime.engine) as session:
+                    if not renew_lease(session, self._task_id, self._token, LEASE_S):
+                        LOG.warning("task %s: lease taken over by another worker", self._task_id)
+                        return
+            except TRANSIENT_ERRORS:
+                LOG.warning("task %s: could not renew its lease (database unavailable)", self._task_id)
+
+
+def _end_quietly(runtime: Runtime, task_id: int, token: str, state: str, error: str) -> None:
     try:
         with session_scope(runtime.engine) as session:
-            mark_task(session, task_id, state, error=error)
+            end_task(session, task_id, token, state, error)
     except TRANSIENT_ERRORS:
         pass  # the database itself is what failed; the retry will record the outcome
 
 
-def send_successors(runtime: Runtime, kind: str, sweep_id: int, model_id: int | None) -> None:
-    if kind == "rank":
-        _send_claimed(runtime, model_id, "prune_range")
-    elif kind == "prune_range":
-        if _all_done(runtime, model_id, "prune_range"):
-            _send_claimed(runtime, model_id, "threshold")
-    elif kind == "threshold" and _all_done(runtime, model_id, "threshold"):
-        with session_scope(runtime.engine) as session:
-            set_model_status(session, model_id, "done")
-        send_finish_if_all_models_ended(runtime, sweep_id)
-
-
-def _all_done(runtime: Runtime, model_id: int | None, kind: str) -> bool:
+def _fail(runtime: Runtime, context: TaskContext, token: str, reason: str) -> None:
     with session_scope(runtime.engine) as session:
-        return all(task.state == "done" for task in model_tasks(session, model_id, kind))
+        end_task(session, context.task_id, token, "failed", reason)
+        if context.model_id is not None:
+            set_model_status(session, context.model_id, "failed", error=reason)
+            fail_open_tasks(session, context.model_id, f"not run: model failed ({reason})")
+    if context.model_id is not None:
+        release_sweep_stages(runtime, context.sweep_id)
 
 
-def _send_claimed(runtime: Runtime, model_id: int | None, kind: str) -> None:
+def release_successors(runtime: Runtime, stage: Stage, context: TaskContext) -> None:
+    """Send every stage that waits for `stage` and is now free to run; close the model when all is done."""
+    if stage.scope is Scope.SWEEP:
+        return
+    to_send: list[tuple[Stage, int]] = []
     with session_scope(runtime.engine) as session:
-        tasks = [(task.id, task.key) for task in model_tasks(session, model_id, kind) if claim_task(session, task.id)]
-    for task_id, key in tasks:
-        send_task(runtime.dispatcher, kind, task_id, model_id, key)
+        for successor in waiting_on(stage.name):
+            waited = [stage_tasks(session, context.sweep_id, context.model_id, name) for name in successor.after]
+            if all(_all_done(tasks) for tasks in waited):
+                to_send += _claimed(session, successor, context.sweep_id, context.model_id)
+        model_done = all(
+            _all_done(stage_tasks(session, context.sweep_id, context.model_id, model_stage.name))
+            for model_stage in stages(Scope.MODEL)
+        )
+        if model_done and context.model_id is not None:
+            set_model_status(session, context.model_id, "done")
+    send_claimed(runtime, to_send)
+    if model_done:
+        release_sweep_stages(runtime, context.sweep_id)
 
 
-def send_task(
-    dispatcher: Dispatcher, kind: str, task_id: int, model_id: int | None, key: str, sweep_id: int = 0
-) -> None:
-    """Send one planned task with id-only arguments derived from its row."""
-    if kind == "rank":
-        dispatcher.send(kind, task_id=task_id, model_id=model_id)
-    elif kind == "prune_range":
-        start, stop = (int(part) for part in key.split("-"))
-        dispatcher.send(kind, task_id=task_id, model_id=model_id, start=start, stop=stop)
-    elif kind == "threshold":
-        dispatcher.send(kind, task_id=task_id, model_id=model_id, threshold=float(key))
-    else:
-        dispatcher.send(kind, task_id=task_id, sweep_id=sweep_id)
-
-
-def send_finish_if_all_models_ended(runtime: Runtime, sweep_id: int) -> None:
+def release_sweep_stages(runtime: Runtime, sweep_id: int) -> None:
+    """Once every model has ended, claim and send the sweep's own stages (finish)."""
     with session_scope(runtime.engine) as session:
-        if not all(model.status in TERMINAL_MODEL_STATES for model in list_models(session, sweep_id)):
+        if not _all_models_ended(session, sweep_id):
             return
-        finish = sweep_finish_task(session, sweep_id)
-        claimed = finish is not None and claim_task(session, finish.id)
-        finish_id = finish.id if finish is not None else None
-    if claimed:
-        send_task(runtime.dispatcher, "finish", finish_id, None, "", sweep_id=sweep_id)
+        to_send = [task for stage in stages(Scope.SWEEP) for task in _claimed(session, stage, sweep_id, None)]
+    send_claimed(runtime, to_send)
 
 
-def finish_sweep(runtime: Runtime, sweep_id: int) -> None:
-    with session_scope(runtime.engine) as session:
-        set_sweep_status(session, sweep_id, "done")
+def send_claimed(runtime: Runtime, tasks: list[tuple[Stage, int]]) -> None:
+    """Send tasks already claimed (queued) and record each message's id."""
+    for stage, task_id in tasks:
+        message_id = runtime.dispatcher.send(stage, task_id)
+        if message_id is not None:
+            with session_scope(runtime.engine) as session:
+                record_message(session, task_id, message_id)
 
+
+def _claimed(session, stage: Stage, sweep_id: int, model_id: int | None) -> list[tuple[Stage, int]]:
+    return [(stage, task.id) for task in stage_tasks(session, sweep_id, model_id, stage.name)
+            if claim_for_sending(session, task.id)]
+
+
+def _all_done(tasks: list[Task]) -> bool:
+    return all(task.state == "done" for task in tasks)
+
+
+def _all_models_ended(session, sweep_id: int) -> bool:
+    return all(model.status in TERMINAL_MODEL_STATES for model in list_models(session, sweep_id))

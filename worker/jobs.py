@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from badnet_prune.activations import channel_means, cut_activations, rank_activation_batches
 from badnet_prune.data import open_data_file
-from badnet_prune.evaluation import CLEAN, evaluate_networks
+from badnet_prune.evaluation import CLEAN_TEST, EvaluationSet, evaluate_networks, poisoned_test
 from badnet_prune.hashing import sha256_file
 from badnet_prune.inference import accuracy_percent, compiled_forward
 from badnet_prune.pruned_model import build_pruned_model
@@ -21,6 +22,7 @@ from badnet_prune.pruning import prune_range, pruned_labels
 from badnet_prune.ranking import rank_channels
 from badnet_prune.repair import build_repaired_net
 from badnet_prune.selection import select_steps
+from badnet_prune.thresholds import Threshold
 from db.inputs import ModelInputs, model_inputs
 from db.repository import set_model_status
 from db.results import (
@@ -56,9 +58,15 @@ def _loaded(runtime: Runtime, inputs: ModelInputs) -> LoadedModel:
 
 
 def _data(runtime: Runtime, loaded: LoadedModel, inputs: ModelInputs, role: str) -> dict[str, LoadedData]:
+    """The model's data files in one role, by poison name ('' for a clean role)."""
     return {
         name: runtime.memory.data(loaded, ref.path, ref.sha256) for name, ref in inputs.data.get(role, {}).items()
     }
+
+
+def set_key(role: str, poison_name: str = "") -> str:
+    """The name a labeler knows a data set by: the role, qualified by the poison's name (names hold no ':')."""
+    return f"{role}:{poison_name}"
 
 
 def rank_model(runtime: Runtime, model_id: int) -> None:
@@ -78,7 +86,8 @@ def rank_model(runtime: Runtime, model_id: int) -> None:
         rank_forward = compiled_forward(split.rank_from_cut) if split.rank_from_cut is not None else None
         means = channel_means(rank_activation_batches(split, clean.cut, rank_forward))
     order = rank_channels(means)
-    labels = runtime.memory.labels_at(loaded, {"": clean})("", [], None)
+    key = set_key("clean_valid")
+    labels = runtime.memory.labels_at(loaded, {key: clean})(key, [], None)
     with session_scope(runtime.engine) as session:
         save_ranking(session, model_id, [(int(c), position, float(means[c])) for position, c in enumerate(order)])
         set_model_status(
@@ -95,9 +104,14 @@ def prune_steps(runtime: Runtime, model_id: int, start: int, stop: int) -> None:
     loaded = _loaded(runtime, inputs)
     clean = _data(runtime, loaded, inputs, "clean_valid")[""]
     poisoned = _data(runtime, loaded, inputs, "poisoned_valid")
-    labels_at = runtime.memory.labels_at(loaded, {"": clean, **poisoned})
+    clean_key = set_key("clean_valid")
+    poisoned_keys = {name: set_key("poisoned_valid", name) for name in poisoned}
+    labels_at = runtime.memory.labels_at(
+        loaded, {clean_key: clean, **{poisoned_keys[name]: data for name, data in poisoned.items()}}
+    )
     steps = prune_range(
-        labels_at, labeled_set("", clean), {n: labeled_set(n, d) for n, d in poisoned.items()}, order, start, stop
+        labels_at, labeled_set(clean_key, clean),
+        {name: labeled_set(poisoned_keys[name], data) for name, data in poisoned.items()}, order, start, stop,
     )
     rows = [
         StepRow(
@@ -110,9 +124,11 @@ def prune_steps(runtime: Runtime, model_id: int, start: int, stop: int) -> None:
         save_steps(session, model_id, rows)
 
 
-def evaluate_threshold(runtime: Runtime, model_id: int, threshold: float) -> None:
+def evaluate_threshold(runtime: Runtime, model_id: int, threshold: Threshold) -> None:
     """Select B'_t, write B'_t and G_t, and evaluate B, B'_t and G_t on the test files."""
     inputs = _inputs(runtime, model_id)
+    if threshold not in inputs.thresholds:
+        raise RuntimeError(f"model {inputs.name}: threshold {threshold} is not one of its sweep's")
     with session_scope(runtime.engine) as session:
         order = [channel for channel, _, _ in read_ranking(session, model_id)]
         steps = read_steps(session, inputs.sweep_id, inputs.name)
@@ -120,47 +136,61 @@ def evaluate_threshold(runtime: Runtime, model_id: int, threshold: float) -> Non
     if [s.step for s in steps] != list(range(expected)):
         raise RuntimeError(f"model {inputs.name}: {len(steps)} of {expected} steps stored; ranges must finish first")
     assert inputs.acc0 is not None
-    step = select_steps(inputs.acc0, [s.clean_accuracy for s in steps], inputs.thresholds, inputs.policy)[threshold]
+    accuracies = [s.clean_accuracy for s in steps]
+    values = [t.value for t in inputs.thresholds]
+    step = select_steps(inputs.acc0, accuracies, values, inputs.policy)[threshold.value]
     loaded = _loaded(runtime, inputs)
     pruned = order[:step] if step is not None else None
     # B'_t and G_t are built and saved on a thread while TensorFlow labels the test data here
     with ThreadPoolExecutor(max_workers=1) as pool:
         writing = None if pruned is None else pool.submit(_write_models, loaded, inputs, threshold, step, pruned)
-        tests = {CLEAN: _data(runtime, loaded, inputs, "clean_test")[""]}
-        tests.update(_data(runtime, loaded, inputs, "poisoned_test"))
-        labels_at = runtime.memory.labels_at(loaded, tests)
-        labels_b = {name: labels_at(name, [], None) for name in tests}
-        labels_b_prime = {} if pruned is None else {threshold: {
-            name: pruned_labels(labels_at, labeled_set(name, data), pruned, labels_b[name])
-            for name, data in tests.items()
+        tests: dict[EvaluationSet, LoadedData] = {CLEAN_TEST: _data(runtime, loaded, inputs, "clean_test")[""]}
+        poisoned = _data(runtime, loaded, inputs, "poisoned_test")
+        tests.update({poisoned_test(name): data for name, data in poisoned.items()})
+        keys = {test_set: set_key(test_set.role, test_set.poison_name) for test_set in tests}
+        labels_at = runtime.memory.labels_at(loaded, {keys[test_set]: data for test_set, data in tests.items()})
+        labels_b = {test_set: labels_at(keys[test_set], [], None) for test_set in tests}
+        labels_b_prime = {} if pruned is None else {threshold.key: {
+            test_set: pruned_labels(labels_at, labeled_set(keys[test_set], data), pruned, labels_b[test_set])
+            for test_set, data in tests.items()
         }}
         artifacts = [] if writing is None else writing.result()
-    truth = {name: data.labels for name, data in tests.items()}
+    truth = {test_set: data.labels for test_set, data in tests.items()}
     evaluations = evaluate_networks(labels_b, labels_b_prime, truth, loaded.num_classes)
     with session_scope(runtime.engine) as session:
         valid_accuracy = None if step is None else steps[step].clean_accuracy
-        save_selection(session, model_id, threshold, step, valid_accuracy)
+        save_selection(session, model_id, threshold.key, step, valid_accuracy)
         for row in evaluations:
             save_evaluation(
-                session, model_id, network=row.network, threshold=row.threshold, dataset=row.dataset,
-                accuracy=row.accuracy, image_count=row.image_count, flagged=row.flagged,
+                session, model_id, network=row.network, threshold=row.threshold, role=row.test_set.role,
+                poison_name=row.test_set.poison_name, accuracy=row.accuracy, image_count=row.image_count,
+                flagged=row.flagged,
             )
         for kind, path, provenance in artifacts:
             save_artifact(
-                session, model_id, threshold=threshold, kind=kind, path=path, sha256=sha256_file(path),
+                session, model_id, threshold=threshold.key, kind=kind, path=path, sha256=sha256_file(path),
                 provenance=provenance,
             )
 
 
 def artifact_folder(inputs: ModelInputs) -> Path:
-    """DIR itself for `defend`; DIR/sweep-<id>/<model> for sweeps, so that sweeps never mix files."""
-    base = Path(inputs.artifact_dir)
-    return base if inputs.config.get("flat_artifacts") else base / f"sweep-{inputs.sweep_id}" / inputs.name
+    """DIR itself for `defend`; DIR/sweep-<id>/<model> for sweeps, so that sweeps never mix files.
+
+    Model names are identifiers (badnet_prune.names), and the folder is checked to stay inside
+    DIR after resolution all the same: a name is never a path.
+    """
+    base = Path(inputs.artifact_dir).resolve()
+    flat = inputs.config.get("flat_artifacts")
+    folder = base if flat else (base / f"sweep-{inputs.sweep_id}" / inputs.name).resolve()
+    if not folder.is_relative_to(base):
+        raise RuntimeError(f"model {inputs.name!r}: its artifact folder would lie outside {base}")
+    return folder
 
 
-def _write_models(loaded: LoadedModel, inputs: ModelInputs, threshold: float, step: int, pruned: list[int]):
+def _write_models(loaded: LoadedModel, inputs: ModelInputs, threshold: Threshold, step: int, pruned: list[int]):
     folder = artifact_folder(inputs)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)
     b_prime = build_pruned_model(loaded.split.model, inputs.prune_layer, pruned)
     g = build_repaired_net(loaded.split.model, b_prime)
     provenance = {
@@ -171,12 +201,13 @@ def _write_models(loaded: LoadedModel, inputs: ModelInputs, threshold: float, st
         "rank_layer": inputs.rank_layer,
         "pruned_channels": [int(c) for c in pruned],
         "step": step,
-        "threshold": threshold,
+        "threshold": threshold.value,
+        "threshold_key": threshold.key,
         "policy": inputs.policy,
     }
     written = []
     for kind, network in (("B_prime", b_prime), ("G", g)):
-        path = folder / f"{kind}_{threshold:g}.keras"
+        path = folder / f"{kind}_{threshold.key}.keras"
         _save_atomically(network, path)
         described = {**provenance, "kind": kind}
         path.with_suffix(".json").write_text(json.dumps(described, indent=2) + "\n", encoding="utf-8")
@@ -184,7 +215,33 @@ def _write_models(loaded: LoadedModel, inputs: ModelInputs, threshold: float, st
     return written
 
 
+TEMPORARY_SUFFIX = ".tmp.keras"
+
+
 def _save_atomically(network, path: Path) -> None:
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    network.save(temporary)
-    os.replace(temporary, path)
+    """Save to a temporary file named after this host and process, then rename; a failed save leaves nothing."""
+    temporary = path.with_name(f".{path.stem}.{socket.gethostname()}.{os.getpid()}{TEMPORARY_SUFFIX}")
+    try:
+        network.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove temporary model files that a killed process of this host left behind (its pid is gone)."""
+    host = socket.gethostname()
+    for temporary in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+        parts = temporary.name[: -len(TEMPORARY_SUFFIX)].rsplit(".", 2)
+        if len(parts) == 3 and parts[1] == host and parts[2].isdigit() and not _process_exists(int(parts[2])):
+            temporary.unlink(missing_ok=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,15 +1,19 @@
-"""The Celery tasks: thin wrappers that take ids, run the job through worker.flow, and retry
-only what is transient (a database or broker that is down), never bad input.
+"""The Celery tasks: one per declared stage (pipeline.contract), each a thin wrapper around worker.flow.
 
-worker.jobs is imported inside each task: it pulls in TensorFlow, which must load in the pool
-child that runs the task, never in the worker's parent process before it forks.
+A message carries only the task id; the row says what to do. Transient errors (a database or
+broker that is down) are retried, never bad input. A model that failed ends its task in
+Celery's FAILURE state too, so Celery's log and Flower say what the database says. A copy of a
+task that another worker still runs under a live lease is looked at again once that lease
+could have expired, instead of running beside it.
 """
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from worker.flow import TRANSIENT_ERRORS, finish_sweep, run_task
+from badnet_prune.settings import Settings
+from pipeline.contract import Stage, load_stage_modules, stages
+from worker.flow import TRANSIENT_ERRORS, run_planned_task
 from worker.runtime import current_runtime
 
 TASK_OPTIONS = {
@@ -24,31 +28,29 @@ TASK_OPTIONS = {
 }
 
 
-@shared_task(name="badnet_prune.rank", **TASK_OPTIONS)
-def rank(self, task_id: int, model_id: int) -> None:
-    from worker import jobs
-
-    runtime = current_runtime()
-    run_task(runtime, task_id, lambda: jobs.rank_model(runtime, model_id))
+class StageFailed(Exception):
+    """A task whose model failed: recorded in the database, reported to Celery as a failure."""
 
 
-@shared_task(name="badnet_prune.prune_range", **TASK_OPTIONS)
-def prune_range(self, task_id: int, model_id: int, start: int, stop: int) -> None:
-    from worker import jobs
+def _register(stage: Stage) -> None:
+    def run(self, task_id: object) -> str:
+        outcome = run_planned_task(current_runtime(), task_id, stage.name)
+        if outcome.retry_in_s is not None:
+            raise self.retry(countdown=outcome.retry_in_s, max_retries=None)
+        if outcome.ran and outcome.detail.startswith("failed"):
+            raise StageFailed(outcome.detail)
+        return outcome.detail
 
-    runtime = current_runtime()
-    run_task(runtime, task_id, lambda: jobs.prune_steps(runtime, model_id, start, stop))
-
-
-@shared_task(name="badnet_prune.threshold", **TASK_OPTIONS)
-def threshold(self, task_id: int, model_id: int, threshold: float) -> None:
-    from worker import jobs
-
-    runtime = current_runtime()
-    run_task(runtime, task_id, lambda: jobs.evaluate_threshold(runtime, model_id, threshold))
+    run.__name__ = run.__qualname__ = stage.name
+    run.__doc__ = stage.description
+    shared_task(name=stage.celery_name, **TASK_OPTIONS)(run)
 
 
-@shared_task(name="badnet_prune.finish", **TASK_OPTIONS)
-def finish(self, task_id: int, sweep_id: int) -> None:
-    runtime = current_runtime()
-    run_task(runtime, task_id, lambda: finish_sweep(runtime, sweep_id))
+def register_stage_tasks() -> None:
+    """A Celery task for every declared stage (built-in and those of the stage_modules setting)."""
+    load_stage_modules(Settings.from_env().stage_modules)
+    for stage in stages():
+        _register(stage)
+
+
+register_stage_tasks()

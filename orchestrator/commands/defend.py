@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from badnet_prune.errors import BadInputError
-from badnet_prune.selection import validate_policy, validate_thresholds
+from badnet_prune.names import RESERVED_NAMES, check_name
+from badnet_prune.selection import validate_policy
+from badnet_prune.thresholds import parse_thresholds
 from orchestrator.options import DbOption, InputScaleOption, ModelOption, TrustCodeOption, load_settings
 
 
@@ -23,8 +25,16 @@ def _poisoned(values: list[str]) -> dict[str, dict[str, str]]:
         valid, _, test = files.partition(",")
         if not name or not valid or not test:
             raise BadInputError("--poisoned", f"{value!r} is not NAME=VALID,TEST")
-        sets[name] = {"valid": valid, "test": test}
+        if name in sets:
+            raise BadInputError("--poisoned", f"the poisoned set {name!r} is given twice")
+        sets[check_name(name, "--poisoned")] = {"valid": valid, "test": test}
     return sets
+
+
+def _model_name(model: Path) -> str:
+    """The model's name in the results: its file name without extension, as an identifier ('bd net.h5' -> 'bd_net')."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", model.stem).lstrip("_-")[:64] or "model"
+    return name if name.lower() not in RESERVED_NAMES else f"model_{name}"
 
 
 def defend(
@@ -36,7 +46,8 @@ def defend(
     poisoned: Annotated[list[str] | None, typer.Option("--poisoned", help="A poisoned set as NAME=VALID,TEST "
                         "(its labels are the attacker's targets); repeat for several triggers.")] = None,
     thresholds: Annotated[str, typer.Option("--thresholds", help="Relative clean-accuracy drops that select "
-                          "B', comma-separated, each in (0, 1).")] = "0.02,0.04,0.1",
+                          "B', comma-separated, each in (0, 1) or a percent: 0.02,0.04,0.1 or 2%,4%,10%. "
+                          "Kept exactly as written (0.0333333333 stays that).")] = "0.02,0.04,0.1",
     policy: Annotated[str, typer.Option("--policy", help="first: B'_t is the first step whose drop reaches t. "
                       "notebook: the lab notebook's overwrite behaviour.")] = "first",
     prune_layer: Annotated[str, typer.Option("--prune-layer", help="The Conv2D whose channels are pruned.")] = "conv_3",
@@ -50,13 +61,9 @@ def defend(
     from orchestrator.submit import submit_sweep
     from orchestrator.sweep_file import parse_sweep
 
-    try:
-        threshold_values = [float(t) for t in thresholds.split(",") if t.strip()]
-    except ValueError as error:
-        raise BadInputError("--thresholds", f"{thresholds!r} is not a comma-separated list of numbers") from error
     # checked here as well as in parse_sweep, so that the error names the option, not the sweep
     try:
-        validate_thresholds(threshold_values)
+        threshold_keys = [t.key for t in parse_thresholds([t for t in thresholds.split(",") if t.strip()])]
     except ValueError as error:
         raise BadInputError("--thresholds", str(error)) from error
     try:
@@ -65,29 +72,34 @@ def defend(
         raise BadInputError("--policy", str(error)) from error
     raw = {
         "name": f"defend {model.name}",
-        "thresholds": threshold_values,
+        "thresholds": threshold_keys,
         "policy": policy,
         "prune_layer": prune_layer,
         "rank_layer": rank_layer,
         "range_size": 1000,
         "trust_model_code": trust_model_code,
         "model": [{
-            "name": model.stem, "path": str(model), "input_scale": input_scale,
+            "name": _model_name(model), "path": str(model), "input_scale": input_scale,
             "clean_valid": str(clean_valid), "clean_test": str(clean_test), "poisoned": _poisoned(poisoned or []),
         }],
     }
     spec = parse_sweep(raw, base=Path.cwd(), source="defend", default_name="defend")
     console = Console(stderr=True)
     # defend always runs here, on the embedded default, whatever broker the environment names
-    settings = replace(load_settings(db=db, artifact_dir=out / "models"), broker_url=None)
+    from badnet_prune.settings import Settings
+
+    if db is None and "db_url" not in Settings.from_env().model_fields_set:
+        db = str(out / "badnet-prune.db")  # the results' database goes with the results, not into the cwd
+    settings = load_settings(db=db, artifact_dir=out / "models").without_broker()
     sweep_id = submit_sweep(settings, spec, wait=True, console=console, extra_config={"flat_artifacts": True})
     _write_results(settings.db_url, sweep_id, out, console)
     return sweep_id
 
 
 def _write_results(db_url: str, sweep_id: int, out: Path, console: Console) -> None:
+    from db.model_results import read_model_results
     from db.repository import list_models
-    from db.session import make_engine, session_scope
+    from db.session import display_url, make_engine, session_scope
     from orchestrator.exports import lab_table, model_summary, step_rows, to_csv
 
     engine = make_engine(db_url)
@@ -97,16 +109,18 @@ def _write_results(db_url: str, sweep_id: int, out: Path, console: Console) -> N
             console.print(f"error: {model.error or 'the model failed'}", soft_wrap=True, markup=False)
             raise typer.Exit(2)
         columns, rows = step_rows(session, sweep_id)
-        summary = model_summary(session, sweep_id, model.id)
+        results = read_model_results(session, model.id)
+    summary = model_summary(results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "steps.csv").write_text(to_csv(columns[1:], rows), encoding="utf-8")
     (out / "summary.json").write_text(json.dumps({"sweep": sweep_id, **summary}, indent=2) + "\n", encoding="utf-8")
-    header, table_rows = lab_table(summary)
-    table = Table(title=f"{summary['model']}: clean validation accuracy of B {summary['acc0']:.2f}%")
+    header, table_rows = lab_table(results)
+    table = Table(title=f"{results.name}: clean validation accuracy of B {results.acc0:.2f}%")
     for column in header:
         # row names ("B' 2%, 45 pruned") stay on one line; the numeric headers wrap instead
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
     for row in table_rows:
         table.add_row(*row)
     Console().print(table)
-    console.print(f"wrote {out / 'steps.csv'}, {out / 'summary.json'} and {out / 'models'}/ (sweep {sweep_id})")
+    console.print(f"wrote {out / 'steps.csv'}, {out / 'summary.json'} and {out / 'models'}/ "
+                  f"(sweep {sweep_id} in {display_url(db_url)})", soft_wrap=True)

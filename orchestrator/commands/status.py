@@ -10,19 +10,30 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.options import DbOption, load_settings
+from orchestrator.options import BrokerOption, DbOption, load_settings
 
 
 def status(
     sweep_id: Annotated[int, typer.Argument(help="The sweep's id, as `sweep` printed it.")],
     db: DbOption = None,
+    broker: BrokerOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Per model: status, steps stored of steps expected, tasks by state, and the reason of a failure."""
+    """Per model: status, steps stored of steps expected, tasks done per stage, and the reason of a failure.
+
+    With a broker, also how many queued or running tasks no queue holds any more (lost with a broker
+    that kept nothing): `badnet-prune sweep resume ID` sends them again.
+
+    Example: badnet-prune status 1 --json
+    """
     from db.repository import sweep_progress
     from db.session import prepare_database, session_scope
+    from orchestrator.submit import lost_task_count
+    from pipeline.contract import load_stage_modules, stages
 
-    engine = prepare_database(load_settings(db=db).db_url)
+    settings = load_settings(db=db, broker=broker)
+    load_stage_modules(settings.stage_modules)
+    engine = prepare_database(settings.db_url, create=False)
     with session_scope(engine) as session:
         try:
             progress = sweep_progress(session, sweep_id)
@@ -30,14 +41,22 @@ def status(
             from badnet_prune.errors import BadInputError
 
             raise BadInputError(f"sweep {sweep_id}", "no such sweep in this database") from None
+    lost = lost_task_count(settings, engine, sweep_id)
     if as_json:
-        print(json.dumps(asdict(progress), indent=2))
+        print(json.dumps({**asdict(progress), "lost_tasks": lost}, indent=2))
         return
+    names = [stage.name for stage in stages()]
     table = Table(title=f"sweep {progress.sweep_id}: {progress.status}")
-    for column in ("model", "status", "steps", "tasks", "error"):
-        table.add_column(column)
+    for column in ("model", "status", "steps", "tasks done", "error"):
+        table.add_column(column, overflow="fold")
     for model in progress.models:
         expected = "?" if model.steps_expected is None else str(model.steps_expected)
-        tasks = ", ".join(f"{state} {count}" for state, count in sorted(model.tasks.items()))
-        table.add_row(model.name, model.status, f"{model.steps_stored}/{expected}", tasks, model.error or "")
+        per_stage = ", ".join(
+            f"{name} {counts.get('done', 0)}/{sum(counts.values())}"
+            for name in names if (counts := model.stages.get(name))
+        )
+        table.add_row(model.name, model.status, f"{model.steps_stored}/{expected}", per_stage, model.error or "")
     Console().print(table)
+    if lost:
+        Console(stderr=True).print(f"{lost} task(s) are queued or running but no queue holds them (lost with the "
+                                   f"broker?): run `badnet-prune sweep resume {sweep_id}`", soft_wrap=True)

@@ -1,0 +1,145 @@
+"""Watching a sweep: one bar for the whole sweep, a line per model state, and the models running or failed.
+
+Redrawn from one grouped query (db.repository.sweep_overview), so the first frame of a
+1,000-model sweep costs what a 1-model one does. On a terminal it is a live display; piped, it
+prints a line only when the counts change. A database that is away for a few seconds (a
+PostgreSQL restart) is waited for; a broker that no worker consumes from is said once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from db.errors import DatabaseUnavailable
+from db.repository import SweepOverview, sweep_overview
+from db.session import session_scope
+from worker.dispatch import Dispatcher
+
+POLL_SECONDS = 0.5
+NO_WORKER_AFTER_S = 10.0
+SHOWN_MODELS = 8
+MODEL_STATES = ("pending", "running", "done", "failed")
+
+
+def watch_sweep(engine: Engine, sweep_id: int, console: Console, *, dispatcher: Dispatcher, follow: bool) -> str:
+    """Run the sweep here (embedded default) or follow it (follow=True) until it ends; its final status."""
+    view = _View(console, sweep_id)
+    with view:
+        view.refresh(engine, force=True)
+        dispatcher.run(on_task_done=lambda: view.refresh(engine))
+        if follow:
+            _follow(engine, dispatcher, view)
+        view.refresh(engine, force=True)
+    return view.status
+
+
+def _follow(engine: Engine, dispatcher: Dispatcher, view: _View) -> None:
+    last_change = time.monotonic()
+    warned = False
+    while not view.ended:
+        time.sleep(POLL_SECONDS)
+        if view.refresh(engine):
+            last_change = time.monotonic()
+        elif not warned and time.monotonic() - last_change > NO_WORKER_AFTER_S and dispatcher.workers_alive() is False:
+            view.say("[yellow]no worker is consuming the queue: start one with `badnet-prune worker`[/yellow]")
+            warned = True
+
+
+class _View:
+    def __init__(self, console: Console, sweep_id: int) -> None:
+        self.console = console
+        self.sweep_id = sweep_id
+        self.status = "pending"
+        self.ended = False
+        self._last: tuple | None = None
+        self._last_draw = 0.0
+        self._progress = Progress(
+            TextColumn(f"sweep {sweep_id}"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+        )
+        self._bar = self._progress.add_task("tasks", total=None)
+        self._details = Table.grid()
+        self._live = Live(Group(self._progress, self._details), console=console, auto_refresh=False,
+                          transient=False) if console.is_terminal else None
+
+    def __enter__(self) -> _View:
+        if self._live is not None:
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+
+    def say(self, message: str) -> None:
+        self.console.print(message, soft_wrap=True)
+
+    def refresh(self, engine: Engine, force: bool = False) -> bool:
+        """Redraw if the counts changed (at most every 0.2 s unless forced); True if they did."""
+        now = time.monotonic()
+        if not force and now - self._last_draw < 0.2:
+            return False
+        try:
+            with session_scope(engine) as session:
+                overview = sweep_overview(session, self.sweep_id)
+        except (DatabaseUnavailable, OperationalError):
+            self.say("database unavailable; waiting for it")
+            return False
+        self._last_draw = now
+        done, total, by_status = _counts(overview)
+        self.status = overview.status
+        self.ended = overview.status in ("done", "failed")
+        snapshot = (done, total, tuple(sorted(by_status.items())), overview.status)
+        changed = snapshot != self._last
+        self._last = snapshot
+        self._progress.update(self._bar, completed=done, total=total)
+        summary = ", ".join(f"{by_status.get(state, 0)} {state}" for state in MODEL_STATES)
+        if self._live is not None:
+            self._details = _details(overview, summary)
+            self._live.update(Group(self._progress, self._details), refresh=True)
+        elif changed:
+            self.console.print(f"sweep {self.sweep_id}: {done}/{total} tasks; models: {summary}; {overview.status}")
+            for _, name, _, error, _ in _failed(overview.models):
+                self.console.print(f"model {name} failed: {error}", soft_wrap=True, markup=False)
+        return changed
+
+
+def _counts(overview: SweepOverview) -> tuple[int, int, dict[str, int]]:
+    done = total = 0
+    by_status: dict[str, int] = {}
+    for _, _, status, _, tasks in overview.models:
+        by_status[status] = by_status.get(status, 0) + 1
+        total += sum(tasks.values())
+        done += tasks.get("done", 0) + tasks.get("failed", 0)
+    total += sum(overview.sweep_tasks.values())
+    done += overview.sweep_tasks.get("done", 0) + overview.sweep_tasks.get("failed", 0)
+    return done, total, by_status
+
+
+def _failed(models: Iterable[tuple]) -> list[tuple]:
+    return [model for model in models if model[2] == "failed"]
+
+
+def _details(overview: SweepOverview, summary: str) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_row(f"models: {summary}")
+    running = [model for model in overview.models if model[2] == "running"]
+    failed = _failed(overview.models)
+    for _, name, _, _, tasks in running[:SHOWN_MODELS]:
+        table.add_row(f"  running {escape(name)}: {tasks.get('done', 0)}/{sum(tasks.values())} tasks")
+    if len(running) > SHOWN_MODELS:
+        table.add_row(f"  ... and {len(running) - SHOWN_MODELS} more running")
+    for _, name, _, error, _ in failed[:SHOWN_MODELS]:
+        table.add_row(f"  [red]failed[/red] {escape(name)}: {escape(error or '')}")
+    if len(failed) > SHOWN_MODELS:
+        table.add_row(f"  ... and {len(failed) - SHOWN_MODELS} more failed (`badnet-prune status` lists them)")
+    return table

@@ -1,0 +1,36 @@
+"""finish: once every model of a sweep has ended (done or failed), the sweep's status says how it went."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pipeline.contract import PlanContext, Scope, Stage, StageArguments, TaskContext, register
+
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
+
+
+class FinishArguments(StageArguments):
+    """Finishing has no arguments."""
+
+
+def plan(context: PlanContext) -> list[FinishArguments]:
+    return [FinishArguments()]
+
+
+def run(runtime: Runtime, task: TaskContext, arguments: FinishArguments) -> None:
+    from db.repository import finish_sweep
+    from db.session import session_scope
+
+    with session_scope(runtime.engine) as session:
+        finish_sweep(session, task.sweep_id)
+
+
+FINISH = register(Stage(
+    name="finish",
+    description="close the sweep",
+    arguments=FinishArguments,
+    plan=plan,
+    run=run,
+    scope=Scope.SWEEP,
+))
