@@ -41,7 +41,7 @@ class DataFile:
     def _read_batches(self, batch_size: int) -> Iterator[np.ndarray]:
         try:
             with h5py.File(self.path, "r") as handle:
-                data = handle["data"]
+                data = check_stored_here(self.path, handle, "data")  # again: the file may have been replaced
                 for start in range(0, self.count, batch_size):
                     chunk = np.asarray(data[start : start + batch_size], dtype=np.float32)
                     if not np.isfinite(chunk).all():
@@ -85,12 +85,54 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0]
 
 
+# Bounds on what a file may declare, checked on the declared shapes and types before anything is read:
+# far above the lab's files (11547 images of 3x55x47), far below what would exhaust a machine's memory.
+MAX_IMAGES = 1 << 26
+MAX_IMAGE_SIDE = 1024
+MAX_CHANNELS = 4
+
+
+def check_stored_here(path: Path, handle: h5py.File, name: str) -> h5py.Dataset:
+    """The dataset `name`, refused unless its bytes are stored in this very file.
+
+    An external link, a soft link, a virtual dataset or external raw storage makes h5py read other
+    files (or, for a virtual dataset whose source is missing, fill values: all-zero images read as
+    data), and the sha256 that identifies this file, and keys the activation cache, would not
+    cover those bytes. With them refused, the file's own sha256 covers everything that is read.
+    """
+    link = handle.get(name, getlink=True)
+    if link is None:
+        raise BadInputError(path, f"has no `{name}` dataset (expected `data` and `label`)")
+    if isinstance(link, h5py.ExternalLink):
+        raise BadInputError(path, f"`{name}` is an external link to {link.filename}:{link.path}; refused: "
+                                  "a data file must hold its own data")
+    if isinstance(link, h5py.SoftLink):
+        raise BadInputError(path, f"`{name}` is a soft link to {link.path}; refused: a data file must hold "
+                                  "`data` and `label` as datasets")
+    dataset = handle[name]
+    if not isinstance(dataset, h5py.Dataset):
+        raise BadInputError(path, f"has no `{name}` dataset (expected `data` and `label`)")
+    if dataset.is_virtual:
+        sources = sorted({source.file_name for source in dataset.virtual_sources()})
+        raise BadInputError(path, f"`{name}` is a virtual dataset mapped from {', '.join(sources)}; refused: "
+                                  "a data file must hold its own data")
+    if dataset.external:
+        files = sorted({str(entry[0]) for entry in dataset.external})
+        raise BadInputError(path, f"`{name}` keeps its values in external files ({', '.join(files)}); refused: "
+                                  "a data file must hold its own data")
+    return dataset
+
+
 def open_data_file(
     path: str | Path,
     image_shape: tuple[int, int, int] | None = None,
     num_classes: int | None = None,
 ) -> DataFile:
-    """Open and validate a data file; image_shape (H, W, C) and num_classes come from the model."""
+    """Open and validate a data file; image_shape (H, W, C) and num_classes come from the model.
+
+    Structure, declared shapes and types are checked before any value is read, so a file that
+    declares 2**42 labels is refused instead of allocated; only then are the labels read.
+    """
     path = Path(path)
     if not path.exists():
         raise BadInputError(path, "no such file")
@@ -100,58 +142,77 @@ def open_data_file(
         raise BadInputError(path, "not an HDF5 file")
     try:
         with h5py.File(path, "r") as handle:
-            for name in ("data", "label"):
-                if name not in handle or not isinstance(handle[name], h5py.Dataset):
-                    raise BadInputError(path, f"has no `{name}` dataset (expected `data` and `label`)")
-            data_shape = tuple(handle["data"].shape)
-            data_kind = handle["data"].dtype.kind
-            raw_labels = handle["label"][()]
+            data, label = (check_stored_here(path, handle, name) for name in ("data", "label"))
+            found_shape = _check_data_declaration(path, data, image_shape)
+            _check_label_declaration(path, label, int(data.shape[0]))
+            raw_labels = label[()]
     except BadInputError:
         raise
-    except (OSError, KeyError, ValueError, RuntimeError) as error:
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as error:
         raise BadInputError(path, f"unreadable or truncated HDF5 file ({_first_line(error)})") from error
+    labels = _validate_labels(path, np.asarray(raw_labels).reshape(-1), num_classes)
+    return DataFile(path=path, labels=labels, image_shape=found_shape)
 
-    if len(data_shape) != 4:
-        raise BadInputError(path, f"`data` has rank {len(data_shape)}, expected 4: (n, 3, height, width)")
-    if data_kind not in "fiu":
-        raise BadInputError(path, f"`data` holds {data_kind!r} values, expected numbers")
-    count, channels, height, width = data_shape
-    found_shape = (height, width, channels)
+
+def _check_data_declaration(
+    path: Path, data: h5py.Dataset, image_shape: tuple[int, int, int] | None
+) -> tuple[int, int, int]:
+    """(H, W, C) of the images `data` declares, checked against sane bounds and the model."""
+    if len(data.shape) != 4:
+        raise BadInputError(path, f"`data` has rank {len(data.shape)}, expected 4: (n, 3, height, width)")
+    if data.dtype.kind not in "fiu" or data.dtype.itemsize > 8:
+        raise BadInputError(path, f"`data` holds {data.dtype} values, expected numbers (float32 pixels)")
+    count, channels, height, width = (int(size) for size in data.shape)
     if count == 0:
         raise BadInputError(path, "is empty: `data` holds no images")
-    if image_shape is not None and found_shape != tuple(image_shape):
+    if count > MAX_IMAGES:
+        raise BadInputError(path, f"`data` declares {count} images, more than the {MAX_IMAGES} a data file may hold")
+    if channels > MAX_CHANNELS or height > MAX_IMAGE_SIDE or width > MAX_IMAGE_SIDE:
+        raise BadInputError(path, f"`data` declares images of {channels}x{height}x{width} (channels x height x "
+                                  f"width), beyond {MAX_CHANNELS}x{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}")
+    if image_shape is not None and (height, width, channels) != tuple(image_shape):
         want_h, want_w, want_c = image_shape
         raise BadInputError(
             path,
             f"images are {channels}x{height}x{width} (channels x height x width), "
             f"the model expects {want_c}x{want_h}x{want_w}",
         )
-    labels = _validate_labels(path, np.asarray(raw_labels), count, num_classes)
-    return DataFile(path=path, labels=labels, image_shape=found_shape)
+    return (height, width, channels)
 
 
-def _validate_labels(path: Path, raw: np.ndarray, count: int, num_classes: int | None) -> np.ndarray:
-    if raw.ndim == 2 and raw.shape[1] == 1:
-        raw = raw[:, 0]
-    if raw.ndim != 1:
-        raise BadInputError(path, f"`label` has shape {raw.shape}, expected (n,)")
-    if raw.shape[0] != count:
-        raise BadInputError(path, f"`data` holds {count} images but `label` holds {raw.shape[0]} labels")
-    if raw.dtype.kind not in "fiu":
-        raise BadInputError(path, f"`label` holds {raw.dtype} values, expected integers")
-    if raw.dtype.kind == "f" and (not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw))):
-        bad = int(np.argwhere(~np.isfinite(raw) | (raw != np.round(raw)))[0][0])
-        raise BadInputError(path, f"label {bad} is {float(raw[bad]):g}, not an integer class id")
-    labels = raw.astype(np.int64)
-    if (labels < 0).any():
-        bad = int(np.argwhere(labels < 0)[0][0])
-        raise BadInputError(path, f"label {bad} is negative ({labels[bad]})")
-    if num_classes is not None and (labels >= num_classes).any():
-        bad = int(np.argwhere(labels >= num_classes)[0][0])
+def _check_label_declaration(path: Path, label: h5py.Dataset, count: int) -> None:
+    shape = tuple(int(size) for size in label.shape)
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+        raise BadInputError(path, f"`label` has shape {shape}, expected (n,)")
+    if shape[0] != count:
+        raise BadInputError(path, f"`data` holds {count} images but `label` holds {shape[0]} labels")
+    if label.dtype.kind not in "fiu" or label.dtype.itemsize > 8:
+        raise BadInputError(path, f"`label` holds {label.dtype} values, expected integers")
+
+
+def _validate_labels(path: Path, raw: np.ndarray, num_classes: int | None) -> np.ndarray:
+    """The labels as int64 class ids, each checked in its stored type before the cast (which would wrap)."""
+    if raw.dtype.kind == "f":
+        bad_values = ~np.isfinite(raw) | (raw != np.round(raw))
+        if bad_values.any():
+            bad = int(np.argmax(bad_values))
+            raise BadInputError(path, f"label {bad} is {float(raw[bad]):g}, not an integer class id")
+    if (raw < 0).any():
+        bad = int(np.argmax(raw < 0))
+        raise BadInputError(path, f"label {bad} is negative ({_shown(raw[bad])})")
+    if num_classes is not None and (raw >= num_classes).any():
+        bad = int(np.argmax(raw >= num_classes))
         raise BadInputError(
-            path, f"label {bad} is {labels[bad]}, outside the model's {num_classes} classes (0..{num_classes - 1})"
+            path, f"label {bad} is {_shown(raw[bad])}, outside the model's {num_classes} classes (0..{num_classes - 1})"
         )
-    return labels
+    if (raw > np.iinfo(np.int32).max).any():
+        bad = int(np.argmax(raw > np.iinfo(np.int32).max))
+        raise BadInputError(path, f"label {bad} is {_shown(raw[bad])}, out of range for a class id")
+    return raw.astype(np.int64)
+
+
+def _shown(value: np.generic) -> str:
+    return f"{float(value):g}" if isinstance(value, np.floating) else str(int(value))
 
 
 def write_data_file(path: str | Path, images: np.ndarray, labels: np.ndarray) -> None:

@@ -49,7 +49,9 @@ def make_bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
     nan_pixels, inf_pixels = good_pixels(), good_pixels()
     nan_pixels[2, 1, 10, 10] = np.nan
     inf_pixels[1, 0, 0, 0] = np.inf
+    source = write_raw(folder / "source.h5", data=good_pixels(), label=labels(0, 1, 2, 3))
     return {
+        **make_hostile_files(folder, source),
         "missing file": (folder / "absent.h5", "no such file"),
         "not hdf5": (text, "not an HDF5 file"),
         "truncated": (truncated, "truncated"),
@@ -85,6 +87,66 @@ def make_bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
+def make_hostile_files(folder: Path, source: Path) -> dict[str, tuple[Path, str]]:
+    """Files an attacker would hand over: data stored elsewhere, or declarations meant to exhaust memory."""
+    cases: dict[str, tuple[Path, str]] = {}
+
+    def case(name: str, problem: str) -> h5py.File:
+        path = folder / f"{name.replace(' ', '_')}.h5"
+        cases[name] = (path, problem)
+        return h5py.File(path, "w")
+
+    with case("external link", f"`data` is an external link to {source}") as handle:
+        handle["data"] = h5py.ExternalLink(str(source), "/data")
+        handle.create_dataset("label", data=labels(0, 1, 2, 3))
+    with case("external label link", "`label` is an external link") as handle:
+        handle.create_dataset("data", data=good_pixels())
+        handle["label"] = h5py.ExternalLink(str(source), "/label")
+    with case("soft link", "`data` is a soft link to /elsewhere") as handle:
+        handle.create_dataset("elsewhere", data=good_pixels())
+        handle["data"] = h5py.SoftLink("/elsewhere")
+        handle.create_dataset("label", data=labels(0, 1, 2, 3))
+    for missing in (False, True):
+        name = "virtual dataset, source missing" if missing else "virtual dataset"
+        origin = folder / "gone.h5" if missing else source
+        with case(name, "`data` is a virtual dataset mapped from") as handle:
+            layout = h5py.VirtualLayout(shape=(4, 3, 55, 47), dtype="f4")
+            layout[:] = h5py.VirtualSource(str(origin), "data", shape=(4, 3, 55, 47))
+            handle.create_virtual_dataset("data", layout, fillvalue=0)
+            handle.create_dataset("label", data=labels(0, 1, 2, 3))
+    raw = folder / "pixels.bin"
+    raw.write_bytes(good_pixels().tobytes())
+    with case("external raw storage", f"`data` keeps its values in external files ({raw})") as handle:
+        handle.create_dataset("data", shape=(4, 3, 55, 47), dtype="f4", external=[(str(raw), 0, raw.stat().st_size)])
+        handle.create_dataset("label", data=labels(0, 1, 2, 3))
+    with case("2**42 labels declared", f"holds 4 images but `label` holds {2**42} labels") as handle:
+        handle.create_dataset("data", data=good_pixels())
+        handle.create_dataset("label", shape=(2**42,), dtype="f8", chunks=(1 << 16,))
+    with case("2**42 images declared", f"`data` declares {2**42} images") as handle:
+        handle.create_dataset("data", shape=(2**42, 3, 55, 47), dtype="f4", chunks=(1, 3, 55, 47))
+        handle.create_dataset("label", shape=(2**42,), dtype="f8", chunks=(1 << 16,))
+    with case("huge images declared", "declares images of 3x1048576x1048576") as handle:
+        handle.create_dataset("data", shape=(4, 3, 2**20, 2**20), dtype="f4", chunks=(1, 1, 64, 64))
+        handle.create_dataset("label", data=labels(0, 1, 2, 3))
+    with case("label 1e20", "label 2 is 1e+20, out") as handle:  # outside the model's classes, or of any range
+        handle.create_dataset("data", data=good_pixels())
+        handle.create_dataset("label", data=labels(0, 1, 1e20, 3))
+    with case("label 2**63 as uint64", f"label 1 is {2**63 + 5}, out") as handle:
+        handle.create_dataset("data", data=good_pixels())
+        handle.create_dataset("label", data=np.array([0, 2**63 + 5, 1, 2], dtype=np.uint64))
+    with case("text labels", "`label` holds") as handle:
+        handle.create_dataset("data", data=good_pixels())
+        handle.create_dataset("label", data=np.array([b"0", b"1", b"2", b"3"]))
+    return cases
+
+
+HOSTILE_CASES = [
+    "external link", "external label link", "soft link", "virtual dataset", "virtual dataset, source missing",
+    "external raw storage", "2**42 labels declared", "2**42 images declared", "huge images declared", "label 1e20",
+    "label 2**63 as uint64", "text labels",
+]
+
+
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     keras.utils.set_random_seed(21)
@@ -100,6 +162,7 @@ def bad_files(tmp_path_factory):
 
 
 BAD_CASES = [
+    *HOSTILE_CASES,
     "missing file", "not hdf5", "truncated", "no data", "no label", "rank 3", "image shape", "length mismatch",
     "non-integer label", "negative label", "label outside the classes", "nan pixels", "infinite pixels", "empty",
 ]
@@ -252,3 +315,35 @@ def test_read_ahead_keeps_order_raises_where_the_reader_failed_and_stops_early()
     assert next(ahead) == 0
     ahead.close()  # returns once the one batch being read ahead is done, without reading the rest
     assert [index for index, _ in produced] == [0, 1]
+
+
+def test_a_hostile_file_is_refused_before_any_value_is_read_without_a_model(tmp_path):
+    """No model given (sweep planning counts images this way): the same refusals, and 1e20 is out of range."""
+    from badnet_prune.data import open_data_file
+    from badnet_prune.errors import BadInputError
+
+    source = write_raw(tmp_path / "source.h5", data=good_pixels(), label=labels(0, 1, 2, 3))
+    cases = make_hostile_files(tmp_path, source)
+    for case, (path, problem) in cases.items():
+        with pytest.raises(BadInputError) as raised:
+            open_data_file(path)
+        assert raised.value.source == str(path) and problem in raised.value.problem, (case, raised.value.problem)
+
+
+def test_a_refused_data_file_never_reaches_the_activation_cache(model_file, tmp_path):
+    """The worker opens (and so checks) a data file before it looks up or writes cached activations."""
+    from badnet_prune.errors import BadInputError
+    from worker.loaded import ModelKey, WorkerMemory
+
+    _, path = model_file
+    cache = tmp_path / "cache"
+    memory = WorkerMemory(cache)
+    loaded = memory.model(ModelKey(str(path), "a" * 64, 1.0, "conv_3", "pool_3", False))
+    source = write_raw(tmp_path / "source.h5", data=good_pixels(), label=labels(0, 1, 2, 3))
+    (tmp_path / "hostile").mkdir()
+    for case, (hostile, _) in make_hostile_files(tmp_path / "hostile", source).items():
+        with pytest.raises(BadInputError):
+            memory.data(loaded, str(hostile), f"{len(case):064d}")
+    assert [entry for entry in cache.rglob("*") if entry.is_file()] == []
+    memory.data(loaded, str(source), "b" * 64)  # the control: a file that holds its own data is cached
+    assert [entry for entry in cache.rglob("*") if entry.is_file()] != []
