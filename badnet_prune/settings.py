@@ -26,8 +26,8 @@ ENV_PREFIX = "BADNET_PRUNE_"
 DEFAULT_DB_URL = "sqlite:///badnet-prune.db"
 DEFAULT_CACHE_MAX_BYTES = 20 * 10**9
 BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel", "amqp", "amqps", "pyamqp", "memory")
-# The CLI flag that sets each field, so that an error in a flag names the flag, not the attribute.
 MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# The CLI flag that sets each field, so that an error in a flag names the flag, not the attribute.
 FLAGS = {"db_url": "--db", "broker_url": "--broker"}
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from badnet_prune.settings import Settings
 
 
 def _check_scale(value: float) -> float:
@@ -33,8 +36,9 @@ TrustCodeOption = Annotated[
 
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", help="Database URL (default: $BADNET_PRUNE_DB, else the SQLite file ./badnet-prune.db). "
-                 "PostgreSQL: postgresql+psycopg://user@host/db."),
+    typer.Option("--db", help="The database: a SQLite file path (demo/badnet-prune.db) or a URL, sqlite:///FILE or "
+                 "postgresql://user@host/db (default: $BADNET_PRUNE_DB, else ./badnet-prune.db). Commands that only "
+                 "read refuse a SQLite file that does not exist instead of creating it."),
 ]
 BrokerOption = Annotated[
     str | None,
@@ -43,8 +47,8 @@ BrokerOption = Annotated[
 ]
 
 
-def load_settings(db: str | None = None, broker: str | None = None, **overrides: object):
-    """The environment's settings with these flags applied."""
+def load_settings(db: str | None = None, broker: str | None = None, **overrides: object) -> Settings:
+    """The environment's settings with these flags applied; a wrong value is one BadInputError line naming it."""
     from badnet_prune.settings import Settings
 
     return Settings.from_env().with_overrides(db_url=db, broker_url=broker, **overrides)

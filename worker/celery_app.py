@@ -2,6 +2,11 @@
 
 JSON only, late acknowledgement with reject-on-worker-lost, one message prefetched at a time,
 and a Redis visibility timeout short enough that a dead worker's task is redelivered in minutes.
+
+The project's Settings are not part of the Celery configuration: `celery inspect conf` and
+Flower show that configuration to anyone who can reach the broker, and the settings hold the
+database password. The worker command hands them to serve() instead, which keeps them in this
+module for the pool children (forked from it) to read.
 """
 
 from __future__ import annotations
@@ -43,12 +48,19 @@ def make_celery(settings: Settings) -> Celery:
         # A pool child imports TensorFlow in worker_process_init (4-10 s on 2 cores): with billiard's
         # default of 4 s every replacement child (after one was killed) is itself killed before it is up.
         worker_proc_alive_timeout=WORKER_PROC_ALIVE_TIMEOUT_S,
-        badnet_settings=settings,
     )
     return app
 
 
+_worker_settings: Settings | None = None  # set by serve() in the worker's main process, inherited by the pool
 _node_name: str | None = None  # the worker's node name (--hostname), set in the parent, inherited by the pool
+
+
+def serve(settings: Settings, argv: list[str]) -> None:
+    """Run a Celery worker (argv as for `celery worker`) whose pool children use these settings."""
+    global _worker_settings
+    _worker_settings = settings
+    make_celery(settings).worker_main(argv)
 
 
 @celeryd_init.connect
@@ -69,6 +81,8 @@ def _install_runtime_in_child(**_: object) -> None:
     from worker.dispatch import CeleryDispatcher
     from worker.runtime import install_runtime
 
-    runtime = install_runtime(current_app.conf.badnet_settings, CeleryDispatcher(current_app))
+    if _worker_settings is None:
+        raise RuntimeError("no settings for this worker: start it with `badnet-prune worker`")
+    runtime = install_runtime(_worker_settings, CeleryDispatcher(current_app))
     if _node_name:
         runtime.hostname = _node_name

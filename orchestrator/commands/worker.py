@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from badnet_prune.errors import BadInputError
 from orchestrator.options import BrokerOption, DbOption, load_settings
 
 
@@ -22,14 +23,16 @@ def worker(
 
     The database schema is upgraded first; TensorFlow loads only in the pool's child processes.
     """
-    from db.session import prepare_database
-    from worker.celery_app import make_celery
-
     settings = load_settings(db=db, broker=broker)
+    if not settings.broker_url:
+        raise BadInputError("--broker", "a worker needs a broker: pass --broker or set BADNET_PRUNE_BROKER")
+
+    from db.session import prepare_database
+    from worker.celery_app import serve
+
     prepare_database(settings.db_url).dispose()
-    app = make_celery(settings)
     argv = ["worker", f"--concurrency={concurrency}", f"--queues={queues}", f"--loglevel={loglevel}",
             "--pool=prefork", "--without-gossip", "--without-mingle"]
     if hostname:
         argv.append(f"--hostname={hostname}")
-    app.worker_main(argv)
+    serve(settings, argv)
