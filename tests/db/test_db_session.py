@@ -10,7 +10,7 @@ from sqlalchemy import Engine, make_url
 
 from db.errors import DatabaseUnavailable
 from db.repository import add_model, create_sweep, get_sweep, list_models
-from db.results import stored_steps
+from db.results import steps_stored
 from db.session import make_engine, prepare_database, session_scope
 
 SWEEP = {
@@ -26,8 +26,8 @@ SWEEP = {
 
 WRITER_SETUP = """
 from db.session import make_engine, session_scope
-from db.repository import mark_task, upsert_task
-from db.results import StepRow, save_steps, stored_steps
+from db.results import StepRow, save_steps, steps_stored
+from db.tasks import end_task, plan_task, take_lease
 """
 # Read, then write, in each transaction: with SQLite's default deferred BEGIN this fails at once
 # with "database is locked" when another process wrote in between.
@@ -36,11 +36,11 @@ url, sweep_id, model_id = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 engine = make_engine(url)
 for step in range(12):
     with session_scope(engine) as session:
-        assert step not in stored_steps(session, model_id)
-        task = upsert_task(session, sweep_id, model_id, "prune_range", f"{step}-{step + 1}")
-        mark_task(session, task, "running", worker=str(model_id))
+        assert not steps_stored(session, model_id, step, step + 1)
+        task = plan_task(session, sweep_id, model_id, "prune_range", f"{step}-{step + 1}", {})
+        assert take_lease(session, task, "t", str(model_id), 30)
         save_steps(session, model_id, [StepRow(step, step or None, step / 60, 90.0, 9, {"p": (50.0, 5)})])
-        mark_task(session, task, "done")
+        assert end_task(session, task, "t", "done")
 engine.dispose()
 """
 
@@ -87,7 +87,7 @@ def test_several_processes_write_at_once(engine: Engine, db_url: str, run_togeth
     run_together(WRITER_SETUP, WRITER_WORK, [[db_url, str(sweep_id), str(model_id)] for model_id in model_ids])
     with session_scope(engine) as session:
         for model_id in model_ids:
-            assert stored_steps(session, model_id) == set(range(12))
+            assert steps_stored(session, model_id, 0, 12) and not steps_stored(session, model_id, 0, 13)
 
 
 def test_an_unreachable_postgres_is_one_line() -> None:
@@ -111,6 +111,6 @@ def test_an_unusable_sqlite_file_is_one_line(tmp_path: Path, kind: str) -> None:
 
 def test_urls() -> None:
     assert make_engine("postgresql://u@h/d").url.drivername == "postgresql+psycopg"
-    with pytest.raises(ValueError, match="unsupported database URL"):
+    with pytest.raises(DatabaseUnavailable, match="mysql is not supported"):
         make_engine("mysql://u@h/d")
     assert make_url(str(make_engine("sqlite:///x.db").url)).database == str(Path("x.db").absolute())
