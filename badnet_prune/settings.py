@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,  # documentation: each field names its variable (validation_alias)
         frozen=True,
         extra="forbid",
         validate_default=True,

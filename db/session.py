@@ -224,5 +224,7 @@ def _unavailable_on_connect_failure(context: ExceptionContext) -> DatabaseUnavai
     """A failure to open a connection (no server, bad file) becomes a one-line DatabaseUnavailable."""
     if context.connection is not None or context.engine is None:
         return None
-    reason = context.original_exception
-    return DatabaseUnavailable(display_url(context.engine), str(reason))
+    reason = one_line(context.original_exception)
+    if context.engine.dialect.name == "postgresql" and re.search(r'database ".*" does not exist', reason):
+        reason += " (`badnet-prune migrate` creates it)"
+    return DatabaseUnavailable(display_url(context.engine), reason)

@@ -57,6 +57,7 @@ def test_migrate_creates_a_missing_postgres_database(missing_database: str, tmp_
     reading = run("steps", "1")
     assert reading.returncode != 0 and len(reading.stderr.strip().splitlines()) == 1, reading.stderr
     assert missing_database in reading.stderr and PASSWORD not in reading.stderr
+    assert "`badnet-prune migrate` creates it" in reading.stderr
     created = run("migrate")
     assert created.returncode == 0, created.stderr
     assert f"created database postgresql+psycopg://postgres:***@{POSTGRES[0]}:{POSTGRES[1]}/{missing_database}" in (
