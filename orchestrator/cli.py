@@ -11,7 +11,20 @@ import typer
 from badnet_prune.errors import BadInputError
 from db.errors import DatabaseUnavailable
 from db.session import dispose_engines
-from orchestrator.commands import defend, demo, evaluate, migrate, report, sql, status, steps, sweep, synth, worker
+from orchestrator.commands import (
+    cache,
+    defend,
+    demo,
+    evaluate,
+    migrate,
+    report,
+    sql,
+    status,
+    steps,
+    sweep,
+    synth,
+    worker,
+)
 
 app = typer.Typer(
     name="badnet-prune",
@@ -38,6 +51,7 @@ app.command("migrate")(migrate.migrate)
 app.command("sql")(sql.sql)
 app.command("report")(report.report)
 app.command("synth")(synth.synth)
+app.command("cache")(cache.cache)
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ def install_runtime(settings: Settings, dispatcher: Dispatcher, engine: Engine |
         settings=settings,
         engine=engine if engine is not None else make_engine(settings.db_url),
         dispatcher=dispatcher,
-        memory=WorkerMemory(settings.cache_dir),
+        memory=WorkerMemory(settings.cache_dir, cache_max_bytes=int(settings.cache_max_bytes)),
     )
     return _current
 
