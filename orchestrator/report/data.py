@@ -12,51 +12,39 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.models import Evaluation
+from badnet_prune.thresholds import Threshold, parse_threshold
+from db.model_results import ModelResults, read_model_results
 from db.repository import get_sweep, list_models, model_data_paths
-from db.results import StoredStep, read_evaluations, read_steps
-from orchestrator.exports import lab_table, model_summary, step_rows
+from db.results import read_steps
+from orchestrator.exports import lab_table, step_rows
 
 
 @dataclass(frozen=True)
 class ModelReport:
-    """One model of the sweep: its row, model_summary's dict, its steps and data files."""
+    """One model of the sweep: its typed results (db.model_results) and its data files."""
 
-    id: int
-    name: str
-    status: str
-    error: str | None
-    path: str
-    sha256: str
-    input_scale: float
-    acc0: float | None
-    summary: dict[str, Any]
-    steps: list[StoredStep]
-    evaluations: list[Evaluation]
+    results: ModelResults
     data_paths: dict[str, dict[str, str]]
 
-    @property
-    def poisons(self) -> list[str]:
-        """Poison names measured during pruning or on test data, sorted."""
-        names = {name for step in self.steps for name in step.asr}
-        names |= {key[4:] for key in self.summary["B"] if key.startswith("asr_")}
-        return sorted(names)
-
-    @property
-    def complete(self) -> bool:
-        """Done and with B evaluated: the model has curves and tables to show."""
-        return self.status == "done" and bool(self.summary["B"])
+    id = property(lambda self: self.results.model_id)
+    name = property(lambda self: self.results.name)
+    status = property(lambda self: self.results.status)
+    error = property(lambda self: self.results.error)
+    path = property(lambda self: self.results.path)
+    sha256 = property(lambda self: self.results.sha256)
+    input_scale = property(lambda self: self.results.input_scale)
+    acc0 = property(lambda self: self.results.acc0)
+    steps = property(lambda self: self.results.steps)
+    evaluations = property(lambda self: self.results.evaluations)
+    poisons = property(lambda self: self.results.poisons)
+    complete = property(lambda self: self.results.complete)
 
     def lab_table(self) -> tuple[list[str], list[list[str]]]:
-        return lab_table(self.summary)
+        return lab_table(self.results)
 
-    def g_paths(self) -> dict[float, str]:
+    def g_paths(self) -> dict[Threshold, str]:
         """G's file per reached threshold, from the artifacts table."""
-        paths = {}
-        for key, entry in self.summary["thresholds"].items():
-            if "G" in entry["files"]:
-                paths[float(key)] = entry["files"]["G"]
-        return paths
+        return self.results.g_paths()
 
 
 @dataclass(frozen=True)
@@ -66,7 +54,7 @@ class SweepReport:
     id: int
     name: str
     status: str
-    thresholds: list[float]
+    thresholds: list[Threshold]
     policy: str
     prune_layer: str
     rank_layer: str
@@ -99,17 +87,7 @@ def read_report(session: Session, sweep_id: int, asr_bound: float) -> SweepRepor
     steps = read_steps(session, sweep_id)
     models = [
         ModelReport(
-            id=model.id,
-            name=model.name,
-            status=model.status,
-            error=model.error,
-            path=model.path,
-            sha256=model.sha256,
-            input_scale=model.input_scale,
-            acc0=model.acc0,
-            summary=model_summary(session, sweep_id, model.id),
-            steps=[step for step in steps if step.model == model.name],
-            evaluations=read_evaluations(session, model.id),
+            results=read_model_results(session, model.id, [step for step in steps if step.model == model.name]),
             data_paths=model_data_paths(session, model.id),
         )
         for model in list_models(session, sweep_id)
@@ -119,7 +97,7 @@ def read_report(session: Session, sweep_id: int, asr_bound: float) -> SweepRepor
         id=sweep.id,
         name=sweep.name,
         status=sweep.status,
-        thresholds=[float(t) for t in sweep.thresholds],
+        thresholds=sorted(parse_threshold(key) for key in sweep.thresholds),
         policy=sweep.policy,
         prune_layer=sweep.prune_layer,
         rank_layer=sweep.rank_layer,

@@ -32,16 +32,17 @@ def curve_png(model: ModelReport) -> bytes:
         axes.plot(fractions, values, lw=1.5, label=f"ASR {poison}")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     by_step = {step.step: step for step in model.steps}
-    for index, (key, entry) in enumerate(model.summary["thresholds"].items()):
+    for index, entry in enumerate(model.results.thresholds):
         color = colors[(index + len(model.poisons)) % len(colors)]
-        t = float(key)
+        t = entry.threshold
         if model.acc0 is not None:
-            axes.axhline(model.acc0 * (1 - t), color=color, ls="--", lw=1, label=f"acc0 x (1 - {t:g})")
-        step = by_step.get(entry["step"]) if entry["step"] is not None else None
+            axes.axhline(model.acc0 * (1 - t.value), color=color, ls="--", lw=1, label=f"acc0 x (1 - {t.key})")
+        step = by_step.get(entry.step) if entry.step is not None else None
         if step is not None:
             axes.axvline(step.fraction_pruned, color=color, ls=":", lw=1)
-            axes.plot([step.fraction_pruned], [step.clean_accuracy], "o", color=color, ms=7,
-                      label=f"B' {t * 100:g}%: step {step.step}")
+            # thresholds that select one step share its marker; each still has its legend entry
+            axes.plot([step.fraction_pruned], [step.clean_accuracy], "o", color=color, ms=7 + 3 * index,
+                      fillstyle="none" if index else "full", label=f"B' {t.percent}: step {step.step}")
     axes.set(xlabel="fraction of channels pruned", ylabel="percent", ylim=(-2, 102), xlim=(0, 1),
              title=f"{model.name}: pruning curve")
     axes.grid(alpha=0.3)

@@ -86,7 +86,7 @@ def _model_section(page: ModelPage) -> str:
         parts.append(_img(page.samples_png, "samples", f"{model.name}: sample images"))
         parts.append(table_html(page.samples_table(), "samples"))
     parts += [
-        f"<details><summary>Ranking ({len(model.summary['ranking'])} channels, pruned in this order)</summary>",
+        f"<details><summary>Ranking ({len(model.results.ranking)} channels, pruned in this order)</summary>",
         table_html(page.ranking, "ranking"),
         "</details>",
         f"<details><summary>Steps ({len(page.steps.rows)})</summary>",

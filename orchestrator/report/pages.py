@@ -29,19 +29,19 @@ class ModelPage:
                 f"clean validation accuracy of B before pruning (acc0): {acc0}.")
 
     def samples_caption(self) -> str:
-        thresholds = ", ".join(f"{t * 100:g}%" for t in self.samples.thresholds) or "none"
+        thresholds = ", ".join(t.percent for t in self.samples.thresholds) or "none"
         return (f"Evenly spaced clean and poisoned test images; label is the file's label (on poisoned files the "
                 f"attacker's target), B and G (thresholds {thresholds}) as labelled now by the stored model "
                 f"files; N = {self.samples.num_classes} means G flagged a backdoor.")
 
     def samples_table(self) -> Table:
         thresholds = self.samples.thresholds
-        columns = ["dataset", "index", "label", "B", *(f"G {t * 100:g}%" for t in thresholds)]
+        columns = ["dataset", "index", "label", "B", *(f"G {t.percent}" for t in thresholds)]
         rows = []
         for sample in self.samples.samples:
             row = {"dataset": sample.dataset, "index": sample.index, "label": sample.label,
                    "B": self.samples.name(sample.b)}
-            row.update({f"G {t * 100:g}%": self.samples.name(sample.g[t]) for t in thresholds})
+            row.update({f"G {t.percent}": self.samples.name(sample.g[t]) for t in thresholds})
             rows.append(row)
         return Table("samples", columns, rows)
 
@@ -54,7 +54,7 @@ class ReportPages:
 
     def description(self) -> str:
         r = self.report
-        thresholds = ", ".join(f"{t * 100:g}%" for t in r.thresholds)
+        thresholds = ", ".join(t.percent for t in r.thresholds)
         return (f"Status {r.status}; {len(r.models)} model(s), {len(r.complete_models)} complete, "
                 f"{len(r.failed_models)} failed. Thresholds {thresholds}, policy {r.policy}, "
                 f"pruned layer {r.prune_layer}, ranked on {r.rank_layer}. All figures read from the database.")

@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from badnet_prune.thresholds import Threshold
 from orchestrator.report.data import ModelReport
 
 CLEAN = "clean"
@@ -24,7 +25,7 @@ class Sample:
     index: int  # in the test file
     label: int  # the file's label (the attacker's target on a poisoned file)
     b: int
-    g: dict[float, int]  # threshold -> G's label (num_classes = N, "backdoor detected")
+    g: dict[Threshold, int]  # G's label per threshold (num_classes = N, "backdoor detected")
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Samples:
 
     samples: list[Sample] = field(default_factory=list)
     images: list[np.ndarray] = field(default_factory=list)
-    thresholds: list[float] = field(default_factory=list)
+    thresholds: list[Threshold] = field(default_factory=list)
     num_classes: int = 0
     missing: list[str] = field(default_factory=list)
 
@@ -41,7 +42,7 @@ class Samples:
         return "N" if label == self.num_classes else str(label)
 
     def caption(self, sample: Sample) -> str:
-        g = " ".join(f"{t * 100:g}%:{self.name(sample.g[t])}" for t in self.thresholds if t in sample.g)
+        g = " ".join(f"{t.percent}:{self.name(sample.g[t])}" for t in self.thresholds if t in sample.g)
         return f"{sample.dataset} #{sample.index}\nlabel {sample.label}  B {self.name(sample.b)}\nG {g}"
 
 
@@ -62,29 +63,30 @@ def label_samples(model: ModelReport, per_set: int, trust_code: bool) -> Samples
 
 
 def _label(model: ModelReport, sets: dict[str, str | None], per_set: int, trust_code: bool) -> Samples:
+    from badnet_prune.inference import compiled_forward, forward_labels, scale_images
     from badnet_prune.model_io import load_model, num_classes
-    from badnet_prune.tf_setup import keras
 
     network_b = load_model(model.path, trust_code=trust_code)
     classes = num_classes(network_b)
-    g_networks, missing = {}, []
+    forward_b = compiled_forward(network_b)
+    g_forwards, missing = {}, []
     for threshold, path in sorted(model.g_paths().items()):
         if Path(path).is_file():
-            g_networks[threshold] = keras.models.load_model(path, compile=False, safe_mode=True)
+            g_forwards[threshold] = compiled_forward(load_model(path, trust_code=False))
         else:
-            missing.append(f"{path} (G for {threshold * 100:g}%) is missing")
+            missing.append(f"{path} (G for {threshold.percent}) is missing")
     samples, images = [], []
     for dataset, path in sets.items():
         assert path is not None
         chosen, labels = _read(Path(path), per_set)
-        scaled = chosen / np.float32(model.input_scale)
-        labels_b = np.argmax(network_b(scaled, training=False), axis=-1)
-        labels_g = {t: np.argmax(g(scaled, training=False), axis=-1) for t, g in g_networks.items()}
+        scaled = scale_images(chosen, model.input_scale)
+        labels_b = forward_labels(forward_b, scaled)
+        labels_g = {t: forward_labels(forward, scaled) for t, forward in g_forwards.items()}
         for position, (index, label) in enumerate(labels):
             g_labels = {t: int(values[position]) for t, values in labels_g.items()}
             samples.append(Sample(dataset, index, label, int(labels_b[position]), g_labels))
             images.append(chosen[position])
-    return Samples(samples, images, sorted(g_networks), classes, missing)
+    return Samples(samples, images, sorted(g_forwards), classes, missing)
 
 
 def _read(path: Path, count: int) -> tuple[np.ndarray, list[tuple[int, int]]]:

@@ -58,10 +58,10 @@ def selections_table(report: SweepReport) -> Table:
     rows = []
     for model in report.models:
         fractions = {step.step: step.fraction_pruned for step in model.steps}
-        for key, entry in model.summary["thresholds"].items():
+        for entry in model.results.thresholds:
             rows.append({
-                "model": model.name, "threshold": float(key), "step": entry["step"],
-                "fraction_pruned": fractions.get(entry["step"]), "clean_valid_accuracy": entry["clean_valid_accuracy"],
+                "model": model.name, "threshold": entry.threshold.value, "step": entry.step,
+                "fraction_pruned": fractions.get(entry.step), "clean_valid_accuracy": entry.clean_valid_accuracy,
             })
     return Table("selections", ["model", "threshold", "step", "fraction_pruned", "clean_valid_accuracy"], rows)
 
@@ -69,7 +69,9 @@ def selections_table(report: SweepReport) -> Table:
 def evaluations_table(report: SweepReport) -> Table:
     columns = ["model", "network", "threshold", "dataset", "accuracy", "flagged", "image_count"]
     rows = [
-        {"model": model.name, **{column: getattr(row, column) for column in columns[1:]}}
+        {"model": model.name, "network": row.network, "threshold": float(row.threshold) if row.threshold else 0.0,
+         "dataset": "clean" if row.role == "clean_test" else row.poison_name, "accuracy": row.accuracy,
+         "flagged": row.flagged, "image_count": row.image_count}
         for model in report.models
         for row in model.evaluations
     ]
@@ -90,37 +92,37 @@ def summary_table(report: SweepReport) -> Table:
 
 
 def _summary_rows(model: ModelReport, poisons: list[str], bound: float) -> list[dict[str, Any]]:
-    b = model.summary["B"]
+    b = model.results.b
     fractions = {step.step: step.fraction_pruned for step in model.steps}
     rows = []
-    for key, entry in model.summary["thresholds"].items():
-        g = entry["G"]
-        row: dict[str, Any] = {"model": model.name, "threshold": float(key), "step": entry["step"],
-                               "fraction_pruned": fractions.get(entry["step"]),
-                               "B_clean_accuracy": b.get("clean_accuracy")}
+    for entry in model.results.thresholds:
+        g = entry.g
+        row: dict[str, Any] = {"model": model.name, "threshold": entry.threshold.value, "step": entry.step,
+                               "fraction_pruned": fractions.get(entry.step), "B_clean_accuracy": b.clean_accuracy}
         for poison in poisons:
-            row[f"B_asr_{poison}"] = b.get(f"asr_{poison}")
-        if entry["step"] is None or "clean_accuracy" not in g:
+            row[f"B_asr_{poison}"] = b.asr.get(poison)
+        if entry.step is None or g.clean_accuracy is None or b.clean_accuracy is None:
             row["note"] = "threshold never reached"
             rows.append(row)
             continue
-        row["G_clean_accuracy"] = g["clean_accuracy"]
-        row["clean_drop"] = b["clean_accuracy"] - g["clean_accuracy"]
-        row["G_false_alarms"] = g.get("false_alarms")
-        measured = [poison for poison in poisons if f"asr_{poison}" in g]
+        row["G_clean_accuracy"] = g.clean_accuracy
+        row["clean_drop"] = b.clean_accuracy - g.clean_accuracy
+        row["G_false_alarms"] = g.false_alarms
+        measured = [poison for poison in poisons if poison in g.asr]
         for poison in measured:
-            row[f"G_asr_{poison}"] = g[f"asr_{poison}"]
-        row["removed"] = " ".join(p for p in measured if g[f"asr_{p}"] <= bound)
-        row["kept"] = " ".join(p for p in measured if g[f"asr_{p}"] > bound)
+            row[f"G_asr_{poison}"] = g.asr[poison]
+        row["removed"] = " ".join(p for p in measured if g.asr[p] <= bound)
+        row["kept"] = " ".join(p for p in measured if g.asr[p] > bound)
         rows.append(row)
     return rows
 
 
 def rankings_table(report: SweepReport) -> Table:
     rows = [
-        {"model": model.name, **entry}
+        {"model": model.name, "position": entry.position, "channel": entry.channel,
+         "mean_activation": entry.mean_activation}
         for model in report.models
-        for entry in model.summary["ranking"]
+        for entry in model.results.ranking
     ]
     return Table("rankings", ["model", "position", "channel", "mean_activation"], rows)
 

@@ -91,7 +91,7 @@ def sweep_id(session: Session) -> int:
         session,
         name="lab",
         config={"models": ["bd_net.h5"], "thresholds": [0.02, 0.04]},
-        thresholds=[0.02, 0.04],
+        thresholds=["0.02", "0.04"],
         policy="first",
         prune_layer="conv_3",
         rank_layer="pool_3",

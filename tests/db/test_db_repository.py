@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -11,20 +11,19 @@ from db.models import Base, DataFile, Model, ModelData, Sweep, Task
 from db.repository import (
     add_model,
     create_sweep,
+    finish_sweep,
     get_model,
     get_sweep,
-    get_task,
     list_models,
-    mark_task,
-    missing_tasks,
     model_data_paths,
     set_model_status,
     set_sweep_status,
+    sweep_overview,
     sweep_progress,
     upsert_data_file,
-    upsert_task,
 )
 from db.results import StepRow, save_steps
+from db.tasks import plan_task
 
 
 def count(session: Session, model: type[Base]) -> int:
@@ -35,7 +34,7 @@ def test_a_sweep_reads_back_as_registered(session: Session, sweep_id: int) -> No
     sweep = get_sweep(session, sweep_id)
     assert sweep.name == "lab"
     assert sweep.config == {"models": ["bd_net.h5"], "thresholds": [0.02, 0.04]}
-    assert sweep.thresholds == [0.02, 0.04]
+    assert sweep.thresholds == ["0.02", "0.04"]
     assert (sweep.policy, sweep.prune_layer, sweep.rank_layer, sweep.range_size) == ("first", "conv_3", "pool_3", 10)
     assert sweep.status == "pending" and sweep.finished_at is None
     assert sweep.created_at.tzinfo is not None
@@ -129,64 +128,14 @@ def test_model_status_and_measurements(session: Session, model_id: int) -> None:
         set_model_status(session, model_id, "finished")
 
 
-def test_tasks_are_upserted_per_model_and_per_sweep(session: Session, sweep_id: int, model_id: int) -> None:
-    rank = upsert_task(session, sweep_id, model_id, "rank")
-    prune = upsert_task(session, sweep_id, model_id, "prune_range", "0-10")
-    finish = upsert_task(session, sweep_id, None, "finish")
-    session.commit()
-    # Planning again (a resume, a redelivered message) finds the same rows: NULL model_id included.
-    assert upsert_task(session, sweep_id, model_id, "rank") == rank
-    assert upsert_task(session, sweep_id, model_id, "prune_range", "0-10") == prune
-    assert upsert_task(session, sweep_id, None, "finish") == finish
-    assert upsert_task(session, sweep_id, None, "finish", state="queued", celery_id="c-1") == finish
-    session.commit()
-    assert count(session, Task) == 3
-    assert get_task(session, finish).state == "queued"
-    assert get_task(session, finish).celery_id == "c-1"
-
-
-def test_planning_again_leaves_a_finished_task_alone(session: Session, sweep_id: int, model_id: int) -> None:
-    task_id = upsert_task(session, sweep_id, model_id, "threshold", "0.02")
-    mark_task(session, task_id, "running", worker="w1")
-    mark_task(session, task_id, "done")
-    upsert_task(session, sweep_id, model_id, "threshold", "0.02")
-    session.commit()
-    assert get_task(session, task_id).state == "done"
-    with pytest.raises(TypeError, match="unexpected fields"):
-        upsert_task(session, sweep_id, model_id, "rank", colour="red")
-    with pytest.raises(ValueError, match="task kind"):
-        upsert_task(session, sweep_id, model_id, "train")
-
-
-def test_a_task_life_is_stamped(session: Session, sweep_id: int, model_id: int) -> None:
-    task_id = upsert_task(session, sweep_id, model_id, "prune_range", "10-20")
-    task = mark_task(session, task_id, "queued", celery_id="abc")
-    assert (task.state, task.celery_id, task.attempts) == ("queued", "abc", 0)
-    assert task.enqueued_at is not None
-    task = mark_task(session, task_id, "running", worker="host-1")
-    assert (task.state, task.attempts, task.worker) == ("running", 1, "host-1")
-    assert task.started_at is not None and task.finished_at is None
-    task = mark_task(session, task_id, "retrying", error="worker lost")
-    assert task.error == "worker lost" and task.finished_at is not None and task.seconds >= 0
-    task = mark_task(session, task_id, "running", worker="host-2")
-    assert (task.attempts, task.worker, task.finished_at, task.seconds) == (2, "host-2", None, None)
-    task = mark_task(session, task_id, "done", seconds=12.5)
-    session.commit()
-    task = get_task(session, task_id)
-    assert (task.state, task.attempts, task.error, task.seconds) == ("done", 2, None, 12.5)
-    assert task.finished_at >= task.started_at
-    with pytest.raises(ValueError, match="task state"):
-        mark_task(session, task_id, "lost")
-    with pytest.raises(LookupError):
-        mark_task(session, task_id + 1000, "running")
-
-
-def test_progress_and_missing_tasks(session: Session, sweep_id: int, model_id: int) -> None:
+def test_progress_counts_tasks_by_state_and_stage(session: Session, sweep_id: int, model_id: int) -> None:
     set_model_status(session, model_id, "running", channel_count=60)
-    rank = upsert_task(session, sweep_id, model_id, "rank", state="done")
-    first = upsert_task(session, sweep_id, model_id, "prune_range", "0-10", state="done")
-    second = upsert_task(session, sweep_id, model_id, "prune_range", "10-20", state="failed", error="OOM")
-    finish = upsert_task(session, sweep_id, None, "finish")
+    rank = plan_task(session, sweep_id, model_id, "rank", "", {})
+    first = plan_task(session, sweep_id, model_id, "prune_range", "0-10", {"start": 0, "stop": 10})
+    second = plan_task(session, sweep_id, model_id, "prune_range", "10-20", {"start": 10, "stop": 20})
+    plan_task(session, sweep_id, None, "finish", "", {})
+    session.execute(update(Task).where(Task.id.in_([rank, first])).values(state="done"))
+    session.execute(update(Task).where(Task.id == second).values(state="failed", error="OOM"))
     save_steps(session, model_id, [StepRow(step, step or None, step / 60, 98.0, 98, {}) for step in range(10)])
     session.commit()
     progress = sweep_progress(session, sweep_id)
@@ -195,8 +144,17 @@ def test_progress_and_missing_tasks(session: Session, sweep_id: int, model_id: i
     assert (model.model_id, model.name, model.status, model.error) == (model_id, "bd_net", "running", None)
     assert (model.steps_stored, model.steps_expected) == (10, 61)
     assert model.tasks == {"done": 2, "failed": 1}
-    assert [task.id for task in missing_tasks(session, sweep_id)] == [second, finish]
-    assert {rank, first}.isdisjoint(task.id for task in missing_tasks(session, sweep_id))
+    assert model.stages == {"rank": {"done": 1}, "prune_range": {"done": 1, "failed": 1}}
+    overview = sweep_overview(session, sweep_id)
+    assert overview.models == [(model_id, "bd_net", "running", None, {"done": 2, "failed": 1})]
+    assert overview.sweep_tasks == {"pending": 1}
+
+
+def test_a_sweep_whose_every_model_failed_is_failed(session: Session, sweep_id: int, model_id: int) -> None:
+    set_model_status(session, model_id, "failed", error="bad file")
+    assert finish_sweep(session, sweep_id) == "failed"
+    set_model_status(session, model_id, "done")
+    assert finish_sweep(session, sweep_id) == "done"
 
 
 def test_unique_constraints_hold(session: Session, sweep_id: int, model_id: int) -> None:
@@ -212,10 +170,10 @@ def test_unique_constraints_hold(session: Session, sweep_id: int, model_id: int)
             session.flush()
         session.rollback()
     for task_model in (model_id, None):
-        kind = "finish" if task_model is None else "rank"
-        session.add(Task(sweep_id=sweep_id, model_id=task_model, kind=kind, key=""))
+        stage = "finish" if task_model is None else "rank"
+        session.add(Task(sweep_id=sweep_id, model_id=task_model, stage=stage, key="", arguments={}))
         session.commit()
-        session.add(Task(sweep_id=sweep_id, model_id=task_model, kind=kind, key=""))
+        session.add(Task(sweep_id=sweep_id, model_id=task_model, stage=stage, key="", arguments={}))
         with pytest.raises(IntegrityError):
             session.flush()
         session.rollback()
@@ -224,8 +182,7 @@ def test_unique_constraints_hold(session: Session, sweep_id: int, model_id: int)
 def test_check_constraints_hold(session: Session, sweep_id: int, model_id: int) -> None:
     clean = session.scalars(select(ModelData.data_file_id).where(ModelData.role == "clean_valid")).one()
     bad_rows = [
-        Task(sweep_id=sweep_id, model_id=model_id, kind="finish"),  # 'finish' has no model
-        Task(sweep_id=sweep_id, model_id=None, kind="rank"),  # every other kind has one
+        Task(sweep_id=sweep_id, model_id=model_id, stage="rank", arguments={}, state="lost"),
         ModelData(model_id=model_id, role="poisoned_test", poison_name="", data_file_id=clean),
         ModelData(model_id=model_id, role="clean_test", poison_name="bd", data_file_id=clean),
         Sweep(

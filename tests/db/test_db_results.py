@@ -21,7 +21,7 @@ from db.models import (
     Sweep,
     Task,
 )
-from db.repository import add_model, delete_sweep, upsert_task
+from db.repository import add_model, delete_sweep
 from db.results import (
     StepRow,
     StoredStep,
@@ -35,8 +35,9 @@ from db.results import (
     save_ranking,
     save_selection,
     save_steps,
-    stored_steps,
+    steps_stored,
 )
+from db.tasks import plan_task
 
 
 def count(session: Session, model: type[Base]) -> int:
@@ -65,7 +66,7 @@ def test_steps_are_rewritten_with_their_asr(session: Session, model_id: int) -> 
     session.commit()
     assert count(session, Step) == 2
     assert count(session, StepAsr) == 2
-    assert stored_steps(session, model_id) == {0, 1}
+    assert steps_stored(session, model_id, 0, 2) and not steps_stored(session, model_id, 0, 3)
     step = read_steps(session, get_sweep_id(session, model_id))[1]
     assert (step.clean_accuracy, step.clean_correct, step.asr, step.hits) == (
         96.5,
@@ -103,27 +104,29 @@ def test_read_steps_gives_every_model_in_order_with_asr_per_poison(
 
 def test_selections_evaluations_and_artifacts_are_rewritten(session: Session, model_id: int) -> None:
     for step, accuracy in ((45, 96.6), (47, 96.4)):
-        save_selection(session, model_id, 0.02, step, accuracy)
-    save_selection(session, model_id, 0.10, None, None)
+        save_selection(session, model_id, "0.02", step, accuracy)
+    save_selection(session, model_id, "0.1", None, None)
     for accuracy, flagged in ((94.0, 1.0), (94.9, 0.16)):
         save_evaluation(
             session,
             model_id,
             network="G",
-            threshold=0.02,
-            dataset="clean",
+            threshold="0.02",
+            role="clean_test",
+            poison_name="",
             accuracy=accuracy,
             image_count=12830,
             flagged=flagged,
         )
     save_evaluation(
-        session, model_id, network="B", threshold=0.0, dataset="sunglasses", accuracy=100.0, image_count=12830
+        session, model_id, network="B", threshold="", role="poisoned_test", poison_name="sunglasses", accuracy=100.0,
+        image_count=12830,
     )
     for sha in ("1" * 64, "2" * 64):
         save_artifact(
             session,
             model_id,
-            threshold=0.02,
+            threshold="0.02",
             kind="G",
             path="/a/G_0.02.h5",
             sha256=sha,
@@ -132,31 +135,38 @@ def test_selections_evaluations_and_artifacts_are_rewritten(session: Session, mo
     session.commit()
     assert count(session, Selection) == 2
     assert [(s.threshold, s.step, s.clean_valid_accuracy) for s in read_selections(session, model_id)] == [
-        (0.02, 47, 96.4),
-        (0.10, None, None),
+        ("0.02", 47, 96.4),
+        ("0.1", None, None),
     ]
     assert count(session, Evaluation) == 2
-    assert [(e.network, e.dataset, e.accuracy, e.flagged) for e in read_evaluations(session, model_id)] == [
-        ("B", "sunglasses", 100.0, None),
-        ("G", "clean", 94.9, 0.16),
-    ]
+    rows = [(e.network, e.role, e.poison_name, e.accuracy, e.flagged) for e in read_evaluations(session, model_id)]
+    assert rows == [("B", "poisoned_test", "sunglasses", 100.0, None), ("G", "clean_test", "", 94.9, 0.16)]
     [artifact] = read_artifacts(session, model_id)
     assert (artifact.sha256, artifact.provenance) == ("2" * 64, {"step": 45, "sha": "2" * 64})
 
 
 def test_evaluation_rules_hold(session: Session, model_id: int) -> None:
     with pytest.raises(ValueError, match="network"):
-        save_evaluation(session, model_id, network="C", threshold=0.0, dataset="clean", accuracy=1.0, image_count=1)
+        save_evaluation(session, model_id, network="C", threshold="", role="clean_test", poison_name="", accuracy=1.0,
+                        image_count=1)
+    with pytest.raises(ValueError, match="test role"):
+        save_evaluation(session, model_id, network="B", threshold="", role="clean", poison_name="", accuracy=1.0,
+                        image_count=1)
     with pytest.raises(ValueError, match="artifact kind"):
-        save_artifact(session, model_id, threshold=0.02, kind="B", path="p", sha256="s", provenance={})
-    for network, threshold, flagged in (("B", 0.02, None), ("B_prime", 0.02, 1.0)):
+        save_artifact(session, model_id, threshold="0.02", kind="B", path="p", sha256="s", provenance={})
+    # B has no threshold, B' and G have one; only G flags; a poisoned set has a name and the clean one none
+    cases = (("B", "0.02", "clean_test", "", None), ("B_prime", "", "clean_test", "", None),
+             ("B_prime", "0.02", "clean_test", "", 1.0), ("G", "0.02", "poisoned_test", "", 1.0),
+             ("G", "0.02", "clean_test", "clean", 1.0))
+    for network, threshold, role, poison, flagged in cases:
         with pytest.raises(IntegrityError):
             save_evaluation(
                 session,
                 model_id,
                 network=network,
                 threshold=threshold,
-                dataset="clean",
+                role=role,
+                poison_name=poison,
                 accuracy=1.0,
                 image_count=1,
                 flagged=flagged,
@@ -167,11 +177,12 @@ def test_evaluation_rules_hold(session: Session, model_id: int) -> None:
 def test_deleting_a_sweep_deletes_everything_below_it(session: Session, sweep_id: int, model_id: int) -> None:
     save_ranking(session, model_id, [(0, 0, 0.0)])
     save_steps(session, model_id, [StepRow(0, None, 0.0, 98.0, 98, {"sunglasses": (100.0, 10)})])
-    save_selection(session, model_id, 0.02, 0, 98.0)
-    save_evaluation(session, model_id, network="B", threshold=0.0, dataset="clean", accuracy=98.0, image_count=9)
-    save_artifact(session, model_id, threshold=0.02, kind="B_prime", path="p", sha256="s", provenance={})
-    upsert_task(session, sweep_id, model_id, "rank")
-    upsert_task(session, sweep_id, None, "finish")
+    save_selection(session, model_id, "0.02", 0, 98.0)
+    save_evaluation(session, model_id, network="B", threshold="", role="clean_test", poison_name="", accuracy=98.0,
+                    image_count=9)
+    save_artifact(session, model_id, threshold="0.02", kind="B_prime", path="p", sha256="s", provenance={})
+    plan_task(session, sweep_id, model_id, "rank", "", {})
+    plan_task(session, sweep_id, None, "finish", "", {})
     session.commit()
     below = (Model, ModelData, Task, Ranking, Step, StepAsr, Selection, Evaluation, Artifact)
     assert all(count(session, table) > 0 for table in below)
