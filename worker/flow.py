@@ -72,9 +72,10 @@ def run_planned_task(runtime: Runtime, task_id: object, stage_name: str | None =
             return _refused(f"task {task_id} is a {stage.name} task, not {stage_name}")
         reason = _why_not_startable(session, task, stage)
         if reason is not None:
-            return _refused(f"task {task_id}: {reason}", log=logging.INFO)
+            return _refused(f"task {task_id}: {reason}")
         if lease_is_live(task) and not _holder_is_dead(task.lease_token):
             remaining = (task.lease_expires_at - utcnow()).total_seconds() if task.lease_expires_at else 0.0
+            LOG.warning("task %s runs elsewhere (%s): this copy looks again later", task_id, task.worker)
             return Outcome(False, f"task {task_id} runs elsewhere ({task.worker})", max(1.0, remaining))
         dead = task.lease_token if task.state == "running" and _holder_is_dead(task.lease_token) else None
         token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
@@ -114,8 +115,8 @@ def _why_not_startable(session, task: Task, stage: Stage) -> str | None:
     return None
 
 
-def _refused(message: str, log: int = logging.WARNING) -> Outcome:
-    LOG.log(log, "message not run: %s", message)
+def _refused(message: str) -> Outcome:
+    LOG.warning("message not run: %s", message)
     return Outcome(False, message)
 
 

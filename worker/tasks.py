@@ -3,8 +3,10 @@
 A message carries only the task id; the row says what to do. Transient errors (a database or
 broker that is down) are retried, never bad input. A model that failed ends its task in
 Celery's FAILURE state too, so Celery's log and Flower say what the database says. A copy of a
-task that another worker still runs under a live lease is looked at again once that lease
-could have expired, instead of running beside it.
+task that another worker still runs under a live lease (Redis hands an unacknowledged message
+out again after the visibility timeout, even while its task still runs) never runs beside it:
+it is looked at again later, and does nothing once the task is done. If the first worker dies,
+its lease expires and the next look runs the task.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ class StageFailed(Exception):
 
 def _register(stage: Stage) -> None:
     def run(self, task_id: object) -> str:
-        outcome = run_planned_task(current_runtime(), task_id, stage.name)
+        runtime = current_runtime()
+        outcome = run_planned_task(runtime, task_id, stage.name)
         if outcome.retry_in_s is not None:
-            raise self.retry(countdown=outcome.retry_in_s, max_retries=None)
+            # Look again before the broker's visibility timeout would hand this copy out once more.
+            countdown = min(outcome.retry_in_s, runtime.settings.visibility_timeout_s / 2)
+            raise self.retry(countdown=countdown, max_retries=None)
         if outcome.ran and outcome.detail.startswith("failed"):
             raise StageFailed(outcome.detail)
         return outcome.detail

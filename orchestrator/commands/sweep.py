@@ -16,12 +16,18 @@ def sweep(
     sweep_id: Annotated[int | None, typer.Argument(help="With `resume`: the sweep to finish.")] = None,
     db: DbOption = None,
     broker: BrokerOption = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Show progress per model until the sweep is done "
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until the sweep is done "
                                        "(always so without a broker).")] = False,
 ) -> None:
     """Register a sweep over one or many models and enqueue its tasks, or resume an unfinished sweep.
 
-    `resume` sends again only what is missing: tasks that never finished (a lost worker, a restarted broker).
+    `resume` sends again only what is not done and that nothing holds: no broker message, no live
+    worker. Resuming a running sweep sends nothing.
+
+    Exit status once the sweep has run here or been waited for: 0 every model done, 1 some model
+    failed (the others' results are stored), 2 bad input.
+
+    Examples: badnet-prune sweep sweep.toml --wait; badnet-prune sweep resume 1 --wait
     """
     from orchestrator.submit import resume_sweep, submit_sweep
     from orchestrator.sweep_file import read_sweep_file
@@ -33,9 +39,26 @@ def sweep(
             raise BadInputError("sweep resume", "give the id of the sweep to resume")
         resume_sweep(settings, sweep_id, wait=wait, console=console)
         print(sweep_id)
+        _exit_for(settings, sweep_id, ran=wait or not settings.broker_url)
         return
     if sweep_id is not None:
         raise BadInputError(target, "a sweep file takes no second argument (did you mean `sweep resume ID`?)")
     spec = read_sweep_file(target)
     new_id = submit_sweep(settings, spec, wait=wait, console=console)
     print(new_id)
+    _exit_for(settings, new_id, ran=wait or not settings.broker_url)
+
+
+def _exit_for(settings, sweep_id: int, *, ran: bool) -> None:
+    """Exit 1 when the sweep ended with failed models (said once on stderr)."""
+    if not ran:
+        return
+    from db.repository import list_models
+    from db.session import make_engine, session_scope
+
+    with session_scope(make_engine(settings.db_url, create=False)) as session:
+        failed = [model.name for model in list_models(session, sweep_id) if model.status == "failed"]
+    if failed:
+        Console(stderr=True).print(f"{len(failed)} model(s) failed: {', '.join(failed)} "
+                                   f"(`badnet-prune status {sweep_id}` says why)", soft_wrap=True, markup=False)
+        raise typer.Exit(1)

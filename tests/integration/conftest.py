@@ -114,6 +114,7 @@ class Cluster:
     database_url: str
     folder: Path
     workers: list[Worker] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)  # set before start_workers and submit
 
     @property
     def env(self) -> dict[str, str]:
@@ -124,6 +125,7 @@ class Cluster:
             "BADNET_PRUNE_CACHE": str(self.folder / "cache"),
             "BADNET_PRUNE_ARTIFACTS": str(self.folder / "artifacts"),
             "TF_CPP_MIN_LOG_LEVEL": "2",
+            **self.extra_env,
         }
 
     def start_workers(self, count: int) -> list[Worker]:
@@ -159,10 +161,15 @@ class Cluster:
 
     def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
         """Run `badnet-prune ARGS`; its stdout, or an assertion error with its output."""
+        return self.cli_process(*args, env=env, timeout=timeout).stdout
+
+    def cli_process(self, *args: str, env: dict[str, str] | None = None,
+                    timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run `badnet-prune ARGS`, which must succeed; the finished process (stdout and stderr)."""
         done = subprocess.run([*CLI, *args], env=env or self.env, capture_output=True, text=True,
                               timeout=timeout, cwd=self.folder)
         assert done.returncode == 0, f"badnet-prune {' '.join(args)} -> {done.returncode}\n{done.stderr[-3000:]}"
-        return done.stdout
+        return done
 
     def cli_json(self, *args: str, **kwargs: Any) -> Any:
         return json.loads(self.cli(*args, **kwargs))

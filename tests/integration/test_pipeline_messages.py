@@ -1,0 +1,139 @@
+"""The pipeline on real Celery workers: messages carry only task ids, copies never run twice, resume
+sends only what nothing holds, and a stage declared in the test suite runs like the built-in ones."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from badnet_prune.settings import Settings
+from tests.helpers import cached_quick_badnet, model_entry, synthetic_sweep, write_sweep_toml
+from tests.integration.conftest import Cluster, redis_cli
+from tests.integration.test_distributed import DUPLICATES, assert_complete, slow_sweep, wait_running_prune
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+SNAPSHOT = {
+    "tasks": "SELECT id, stage, key, state, attempts, error, finished_at FROM tasks ORDER BY id",
+    "models": "SELECT id, status, error, acc0 FROM models ORDER BY id",
+    "sweeps": "SELECT id, status, finished_at FROM sweeps ORDER BY id",
+    "steps": "SELECT count(*) AS n FROM steps",
+    "selections": "SELECT model_id, threshold, step FROM selections ORDER BY 1, 2",
+    "evaluations": "SELECT count(*) AS n FROM evaluations",
+}
+
+
+def snapshot(cluster: Cluster) -> dict[str, list[dict]]:
+    return {name: cluster.query(sql) for name, sql in SNAPSHOT.items()}
+
+
+def celery_app(cluster: Cluster):
+    from worker.celery_app import make_celery
+
+    return make_celery(Settings.from_env(cluster.env))
+
+
+def worker_logs(cluster: Cluster) -> str:
+    return "\n".join(worker.log.read_text() for worker in cluster.workers)
+
+
+def attempts(cluster: Cluster, sweep_id: int) -> list[int]:
+    return [row["attempts"] for row in cluster.query(f"SELECT attempts FROM tasks WHERE sweep_id = {sweep_id}")]
+
+
+def test_forged_and_replayed_messages_change_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_workers(1)
+    sweep_id = cluster.submit(synthetic_sweep(tmp_path, models=1, range_size=61), wait=True)
+    assert_complete(cluster, sweep_id, {"m0"})
+    before = snapshot(cluster)
+    ids = {row["stage"]: row["id"] for row in before["tasks"]}
+    app = celery_app(cluster)
+    forged = [
+        ("badnet_prune.threshold", 987654),  # no such task
+        ("badnet_prune.rank", ids["rank"]),  # a done task, replayed
+        ("badnet_prune.finish", ids["finish"]),  # the sweep's finish, replayed
+        ("badnet_prune.rank", ids["threshold"]),  # a task of another stage under this stage's name
+        ("badnet_prune.threshold", "1; DROP TABLE tasks"),  # not an id at all
+    ]
+    for name, task_id in forged:
+        app.send_task(name, kwargs={"task_id": task_id})
+    deadline = time.monotonic() + 60
+    while worker_logs(cluster).count("message not run") < len(forged) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    logs = worker_logs(cluster)
+    for phrase in ("no task 987654", "already done", "is a threshold task, not rank", "is not an integer"):
+        assert phrase in logs, phrase
+    assert snapshot(cluster) == before, "a forged or replayed message changed stored rows"
+
+
+def test_a_stage_declared_in_the_tests_runs_on_celery_workers(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.extra_env = {"BADNET_PRUNE_STAGE_MODULES": "tests.stages.extra_stage", "PYTHONPATH": str(REPO)}
+    cluster.start_workers(2)
+    sweep_id = cluster.submit(synthetic_sweep(tmp_path, models=2), wait=True)
+    assert_complete(cluster, sweep_id, {"m0", "m1"})
+    rows = cluster.query(f"SELECT model_id, key, state, attempts FROM tasks WHERE sweep_id = {sweep_id} "
+                         "AND stage = 'audit' ORDER BY model_id, key")
+    assert [(row["key"], row["state"], row["attempts"]) for row in rows] == [
+        (key, "done", 1) for _ in range(2) for key in ("0.02", "0.04", "0.1")]
+    selected = cluster.query("SELECT model_id, threshold, step FROM selections")
+    lines = (cluster.folder / "artifacts" / "audit.log").read_text().split("\n")[:-1]
+    assert sorted(lines) == sorted(f"{row['model_id']} {row['threshold']} {row['step']}" for row in selected)
+
+
+def test_resuming_a_running_sweep_sends_nothing(cluster: Cluster, slow_badnet: Path, tmp_path: Path) -> None:
+    cluster.start_workers(1)
+    sweep_id = cluster.submit(slow_sweep(tmp_path, slow_badnet, models=2, range_size=61))
+    wait_running_prune(cluster)
+    for _ in range(2):
+        resumed = cluster.cli_process("sweep", "resume", str(sweep_id))
+        assert "sending 0 task(s) again" in resumed.stderr, resumed.stderr
+    cluster.wait_done(sweep_id, timeout=240)
+    assert_complete(cluster, sweep_id, {"s0", "s1"})
+    assert set(attempts(cluster, sweep_id)) == {1}, "resume sent a task that was queued or running"
+
+
+def test_tasks_lost_with_the_broker_are_found_and_resumed(cluster: Cluster, tmp_path: Path) -> None:
+    sweep_id = cluster.submit(synthetic_sweep(tmp_path, models=2))  # no worker yet: two rank tasks wait in Redis
+    time.sleep(31)  # past the grace in which a queued task may still be on its way to the broker
+    assert cluster.status(sweep_id)["lost_tasks"] == 0, "queued messages the broker holds are not lost"
+    redis_cli("flushdb", db=int(cluster.broker_url.rsplit("/", 1)[1]))  # a restart of a Redis that keeps nothing
+    state = cluster.status(sweep_id)
+    assert state["lost_tasks"] == 2, state
+    assert "no queue holds them" in cluster.cli_process("status", str(sweep_id)).stderr
+    resumed = cluster.cli_process("sweep", "resume", str(sweep_id))
+    assert "sending 2 task(s) again (2 were queued or running but nothing held them)" in resumed.stderr
+    cluster.start_workers(1)
+    cluster.wait_done(sweep_id, timeout=180)
+    assert_complete(cluster, sweep_id, {"m0", "m1"})
+    assert cluster.status(sweep_id)["lost_tasks"] == 0
+
+
+def test_a_task_longer_than_the_visibility_timeout_never_runs_twice(cluster: Cluster, slow_badnet: Path,
+                                                                    tmp_path: Path, record_property) -> None:
+    cluster.extra_env = {"BADNET_PRUNE_VISIBILITY_TIMEOUT": "1"}
+    cluster.start_workers(2)
+    sweep_id = cluster.submit(slow_sweep(tmp_path, slow_badnet, models=2, range_size=61))
+    cluster.wait_done(sweep_id, timeout=300)
+    assert_complete(cluster, sweep_id, {"s0", "s1"})
+    assert cluster.query(DUPLICATES) == []
+    longest = cluster.query(f"SELECT max(seconds) AS s FROM tasks WHERE sweep_id = {sweep_id}")[0]["s"]
+    copies = worker_logs(cluster).count("runs elsewhere")
+    print(f"longest task {longest:.1f}s at a 1 s visibility timeout; {copies} redelivered copies looked again")
+    record_property("redelivered_copies", copies)
+    assert set(attempts(cluster, sweep_id)) == {1}, "a redelivered copy ran beside (or after) its task"
+
+
+def test_a_model_that_fails_in_a_worker_is_a_failed_celery_task(cluster: Cluster, tmp_path: Path) -> None:
+    root = cached_quick_badnet(0)
+    entry = model_entry("m0", root) | {"clean_test": str(tmp_path / "gone.h5")}
+    (tmp_path / "gone.h5").write_bytes((root / "data" / "cl" / "test.h5").read_bytes())
+    sweep_file = write_sweep_toml(tmp_path / "sweep.toml", [entry], range_size=61)
+    sweep_id = cluster.submit(sweep_file)
+    (tmp_path / "gone.h5").unlink()  # registered whole, gone before the threshold stage reads it
+    cluster.start_workers(1)
+    state = cluster.wait_done(sweep_id, timeout=180)
+    assert state["status"] == "failed" and state["models"][0]["status"] == "failed", state
+    assert "StageFailed" in worker_logs(cluster), "Celery should record the task as failed"
