@@ -20,6 +20,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 ARG PIP_EXTRAS=flower
 COPY pyproject.toml README.md /tmp/src/
 COPY badnet_prune/ /tmp/src/badnet_prune/
+COPY pipeline/ /tmp/src/pipeline/
 COPY worker/ /tmp/src/worker/
 COPY orchestrator/ /tmp/src/orchestrator/
 COPY db/ /tmp/src/db/

@@ -65,3 +65,19 @@ def test_dockerignore_keeps_secrets_and_local_state_out(repo):
     assert rules[0] == "*", "the build context is an allow-list"
     allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
     assert not allowed & {".env", ".venv", "data", ".git"}
+
+
+def test_every_package_of_pyproject_reaches_the_image(dockerfile, repo):
+    """A package pyproject.toml installs but the Dockerfile or .dockerignore leaves out breaks the workers
+    only inside the image (ModuleNotFoundError at start): each top-level package is copied and allowed."""
+    with (repo / "pyproject.toml").open("rb") as handle:
+        include = tomllib.load(handle)["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*").rstrip(".") for pattern in include}
+    copied = {source.rstrip("/") for keyword, arguments in dockerfile if keyword == "COPY"
+              for source in arguments.split()[:-1]}
+    rules = (repo / ".dockerignore").read_text().splitlines()
+    allowed = {line[1:].rstrip("/") for line in rules if line.startswith("!")}
+    assert packages <= copied, f"the Dockerfile does not COPY {sorted(packages - copied)}"
+    assert packages <= allowed, f".dockerignore keeps {sorted(packages - allowed)} out of the build context"
+    for package in packages:
+        assert (repo / package / "__init__.py").is_file(), package
