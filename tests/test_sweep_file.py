@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from badnet_prune.errors import BadInputError
 from badnet_prune.names import check_name
 from badnet_prune.thresholds import Threshold
 from orchestrator.sweep_file import parse_sweep, read_sweep_file
+from tests.helpers import run_console_script
 
 
 def model(**changes: object) -> dict:
@@ -125,3 +127,21 @@ def test_broken_files(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("range_size = = 3\n")
     with pytest.raises(BadInputError, match="not valid TOML"):
         read_sweep_file(tmp_path / "bad.toml")
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ('trust_model_code = "false"', "trust_model_code: expected a valid boolean, got 'false'"),
+    ("range_size = 9223372036854775807", "range_size: expected less than or equal to 100000"),
+])
+def test_console_script_refuses_in_one_line_and_runs_nothing(tmp_path: Path, line: str, expected: str) -> None:
+    sweep = tmp_path / "sweep.toml"
+    entry = model(name="../../../../tmp/elsewhere" if "trust" not in line else "m0")
+    sweep.write_text(f"{line}\n[[model]]\n" + "\n".join(f"{key} = {json.dumps(value)}" for key, value in entry.items()
+                                                     if key != "poisoned") + "\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BADNET_PRUNE_")}
+    env |= {"BADNET_PRUNE_DB": str(tmp_path / "db" / "x.db"), "BADNET_PRUNE_CACHE": str(tmp_path / "cache")}
+    done = run_console_script("sweep", str(sweep), env=env, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1 and f"{sweep}: " in lines[0] and expected in lines[0], done.stderr
+    assert "trust" in line or "model #1.name: '../../../../tmp/elsewhere' is not a name" in lines[0]
+    assert not (tmp_path / "db").exists()
