@@ -1,7 +1,7 @@
 """Fixtures for the deployment files: the compose config as compose resolves it, and the Dockerfile.
 
 A tool or service these tests need but cannot find skips them locally and fails them in CI
-(CI=true), where .ci/run installs docker-compose and starts Redis and PostgreSQL: fixtures
+(CI=true), where .ci/run installs Compose v2 and starts Redis and PostgreSQL: fixtures
 `unavailable` and `compose_config` apply that rule. Test modules take everything from fixtures
 (none imports this file), so they work whether or not tests/ becomes a package.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -30,12 +31,17 @@ def skip_or_fail(reason: str) -> NoReturn:
 
 
 def compose_command() -> list[str] | None:
-    """`docker compose` where the plugin works (it needs no engine for `config`), else `docker-compose`."""
-    docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
-        return [docker, "compose"]
-    legacy = shutil.which("docker-compose")
-    return [legacy] if legacy else None
+    """Compose v2.24 or later: `docker compose`, or the plugin deploy/stack-test/install-compose.sh puts in
+    Docker's plugin folder, run on its own (it needs no engine for `config`). Compose v1 (Debian's
+    docker-compose) cannot read docker-compose.yml: `configs.content` and the override's `!reset`."""
+    candidates = [[docker, "compose"]] if (docker := shutil.which("docker")) else []
+    plugin_folders = [Path("/usr/local/lib/docker/cli-plugins"), Path.home() / ".docker" / "cli-plugins"]
+    candidates += [[str(path)] for folder in plugin_folders if (path := folder / "docker-compose").is_file()]
+    for command in candidates:
+        result = subprocess.run([*command, "version", "--short"], capture_output=True, text=True, check=False)
+        if result.returncode == 0 and Version(result.stdout.strip().removeprefix("v")) >= Version("2.24"):
+            return command
+    return None
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -64,21 +70,22 @@ def env_example() -> dict[str, str]:
     return read_env_file(ENV_EXAMPLE)
 
 
-@pytest.fixture(scope="session")
-def compose_config() -> dict[str, Any]:
-    """docker-compose.yml resolved by compose itself with .env.example, as a dict."""
+def resolve_compose(*overrides: Path) -> dict[str, Any]:
+    """docker-compose.yml (and `overrides` on top of it) resolved by compose itself with .env.example."""
     try:
         import yaml
     except ImportError:
-        skip_or_fail("PyYAML is not installed: it parses `docker-compose config` (add pyyaml to the test extra)")
+        skip_or_fail("PyYAML is not installed: it parses `docker compose config` (add pyyaml to the test extra)")
     command = compose_command()
     if command is None:
-        skip_or_fail("neither `docker compose` nor docker-compose is installed (apt-get install docker-compose)")
+        skip_or_fail("Compose v2.24 or later is not installed (deploy/stack-test/install-compose.sh installs it)")
     # Only PATH and HOME: any other variable of the caller's shell (POSTGRES_PASSWORD, TF_VERSION...)
     # would override .env.example in the interpolation.
     env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": os.environ.get("HOME", str(REPO))}
+    files = [argument for path in (COMPOSE_FILE, *overrides) for argument in ("-f", str(path))]
+    files += ["--profile", "*"]  # the orchestrator too, which is in a profile
     result = subprocess.run(
-        [*command, "--env-file", str(ENV_EXAMPLE), "--project-directory", str(REPO), "-f", str(COMPOSE_FILE), "config"],
+        [*command, "--env-file", str(ENV_EXAMPLE), "--project-directory", str(REPO), *files, "config"],
         capture_output=True,
         text=True,
         env=env,
@@ -87,6 +94,18 @@ def compose_config() -> dict[str, Any]:
     )
     assert result.returncode == 0, f"{' '.join(command)} config failed:\n{result.stderr}"
     return yaml.safe_load(result.stdout)
+
+
+@pytest.fixture(scope="session")
+def compose_config() -> dict[str, Any]:
+    """docker-compose.yml resolved by compose itself with .env.example, as a dict."""
+    return resolve_compose()
+
+
+@pytest.fixture(scope="session")
+def cpu_compose_config() -> dict[str, Any]:
+    """docker-compose.yml with the stack test's CPU override (deploy/stack-test/compose.cpu.yml) on top."""
+    return resolve_compose(REPO / "deploy" / "stack-test" / "compose.cpu.yml")
 
 
 def parse_dockerfile(path: Path) -> list[tuple[str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import tomllib
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,13 +59,16 @@ def test_compose_config(compose_config, env_example, repo):
     assert worker["entrypoint"][-1] == "badnet-prune" and worker["command"][0] == "worker"
     assert "container_name" not in worker, "a fixed container name would prevent --scale worker=N"
 
-    # Redis: password, append-only persistence on a named volume, a healthcheck that authenticates.
+    # Redis: password and append-only persistence from its config file, data on a named volume, a healthcheck
+    # that authenticates. The password is on no command line (`ps`, `docker inspect`) and in no variable.
     command = [str(part) for part in redis["command"]]
-    assert command[command.index("--appendonly") + 1] == "yes"
-    assert command[command.index("--requirepass") + 1] == env_example["REDIS_PASSWORD"]
-    assert mounts(redis)["/data"]["type"] == "volume"
-    assert "redis-cli" in healthcheck_test(redis)
-    assert redis["environment"]["REDISCLI_AUTH"] == env_example["REDIS_PASSWORD"]
+    config = next(item for item in redis["configs"] if item["target"] == command[-1])
+    settings = dict(line.split(" ", 1) for line in compose_config["configs"][config["source"]]["content"].splitlines())
+    assert settings["requirepass"] == env_example["REDIS_PASSWORD"] and settings["appendonly"] == "yes"
+    assert settings["dir"] == "/data" and mounts(redis)["/data"]["type"] == "volume"
+    assert env_example["REDIS_PASSWORD"] not in " ".join(command) + " ".join(redis.get("environment") or {})
+    assert env_example["REDIS_PASSWORD"] not in str(redis.get("environment") or {})
+    assert "redis-cli" in healthcheck_test(redis) and command[-1] in healthcheck_test(redis)
 
     # PostgreSQL: data on a named volume, pg_isready healthcheck.
     assert mounts(postgres)["/var/lib/postgresql/data"]["type"] == "volume"
@@ -73,7 +77,10 @@ def test_compose_config(compose_config, env_example, repo):
     for name in ("redis", "postgres"):
         assert not services[name].get("ports"), f"{name} must stay on the project's network"
 
-    # Start order: healthy services, and a migration that finished before anything uses the schema.
+    # Start order: the password check first, healthy services, and a migration that finished before anything
+    # uses the schema.
+    for name in ("redis", "postgres"):
+        assert depends_on(services[name]) == {"preflight": "service_completed_successfully"}
     assert depends_on(services["migrate"]) == {"postgres": "service_healthy"}
     assert services["migrate"]["command"] == ["migrate"]
     for name in ("worker", "orchestrator"):
@@ -138,3 +145,66 @@ def test_env_example_documents_every_setting(env_example, repo):
             while above >= 0 and "=" in lines[above] and not lines[above].startswith("#"):
                 above -= 1
             assert above >= 0 and lines[above].startswith("#"), f"{line.split('=')[0]} has no comment"
+
+
+APPLICATION_SERVICES = ("preflight", "migrate", "worker", "flower", "orchestrator")
+
+
+def test_application_services_are_hardened(compose_config):
+    """No privilege escalation, no capabilities, a read-only root filesystem with a private /tmp."""
+    for name in APPLICATION_SERVICES:
+        service = compose_config["services"][name]
+        assert service["security_opt"] == ["no-new-privileges:true"], name
+        assert service["cap_drop"] == ["ALL"] and not service.get("cap_add"), name
+        assert service["read_only"] is True, name
+        assert any(str(entry).split(":")[0] == "/tmp" for entry in service["tmpfs"]), name
+        assert not service.get("privileged"), name
+
+
+def test_every_service_waits_for_the_password_check(compose_config):
+    services = compose_config["services"]
+
+    def waits_for_preflight(name: str) -> bool:
+        needed = depends_on(services[name])
+        return needed.get("preflight") == "service_completed_successfully" or any(map(waits_for_preflight, needed))
+
+    assert not depends_on(services["preflight"]) and services["preflight"]["restart"] == "no"
+    assert all(waits_for_preflight(name) for name in services.keys() - {"preflight"})
+
+
+def run_preflight(compose_config, passwords: dict[str, str]) -> subprocess.CompletedProcess:
+    """The preflight service's shell script, run here by sh with `passwords` as its environment."""
+    preflight = compose_config["services"]["preflight"]
+    assert preflight["entrypoint"] == ["/bin/sh", "-c"]
+    script = preflight["command"][0].replace("$$", "$")  # compose prints $$ for a literal $
+    assert preflight["environment"].keys() == passwords.keys()
+    return subprocess.run(["/bin/sh", "-c", script], env=passwords, capture_output=True, text=True, check=False)
+
+
+def test_preflight_refuses_the_placeholder_passwords_with_one_line(compose_config, env_example):
+    """The attacker's test: .env.example copied as it is (or a password left empty) must not start anything."""
+    names = ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "FLOWER_PASSWORD")
+    assert all(env_example[name].startswith("change-me") for name in names)
+    assert compose_config["services"]["preflight"]["environment"] == {name: env_example[name] for name in names}
+    fresh = {name: f"{index}f3a9c0d7e1b2" for index, name in enumerate(names)}
+
+    result = run_preflight(compose_config, fresh)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    for name in names:
+        for value in (env_example[name], "change-me", ""):
+            result = run_preflight(compose_config, fresh | {name: value})
+            assert result.returncode == 1, (name, value)
+            assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"preflight: {name} in .env "), result
+            assert "placeholder" in result.stderr and not result.stdout
+
+
+def test_cpu_override_removes_only_the_gpu_reservation(compose_config, cpu_compose_config):
+    """deploy/stack-test/compose.cpu.yml, the override the README gives for a machine without GPUs."""
+    cpu_worker = dict(cpu_compose_config["services"]["worker"])
+    assert "deploy" not in cpu_worker
+    gpu_worker = dict(compose_config["services"]["worker"])
+    gpu_worker.pop("deploy")
+    assert cpu_worker == gpu_worker
+    assert {name: cpu_compose_config["services"][name] for name in compose_config["services"].keys() - {"worker"}} == {
+        name: compose_config["services"][name] for name in compose_config["services"].keys() - {"worker"}
+    }
