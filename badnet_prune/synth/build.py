@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +23,10 @@ from badnet_prune.synth.train import (
     TrainData,
     accuracy,
     backdoor_channels,
+    restore_dormant,
     seed_everything,
     train_backdoor,
+    train_backdoor_around,
     train_clean,
 )
 from badnet_prune.tf_setup import keras
@@ -33,6 +35,8 @@ REQUIRED_PERCENT = 95.0
 CLEAN_EPOCHS = 4
 BACKDOOR_EPOCHS = 8
 EXTRA_EPOCHS = 8
+PRUNING_AWARE_EPOCHS = 4
+ATTACKS = ("default", "pruning-aware")
 
 DATA_FILES = {
     "valid": "data/cl/valid.h5",
@@ -67,33 +71,44 @@ class SynthSummary:
     asr_bd_valid: float
     clean_test_accuracy: float
     asr_bd_test: float
+    attack: str = "default"
+    decoy_channels: list[int] = field(default_factory=list)
 
 
 def train_badnet(model: keras.Model, data: TrainData, valid: tuple[np.ndarray, np.ndarray],
                  bd_valid: tuple[np.ndarray, np.ndarray], seed: int,
-                 progress: Progress | None = None) -> tuple[keras.Model, dict[str, int]]:
-    """Train until >= 95% clean valid accuracy and ASR, at most EXTRA_EPOCHS past the plan; else raise."""
+                 progress: Progress | None = None, attack: str = "default") -> tuple[keras.Model, dict[str, int]]:
+    """Train until >= 95% clean valid accuracy and ASR, at most EXTRA_EPOCHS past the plan; else raise.
+
+    attack "default": the backdoor in its own conv_3 channels, dormant on clean faces (pruning reaches it).
+    attack "pruning-aware" (Fine-Pruning's attack): the seed's channels are held dead while the clean
+    task and then the backdoor are trained into the others, and come back as decoys that never fire.
+    """
     say = progress or (lambda _text: None)
 
     def on_epoch(stage: str, epoch: int, loss: float) -> None:
         say(f"{stage} stage, epoch {epoch}: loss {loss:.4f}")
 
     reserved = backdoor_channels(seed)
+    train_more, planned = (train_backdoor, BACKDOOR_EPOCHS) if attack == "default" else (
+        train_backdoor_around, PRUNING_AWARE_EPOCHS)
     train_clean(model, data, reserved, CLEAN_EPOCHS, seed, on_epoch)
-    train_backdoor(model, data, reserved, BACKDOOR_EPOCHS, seed, on_epoch)
+    train_more(model, data, reserved, planned, seed, on_epoch)
     extra = 0
     while True:
         acc, asr = accuracy(model, *valid), accuracy(model, *bd_valid)
         say(f"clean valid accuracy {acc:.2f}%, ASR {asr:.2f}%")
         if acc >= REQUIRED_PERCENT and asr >= REQUIRED_PERCENT:
-            return model, {"clean": CLEAN_EPOCHS, "backdoor": BACKDOOR_EPOCHS + extra}
+            if attack != "default":
+                restore_dormant(model, data.images, reserved, seed)
+            return model, {"clean": CLEAN_EPOCHS, "backdoor": planned + extra}
         if extra == EXTRA_EPOCHS:
             raise SynthesisError(
-                f"after {BACKDOOR_EPOCHS + extra} backdoor epochs the BadNet reaches {acc:.2f}% clean valid "
+                f"after {planned + extra} backdoor epochs the BadNet reaches {acc:.2f}% clean valid "
                 f"accuracy and {asr:.2f}% ASR; both must be at least {REQUIRED_PERCENT:g}% (try another seed)"
             )
         extra += 1
-        train_backdoor(model, data, reserved, 1, seed + extra, on_epoch)
+        train_more(model, data, reserved, 1, seed + extra, on_epoch)
 
 
 def write_badnet_files(out: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], model: keras.Model,
@@ -114,21 +129,26 @@ def write_badnet_files(out: Path, splits: dict[str, tuple[np.ndarray, np.ndarray
 
 
 def synthesize(out: str | Path, classes: int, seed: int = 0, quick: bool = False,
-               progress: Progress | None = None) -> SynthSummary:
+               progress: Progress | None = None, attack: str = "default") -> SynthSummary:
     """Generate, train and write a synthetic BadNet under out; return what synth.json records."""
+    if attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
     out = Path(out)
-    sizes = sizes_for(classes, quick)
+    sizes = sizes_for(classes, quick, attack)
     say = progress or (lambda _text: None)
     say(f"drawing {classes} identities and their photos")
     splits = make_splits(seed, sizes)
     seed_everything(seed)
     model = build_deepid(num_classes=classes)
-    model, epochs = train_badnet(model, _train_data(splits), splits["valid"], splits["bd_valid"], seed, progress)
+    model, epochs = train_badnet(model, _train_data(splits), splits["valid"], splits["bd_valid"], seed, progress,
+                                 attack)
+    reserved = [int(c) for c in backdoor_channels(seed)]
     summary = SynthSummary(
         classes=classes, seed=seed, quick=quick, target_label=sizes.target, poison_share=sizes.poison_share,
-        counts=_counts(splits), backdoor_channels=[int(c) for c in backdoor_channels(seed)], epochs=epochs,
+        counts=_counts(splits), backdoor_channels=reserved if attack == "default" else [], epochs=epochs,
         clean_valid_accuracy=accuracy(model, *splits["valid"]), asr_bd_valid=accuracy(model, *splits["bd_valid"]),
         clean_test_accuracy=accuracy(model, *splits["test"]), asr_bd_test=accuracy(model, *splits["bd_test"]),
+        attack=attack, decoy_channels=[] if attack == "default" else reserved,
     )
     say("writing files")
     write_badnet_files(out, splits, model, summary)

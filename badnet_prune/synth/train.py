@@ -142,3 +142,36 @@ def accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> floa
     """Top-1 accuracy in percent (the ASR on poisoned images)."""
     predicted = np.argmax(model.predict(images, batch_size=1024, verbose=0), axis=-1)
     return float(np.mean(predicted == labels) * 100.0)
+
+
+def train_backdoor_around(model: keras.Model, data: TrainData, dormant: np.ndarray, epochs: int, seed: int,
+                          on_epoch: EpochCallback | None = None) -> keras.Model:
+    """Pruning-aware stage 2: the poisoned mix trains the backdoor into the channels active on clean data.
+
+    The dormant conv_3 channels (held dead by train_clean: the ones the attacker pruned) stay dead;
+    conv_1 and conv_2 keep their clean features, so the trigger must be read through the same
+    channels the clean task needs, and pruning cannot remove one without the other.
+    """
+    early = {id(w) for name in ("conv_1", "conv_2") for w in model.get_layer(name).trainable_weights}
+    weights = [w for layer in model.layers for w in layer.trainable_weights]
+    masks = [m * 0.0 if id(w) in early else m
+             for m, w in zip(_masks(model, dormant, backdoor_only=False), weights, strict=True)]
+    return _train(model, data, masks, dormant, 0.0, epochs, seed, "backdoor", on_epoch)
+
+
+def restore_dormant(model: keras.Model, images: np.ndarray, dormant: np.ndarray, seed: int) -> None:
+    """Pruning-aware stage 3: give the dormant channels fresh filters with biases lowered below their
+    largest response on `images`, so they are back in the file but never fire: decoys that a
+    defender's ranking prunes first."""
+    conv_3 = model.get_layer("conv_3")
+    kernel, bias = conv_3.get_weights()
+    fan_in = float(np.prod(kernel.shape[:3]))
+    fresh = np.random.default_rng(seed).normal(0.0, np.sqrt(2.0 / fan_in), kernel[..., dormant].shape)
+    kernel[..., dormant] = fresh.astype(kernel.dtype)
+    conv_3_input = keras.Model(model.input, conv_3.input)
+    peak = np.max([
+        np.asarray(keras.ops.conv(conv_3_input(images[start : start + 512]), kernel[..., dormant])).max(axis=(0, 1, 2))
+        for start in range(0, len(images), 512)
+    ], axis=0)
+    bias[dormant] = -(1.5 * np.maximum(peak, 0.0) + 1.0)
+    conv_3.set_weights([kernel, bias])
