@@ -61,6 +61,7 @@ class _View:
         self.status = "pending"
         self.ended = False
         self._last: tuple | None = None
+        self._said_failed: set[int] = set()
         self._last_draw = 0.0
         self._progress = Progress(
             TextColumn(f"sweep {sweep_id}"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
@@ -108,8 +109,10 @@ class _View:
             self._live.update(Group(self._progress, self._details), refresh=True)
         elif changed:
             self.console.print(f"sweep {self.sweep_id}: {done}/{total} tasks; models: {summary}; {overview.status}")
-            for _, name, _, error, _ in _failed(overview.models):
-                self.console.print(f"model {name} failed: {error}", soft_wrap=True, markup=False)
+            for model_id, name, _, error, _ in _failed(overview.models):
+                if model_id not in self._said_failed:
+                    self._said_failed.add(model_id)
+                    self.console.print(f"model {name} failed: {error}", soft_wrap=True, markup=False)
         return changed
 
 
