@@ -112,5 +112,60 @@ def test_synth_help():
     cli = Path(sys.executable).parent / "badnet-prune"
     result = subprocess.run([str(cli), "synth", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    for option in ("--classes", "--seed", "--quick", "OUT"):
+    for option in ("--classes", "--seed", "--quick", "--attack", "OUT"):
         assert option in result.stdout
+
+
+def test_synth_refuses_an_unknown_attack_in_one_line(tmp_path: Path):
+    from tests.helpers import run_console_script
+
+    result = run_console_script("synth", str(tmp_path / "out"), "--attack", "pruning_aware", timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --attack: 'pruning_aware' is unknown; choose one of default, pruning-aware"
+    assert not (tmp_path / "out").exists()
+
+
+def test_pruning_aware_badnet_records_its_attack_and_keeps_its_decoys_dormant():
+    from badnet_prune.activations import channel_means, cut_activations, rank_activation_batches
+    from badnet_prune.inference import compiled_forward
+    from badnet_prune.network_split import split_network
+    from badnet_prune.ranking import rank_channels
+    from tests.test_fine_tuning import cached_pruning_aware_badnet, read_badnet
+
+    root = cached_pruning_aware_badnet()
+    summary = json.loads((root / "synth.json").read_text())
+    assert summary["attack"] == "pruning-aware" and summary["backdoor_channels"] == []
+    assert summary["counts"]["valid"] == 1000  # 100 photos per identity: the defender fine-tunes on them
+    assert summary["clean_valid_accuracy"] >= 95.0 and summary["asr_bd_valid"] >= 95.0
+    decoys = summary["decoy_channels"]
+    assert len(decoys) == 12
+    model, data = read_badnet(root)
+    split = split_network(model)
+    head = compiled_forward(split.head)
+    for key in ("valid", "bd_valid"):
+        cut = cut_activations(head, [data[key][0]], 1.0)
+        means = channel_means(rank_activation_batches(split, cut))
+        assert not means[decoys].any(), f"a decoy fires on {key}"
+        if key == "valid":  # the ranking prunes them before any channel that clean faces use
+            dormant = rank_channels(means)[: np.count_nonzero(means == 0)]
+            assert set(decoys) <= set(dormant.tolist()) and len(dormant) < 60
+    kernel = model.get_layer("conv_3").get_weights()[0]
+    assert all(kernel[..., c].any() for c in decoys), "decoys are restored filters, not zeros"
+
+
+def test_pruning_alone_leaves_the_pruning_aware_backdoor_at_the_10_percent_threshold():
+    from badnet_prune.inference import accuracy_percent, compiled_forward, predict_labels
+    from badnet_prune.pruned_model import build_pruned_model
+    from tests.test_fine_tuning import cached_pruning_aware_badnet, defense_steps, read_badnet
+
+    model, data = read_badnet(cached_pruning_aware_badnet())
+    order, selected = defense_steps(model, data)
+    assert selected[0.10] is not None
+    b_prime = build_pruned_model(model, "conv_3", order[: selected[0.10]])
+    forward = compiled_forward(b_prime)
+    for key in ("bd_valid", "bd_test"):
+        asr = accuracy_percent(predict_labels(forward, [data[key][0]]), data[key][1])
+        assert asr >= 50.0, f"{key}: ASR {asr:.2f}% after pruning {selected[0.10]} channels (the 10% step)"
+    clean = accuracy_percent(predict_labels(forward, [data["valid"][0]]), data["valid"][1])
+    clean_b = accuracy_percent(predict_labels(compiled_forward(model), [data["valid"][0]]), data["valid"][1])
+    assert clean_b - clean >= 0.10 * clean_b  # it is the 10% step: clean accuracy paid for it
