@@ -6,8 +6,7 @@ unless the user trusts it, because loading it would run that code.
 
 from __future__ import annotations
 
-import json
-import zipfile
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,27 +16,54 @@ import numpy as np
 
 from badnet_prune.architecture import build_deepid
 from badnet_prune.errors import BadInputError
+from badnet_prune.model_inspect import (
+    HDF5_SUFFIXES,
+    KERAS_SUFFIXES,
+    model_file_kind,
+    read_model_config,
+    weight_names,
+)
 from badnet_prune.tf_setup import keras
 
 TRUST_HINT = "pass --trust-model-code only if you trust whoever made this file"
-CODE_CLASSES = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
+CODE_CLASSES = {"Lambda", "TFOpLambda", "SlicingOpLambda", "TFSMLayer", "__lambda__"}
+# Modules a serialized Keras object may name: Keras's own layers and their parts, nothing that loads,
+# saves, configures or runs things (keras.models.load_model, keras.config.enable_unsafe_deserialization,
+# keras.utils, keras.ops ... are the gadgets of CVE-2025-1550, CVE-2025-8747 and CVE-2025-9906).
+ALLOWED_MODULES = ("keras.layers", "keras.initializers", "keras.regularizers", "keras.constraints",
+                   "keras.activations", "keras.dtype_policies", "keras.src.models.functional",
+                   "keras.src.models.sequential")
+# Keras's tensor operations, which a functional graph built with keras.ops serializes as layers.
+OPS_MODULES = ("keras.src.ops.",)
+# Words that, anywhere in a config, mean it tries to switch Keras's safe mode off while it is read.
+UNSAFE_WORDS = ("safe_mode", "unsafe_deserialization")
+# Layer sizes a config may declare before Keras builds (and allocates) the layer from it.
+SIZE_KEYS = frozenset({"units", "filters", "kernel_size", "pool_size", "strides", "dilation_rate", "batch_shape",
+                       "batch_input_shape", "input_shape", "shape", "input_dim", "output_dim", "target_shape",
+                       "size", "depth_multiplier"})
+MAX_LAYER_SIZE = 1 << 16
+MAX_CLASSES = 1 << 16
 
 
 def load_model(path: str | Path, *, trust_code: bool = False) -> keras.Model:
-    """Load a BadNet from a full model file or a weights-only HDF5 file (DeepID layer names)."""
+    """Load a BadNet from a full model file or a weights-only HDF5 file (DeepID layer names).
+
+    Every structural check (model_inspect.read_model_config) and the refusal of code come before
+    Keras reads the file, so they do not depend on Keras's own safe mode, which has had bypasses.
+    """
     path = Path(path)
-    if not path.exists():
-        raise BadInputError(path, "no such model file")
-    if zipfile.is_zipfile(path):
-        config = _keras_archive_config(path)
-    elif h5py.is_hdf5(path):
-        config = _hdf5_model_config(path)
-        if config is None:
-            return load_weights_only(path)
-    else:
-        raise BadInputError(path, "not a Keras model: expected an HDF5 (.h5) file or a .keras archive")
+    kind = model_file_kind(path)
+    config = read_model_config(path, kind)
+    if config is None:
+        return load_weights_only(path)
+    suffixes = KERAS_SUFFIXES if kind == "keras" else HDF5_SUFFIXES
+    if path.suffix.lower() not in suffixes:
+        # Keras picks its loader by the file name: make it the one whose file was checked here.
+        raise BadInputError(path, f"is a {'.keras archive' if kind == 'keras' else 'HDF5 model'} named "
+                                  f"{path.suffix or 'without a suffix'}; name it {' or '.join(suffixes)}")
     if not trust_code:
-        _refuse_code(path, config)
+        refuse_code(path, config)
+    _check_sizes(path, config)
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=not trust_code)
     except Exception as error:
@@ -51,53 +77,77 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
-def _keras_archive_config(path: Path) -> dict[str, Any]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read("config.json"))
-    except (KeyError, zipfile.BadZipFile, json.JSONDecodeError) as error:
-        raise BadInputError(path, f"not a valid .keras archive ({_first_line(error)})") from error
-
-
-def _hdf5_model_config(path: Path) -> dict[str, Any] | None:
-    """The architecture stored in a full legacy HDF5 model, or None for a weights-only file."""
-    try:
-        with h5py.File(path, "r") as handle:
-            raw = handle.attrs.get("model_config")
-            if raw is None:
-                if "layer_names" not in handle.attrs and "model_weights" not in handle:
-                    raise BadInputError(path, "HDF5 file holds neither a Keras model nor Keras weights")
-                return None
-    except BadInputError:
-        raise
-    except (OSError, ValueError) as error:
-        raise BadInputError(path, f"unreadable or truncated HDF5 file ({_first_line(error)})") from error
-    text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-    return json.loads(text)
-
-
-def _layer_classes(config: Any) -> Iterator[tuple[str, str]]:
-    """Every (class_name, module) a serialized config names; module is '' in legacy HDF5 configs."""
+def _objects(config: Any) -> Iterator[dict[str, Any]]:
+    """Every serialized object (a dict with a class_name) in a config, depth first."""
     if isinstance(config, dict):
-        if "class_name" in config and isinstance(config["class_name"], str):
-            yield config["class_name"], str(config.get("module") or "")
+        if isinstance(config.get("class_name"), str):
+            yield config
         for value in config.values():
-            yield from _layer_classes(value)
+            yield from _objects(value)
     elif isinstance(config, list):
         for item in config:
-            yield from _layer_classes(item)
+            yield from _objects(item)
 
 
-def _refuse_code(path: Path, config: dict[str, Any]) -> None:
-    for class_name, module in _layer_classes(config):
+def _strings(config: Any) -> Iterator[str]:
+    """Every key and string value of a config."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            yield str(key)
+            yield from _strings(value)
+    elif isinstance(config, list):
+        for item in config:
+            yield from _strings(item)
+    elif isinstance(config, str):
+        yield config
+
+
+def refuse_code(path: Path, config: dict[str, Any]) -> None:
+    """Refuse a config that names anything but Keras's own layers and their parts: loading it could run code."""
+    for word in _strings(config):
+        if any(unsafe in word.lower() for unsafe in UNSAFE_WORDS):
+            raise BadInputError(path, f"its config mentions {word[:60]!r}, an attempt to turn Keras's safe mode "
+                                      f"off while loading; refused: {TRUST_HINT}")
+    for item in _objects(config):
+        class_name, module = item["class_name"], str(item.get("module") or "")
+        registered = item.get("registered_name")
         if class_name in CODE_CLASSES:
             raise BadInputError(
                 path, f"carries code (a {class_name} layer) that loading would execute; refused: {TRUST_HINT}"
             )
-        if not (module == "keras" or module.startswith("keras.") or _is_builtin_keras_class(class_name)):
+        if class_name == "function":
+            _refuse_function(path, item, module)
+            continue
+        if module.startswith(OPS_MODULES):
+            _refuse_unknown_operation(path, module, class_name)
+            continue
+        if module and not (module == "keras" or module.startswith(ALLOWED_MODULES)):
+            raise BadInputError(path, f"names {module}.{class_name}, which is not one of Keras's layers or their "
+                                      f"parts; refused: {TRUST_HINT}")
+        if (registered not in (None, class_name)) or not _is_builtin_keras_class(class_name):
             raise BadInputError(
                 path, f"uses the custom class {class_name!r}, whose code is not part of Keras; refused: {TRUST_HINT}"
             )
+
+
+def _refuse_unknown_operation(path: Path, module: str, class_name: str) -> None:
+    """keras.ops operations in a functional graph (Argmax, Equal, Cast ... as in the repaired net G) are
+    tensor arithmetic, not code: allowed when the class is one of that Keras module's Operation classes.
+    Only modules Keras itself has imported are looked at, so a config cannot make anything import."""
+    found = getattr(sys.modules.get(module), class_name, None)
+    if not (isinstance(found, type) and issubclass(found, keras.Operation)):
+        raise BadInputError(path, f"names {module}.{class_name}, which is not one of Keras's operations; "
+                                  f"refused: {TRUST_HINT}")
+
+
+def _refuse_function(path: Path, item: dict[str, Any], module: str) -> None:
+    """A serialized function is allowed only if it is one of Keras's activations, by name."""
+    name = item.get("config")
+    if module in ("keras.activations", "keras.src.activations.activations") and isinstance(name, str) \
+            and not name.startswith("_") and callable(getattr(keras.activations, name, None)):
+        return
+    raise BadInputError(path, f"names the function {module or '?'}.{name}, which loading would call; "
+                              f"refused: {TRUST_HINT}")
 
 
 KERAS_MODULES = (
@@ -107,48 +157,95 @@ KERAS_MODULES = (
 # Keras-internal markers of serialized tensors and arrays: data, not code.
 CONTAINER_CLASSES = {
     "Functional", "Sequential", "Model", "InputLayer", "DTypePolicy", "__tensor__", "__numpy__", "__keras_tensor__",
+    "__bytes__", "__typespec__", "__ellipsis__", "__slice__",
 }
 
 
 def _is_builtin_keras_class(class_name: str) -> bool:
-    if class_name in CONTAINER_CLASSES or "." in class_name:
+    if class_name in CONTAINER_CLASSES:
         return True
-    return any(hasattr(module, class_name) for module in KERAS_MODULES)
+    if class_name.startswith("_") or class_name in CODE_CLASSES:
+        return False
+    return any(isinstance(getattr(module, class_name, None), type) for module in KERAS_MODULES)
+
+
+def _check_sizes(path: Path, config: dict[str, Any]) -> None:
+    """Refuse layer sizes that would make Keras allocate more than any BadNet before a weight is read."""
+
+    def sizes(value: Any) -> Iterator[Any]:
+        if isinstance(value, list):
+            for item in value:
+                yield from sizes(item)
+        elif value is not None:
+            yield value
+
+    for item in _objects(config):
+        parts = (item, item.get("config"), item.get("build_config"))
+        for layer in (part for part in parts if isinstance(part, dict)):
+            for key in SIZE_KEYS & set(layer):
+                for size in sizes(layer[key]):
+                    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_LAYER_SIZE:
+                        raise BadInputError(path, f"layer {_name(item)!r} declares {key} = {layer[key]!r}; expected "
+                                                  f"sizes from 0 to {MAX_LAYER_SIZE}")
+
+
+def _name(item: dict[str, Any]) -> str:
+    inner = item.get("config")
+    return str(inner.get("name") if isinstance(inner, dict) and "name" in inner else item.get("class_name"))
 
 
 def load_weights_only(path: Path) -> keras.Model:
-    """Build DeepID and fill it from a Keras 2 weights file, layer by layer, by name."""
+    """Build DeepID and fill it from a Keras 2 weights file, layer by layer, by name.
+
+    Each weight's declared shape is compared with the architecture's before it is read, so a
+    kernel declared as (160, 2**42) is refused without being allocated.
+    """
     try:
         with h5py.File(path, "r") as handle:
             group = handle.get("model_weights", handle)
-            output_kernel = _layer_weights(path, group, "output")[0]
-            model = build_deepid(num_classes=int(output_kernel.shape[-1]))
+            if not isinstance(group, h5py.Group):
+                raise BadInputError(path, "`model_weights` is not a group of layers")
+            output_kernel = _layer_datasets(path, group, "output")[0]
+            shape = tuple(output_kernel.shape)
+            if len(shape) != 2 or shape[0] != 160 or not 1 <= shape[1] <= MAX_CLASSES:
+                raise BadInputError(path, f"layer 'output' has a kernel of shape {shape}, the DeepID architecture "
+                                          f"needs (160, classes) with 1 to {MAX_CLASSES} classes")
+            model = build_deepid(num_classes=int(shape[1]))
             for layer in model.layers:
                 if not layer.weights:
                     continue
-                values = _layer_weights(path, group, layer.name)
+                datasets = _layer_datasets(path, group, layer.name)
                 expected = [tuple(w.shape) for w in layer.weights]
-                if [v.shape for v in values] != expected:
+                declared = [tuple(d.shape) for d in datasets]
+                if declared != expected:
                     raise BadInputError(
-                        path, f"layer {layer.name!r} has weights of shapes {[v.shape for v in values]}, "
+                        path, f"layer {layer.name!r} has weights of shapes {declared}, "
                         f"the DeepID architecture needs {expected}"
                     )
-                layer.set_weights(values)
+                layer.set_weights([np.asarray(d) for d in datasets])
     except BadInputError:
         raise
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
         raise BadInputError(path, f"unreadable weights file ({_first_line(error)})") from error
     return model
 
 
-def _layer_weights(path: Path, group: h5py.Group, layer_name: str) -> list[np.ndarray]:
-    if layer_name not in group:
+def _layer_datasets(path: Path, group: h5py.Group, layer_name: str) -> list[h5py.Dataset]:
+    """The weight datasets of one layer, in Keras's order, unread."""
+    layer_group = group.get(layer_name)
+    if not isinstance(layer_group, h5py.Group):
         raise BadInputError(path, f"weights file has no layer {layer_name!r} (DeepID layer names expected)")
-    layer_group = group[layer_name]
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in layer_group.attrs.get("weight_names", [])]
+    names = weight_names(path, layer_group, layer_name)
     if not names:
         raise BadInputError(path, f"layer {layer_name!r} in the weights file holds no weights")
-    return [np.asarray(layer_group[name]) for name in names]
+    datasets = []
+    for name in names:
+        dataset = layer_group.get(name)
+        if not isinstance(dataset, h5py.Dataset) or dataset.dtype.kind != "f":
+            raise BadInputError(path, f"layer {layer_name!r} names the weight {name!r}, which is not a dataset "
+                                      "of floats")
+        datasets.append(dataset)
+    return datasets
 
 
 def save_legacy_weights(model: keras.Model, path: str | Path) -> None:
