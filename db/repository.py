@@ -109,11 +109,6 @@ def finish_sweep(session: Session, sweep_id: int) -> str:
     return status
 
 
-def delete_sweep(session: Session, sweep_id: int) -> bool:
-    """Delete a sweep and, by cascade in the database, everything below it."""
-    return session.execute(delete(Sweep).where(Sweep.id == sweep_id)).rowcount == 1  # type: ignore[attr-defined]
-
-
 def upsert_data_file(session: Session, path: str | Path, sha256: str, image_count: int) -> int:
     """The id of the data file with this absolute path and contents, recording it if new."""
     statement = upsert_statement(session, DataFile, key=["path", "sha256"], update=["image_count"])

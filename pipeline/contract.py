@@ -128,13 +128,6 @@ def register(stage: Stage[ArgumentsT]) -> Stage[ArgumentsT]:
     return stage
 
 
-def unregister(name: str) -> None:
-    """Remove a stage (for a test that declared one of its own)."""
-    if any(name in stage.after for stage in _registry.values()):
-        raise ValueError(f"stage {name!r} is waited for by another stage")
-    _registry.pop(name, None)
-
-
 def stages(scope: Scope | None = None) -> list[Stage[Any]]:
     """Every declared stage: model stages in declaration order (a topological order), then sweep stages."""
     _load_builtin()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -21,7 +21,7 @@ from db.models import (
     Sweep,
     Task,
 )
-from db.repository import add_model, delete_sweep
+from db.repository import add_model
 from db.results import (
     StepRow,
     StoredStep,
@@ -187,13 +187,13 @@ def test_deleting_a_sweep_deletes_everything_below_it(session: Session, sweep_id
     below = (Model, ModelData, Task, Ranking, Step, StepAsr, Selection, Evaluation, Artifact)
     assert all(count(session, table) > 0 for table in below)
 
-    assert delete_sweep(session, sweep_id)
+    assert session.execute(delete(Sweep).where(Sweep.id == sweep_id)).rowcount == 1
     session.commit()
     assert {table.__tablename__: count(session, table) for table in (Sweep, *below)} == dict.fromkeys(
         [table.__tablename__ for table in (Sweep, *below)], 0
     )
     assert count(session, DataFile) == 2  # data files are shared between sweeps: kept
-    assert not delete_sweep(session, sweep_id)
+    assert session.execute(delete(Sweep).where(Sweep.id == sweep_id)).rowcount == 0
 
 
 def test_deleting_a_step_deletes_its_asr(session: Session, model_id: int) -> None:

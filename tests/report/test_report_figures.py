@@ -24,14 +24,24 @@ def _database(engine: Engine, sweep_id: int):
         )
 
 
+def _dataset(evaluation) -> str:
+    """The report's name of a test set: 'clean', or the poisoned set's name."""
+    return "clean" if evaluation.role == "clean_test" else evaluation.poison_name
+
+
+def _value(key: str) -> float:
+    """A stored threshold key as the number the report prints (B's empty key: 0)."""
+    return float(key) if key else 0.0
+
+
 def _metrics(evaluations) -> dict[tuple[str, float, str], tuple[float, float | None]]:
-    return {(e.network, e.threshold, e.dataset): (e.accuracy, e.flagged) for e in evaluations}
+    return {(e.network, _value(e.threshold), _dataset(e)): (e.accuracy, e.flagged) for e in evaluations}
 
 
 def expected_summary(engine: Engine, sweep_id: int) -> list[dict]:
     """The cross-model table recomputed from evaluations and selections: raw values."""
     models, steps, evaluations, selections, _ = _database(engine, sweep_id)
-    poisons = sorted({e.dataset for rows in evaluations.values() for e in rows if e.dataset != "clean"})
+    poisons = sorted({e.poison_name for rows in evaluations.values() for e in rows if e.role == "poisoned_test"})
     rows = []
     for model in models:
         if model.status != "done":
@@ -39,7 +49,7 @@ def expected_summary(engine: Engine, sweep_id: int) -> list[dict]:
         metrics = _metrics(evaluations[model.name])
         fractions = {s.step: s.fraction_pruned for s in steps if s.model == model.name}
         for selection in selections[model.name]:
-            t = selection.threshold
+            t = _value(selection.threshold)
             if selection.step is None:
                 rows.append({"model": model.name, "threshold": t, "step": None, "fraction_pruned": None,
                              "B_clean_accuracy": metrics[("B", 0.0, "clean")][0], "removed": set(), "kept": set(),
@@ -85,13 +95,13 @@ def test_csv_tables_equal_the_database_exactly(reported: ReportedSweep, engine: 
         assert exact(row["clean_accuracy"]) == step.clean_accuracy
         assert {k[4:]: exact(v) for k, v in row.items() if k.startswith("asr_") and v} == step.asr
     evaluation_rows = read_csv(csv / "evaluations.csv")
-    expected = [(m.name, e.network, e.threshold, e.dataset, e.accuracy, e.flagged, e.image_count)
+    expected = [(m.name, e.network, _value(e.threshold), _dataset(e), e.accuracy, e.flagged, e.image_count)
                 for m in models for e in evaluations[m.name]]
     assert [(r["model"], r["network"], float(r["threshold"]), r["dataset"], exact(r["accuracy"]), exact(r["flagged"]),
              int(r["image_count"])) for r in evaluation_rows] == expected
     assert [(r["model"], float(r["threshold"]), r["step"], exact(r["clean_valid_accuracy"]))
             for r in read_csv(csv / "selections.csv")] == [
-        (m.name, s.threshold, "" if s.step is None else str(s.step), s.clean_valid_accuracy)
+        (m.name, _value(s.threshold), "" if s.step is None else str(s.step), s.clean_valid_accuracy)
         for m in models for s in selections[m.name]]
     assert [(r["model"], int(r["position"]), int(r["channel"]), float(r["mean_activation"]))
             for r in read_csv(csv / "rankings.csv")] == [
@@ -137,8 +147,8 @@ def _lab_rows(header: list[str], evaluations, selections, printed: list[list[str
     """The lab table expected from evaluations: B, then B' per threshold, then G per reached one.
     Row labels are taken from the page (their wording is exports.lab_table's); numbers are not."""
     metrics = _metrics(evaluations)
-    keys = [("B", 0.0)] + [("B_prime", s.threshold) for s in selections]
-    keys += [("G", s.threshold) for s in selections if s.step is not None]
+    keys = [("B", 0.0)] + [("B_prime", _value(s.threshold)) for s in selections]
+    keys += [("G", _value(s.threshold)) for s in selections if s.step is not None]
     assert len(printed) == len(keys)
     rows = []
     for (network, t), shown in zip(keys, printed, strict=True):

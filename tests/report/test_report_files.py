@@ -30,7 +30,7 @@ def test_missing_model_files_are_reported_not_fatal(reported: ReportedSweep, tmp
     database = tmp_path / "moved.db"
     shutil.copy(reported.db_url.removeprefix("sqlite:///"), database)
     with sqlite3.connect(database) as connection:
-        connection.execute("UPDATE artifacts SET path = path || '.moved' WHERE kind = 'G' AND threshold = 0.04")
+        connection.execute("UPDATE artifacts SET path = path || '.moved' WHERE kind = 'G' AND threshold = '0.04'")
         connection.execute("UPDATE models SET path = path || '.moved' WHERE name = 'scaled'")
     out = tmp_path / "report"
     run_cli("report", str(reported.sweep_id), "--out", str(out), "--db", f"sqlite:///{database}", env=reported.env)

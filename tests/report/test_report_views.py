@@ -58,6 +58,14 @@ def database(request: pytest.FixtureRequest) -> Iterator[tuple[Engine, int]]:
     engine.dispose()
 
 
+def _dataset(evaluation) -> str:
+    return "clean" if evaluation.role == "clean_test" else evaluation.poison_name
+
+
+def _value(key: str) -> float:
+    return float(key) if key else 0.0
+
+
 def _rows(engine: Engine, sql: str, **params) -> list[tuple]:
     with engine.connect() as connection:
         return [tuple(row) for row in connection.execute(text(sql), params)]
@@ -77,18 +85,20 @@ def test_views_hold_what_the_readers_read(database: tuple[Engine, int]) -> None:
     fractions = {(s.model, s.step): s.fraction_pruned for s in steps}
     assert _rows(engine, "SELECT model, threshold, step, fraction_pruned, clean_valid_accuracy, acc0 "
                  "FROM selection_results WHERE sweep_id = :s ORDER BY model_id, threshold", s=sweep_id) == [
-        (m.name, s.threshold, s.step, fractions.get((m.name, s.step)), s.clean_valid_accuracy, m.acc0)
+        (m.name, _value(s.threshold), s.step, fractions.get((m.name, s.step)), s.clean_valid_accuracy, m.acc0)
         for m, s in selections]
+    assert _rows(engine, "SELECT threshold_key FROM selection_results WHERE sweep_id = :s ORDER BY model_id, "
+                 "threshold", s=sweep_id) == [(s.threshold,) for _, s in selections]
     assert _rows(engine, "SELECT model, network, threshold, dataset, accuracy, flagged, image_count "
                  "FROM evaluation_results WHERE sweep_id = :s ORDER BY model_id, network, threshold, dataset",
-                 s=sweep_id) == [(name, e.network, e.threshold, e.dataset, e.accuracy, e.flagged, e.image_count)
-                                 for name, e in evaluations]
+                 s=sweep_id) == [(name, e.network, _value(e.threshold), _dataset(e), e.accuracy, e.flagged,
+                                  e.image_count) for name, e in evaluations]
     answered = 0
     for network, t, bound in product(("G", "B_prime"), {s.threshold for _, s in selections}, (0, 10, 50)):
-        answer = _rows(engine, QUESTION.format(network=network, t=f"{t:g}", bound=bound))
+        answer = _rows(engine, QUESTION.format(network=network, t=t, bound=bound))
         assert answer == sorted(
-            (sweep_id, name, e.dataset) for name, e in evaluations
-            if e.network == network and e.threshold == t and e.dataset != "clean" and e.accuracy > bound
+            (sweep_id, name, e.poison_name) for name, e in evaluations
+            if e.network == network and e.threshold == t and e.role == "poisoned_test" and e.accuracy > bound
         ), (network, t, bound)
         answered += len(answer)
     assert answered > 0, "the sweep should give the question some models to find"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,6 @@ from sqlalchemy import select, update
 from badnet_prune.thresholds import parse_thresholds
 from db.models import Artifact, Model, Selection, Task
 from db.session import make_engine, session_scope
-from pipeline.contract import PlanContext, Stage, StageArguments, register, stages, unregister
 from tests.helpers import cached_quick_badnet, model_entry, run_console_script, write_sweep_toml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,27 +34,35 @@ def first_step(acc0: float, accuracies: list[float], threshold: float) -> int | 
     return next((k for k, acc in enumerate(accuracies) if acc0 - acc >= threshold * acc0), None)
 
 
-def test_the_registry_refuses_what_would_break_the_graph() -> None:
-    def stage(name: str, after: tuple[str, ...] = ()) -> Stage:
-        return Stage(name=name, description="", arguments=StageArguments, plan=lambda _: [StageArguments()],
-                     run=lambda *_: None, after=after)
+REGISTRY_CHECKS = """
+import pytest
+from pipeline.contract import PlanContext, Stage, StageArguments, register, stages
 
-    assert [s.name for s in stages()][:4] == ["rank", "prune_range", "threshold", "finish"]
-    with pytest.raises(ValueError, match="not declared before it"):
-        register(stage("later", after=("nothing",)))
-    with pytest.raises(ValueError, match="declared twice"):
-        register(stage("rank"))
-    with pytest.raises(ValueError, match="lower-case identifier"):
-        register(stage("Bad-Name"))
-    register(stage("extra_one", after=("rank",)))
-    try:
-        assert "extra_one" in [s.name for s in stages()]
-        with pytest.raises(ValueError, match="planned two tasks with one key"):
-            Stage(name="dup", description="", arguments=StageArguments, plan=lambda _: [StageArguments()] * 2,
-                  run=lambda *_: None).planned(PlanContext(1, (), 1))
-    finally:
-        unregister("extra_one")
-    assert "extra_one" not in [s.name for s in stages()]
+def stage(name, after=()):
+    return Stage(name=name, description="", arguments=StageArguments, plan=lambda _: [StageArguments()],
+                 run=lambda *_: None, after=after)
+
+assert [s.name for s in stages()] == ["rank", "prune_range", "threshold", "finish"]
+with pytest.raises(ValueError, match="not declared before it"):
+    register(stage("later", after=("nothing",)))
+with pytest.raises(ValueError, match="declared twice"):
+    register(stage("rank"))
+with pytest.raises(ValueError, match="lower-case identifier"):
+    register(stage("Bad-Name"))
+register(stage("extra_one", after=("rank",)))
+assert [s.name for s in stages()] == ["rank", "prune_range", "threshold", "extra_one", "finish"]
+with pytest.raises(ValueError, match="planned two tasks with one key"):
+    Stage(name="dup", description="", arguments=StageArguments, plan=lambda _: [StageArguments()] * 2,
+          run=lambda *_: None).planned(PlanContext(1, (), 1))
+print("ok")
+"""
+
+
+def test_the_registry_refuses_what_would_break_the_graph() -> None:
+    """In a process of its own, so that the stages it declares stay out of every other test's registry."""
+    done = subprocess.run([sys.executable, "-c", REGISTRY_CHECKS], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
 def test_a_stage_declared_in_the_tests_runs_in_process_and_resumes(tmp_path: Path) -> None:
