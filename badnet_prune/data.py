@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from badnet_prune.errors import BadInputError
+from badnet_prune.hashing import sha256_file
 
 DEFAULT_BATCH_SIZE = 1024
 
@@ -127,11 +128,14 @@ def open_data_file(
     path: str | Path,
     image_shape: tuple[int, int, int] | None = None,
     num_classes: int | None = None,
+    expected_sha256: str | None = None,
 ) -> DataFile:
     """Open and validate a data file; image_shape (H, W, C) and num_classes come from the model.
 
     Structure, declared shapes and types are checked before any value is read, so a file that
     declares 2**42 labels is refused instead of allocated; only then are the labels read.
+    expected_sha256: the hash the file was registered with (a worker's results and cached activations
+    are keyed by it); a file changed since then is refused rather than read under the old key.
     """
     path = Path(path)
     if not path.exists():
@@ -140,6 +144,10 @@ def open_data_file(
         raise BadInputError(path, "is a directory, not an HDF5 data file")
     if not h5py.is_hdf5(path):
         raise BadInputError(path, "not an HDF5 file")
+    if expected_sha256 is not None and (found := sha256_file(path)) != expected_sha256:
+        raise BadInputError(path, f"changed since it was registered (sha256 {found[:12]}..., registered as "
+                                  f"{expected_sha256[:12]}...); refused, so that results and cached activations "
+                                  "keyed by the registered hash stay true to it")
     try:
         with h5py.File(path, "r") as handle:
             data, label = (check_stored_here(path, handle, name) for name in ("data", "label"))

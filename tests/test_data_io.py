@@ -347,3 +347,18 @@ def test_a_refused_data_file_never_reaches_the_activation_cache(model_file, tmp_
     assert [entry for entry in cache.rglob("*") if entry.is_file()] == []
     memory.data(loaded, str(source), "b" * 64)  # the control: a file that holds its own data is cached
     assert [entry for entry in cache.rglob("*") if entry.is_file()] != []
+
+
+def test_a_file_changed_since_it_was_registered_is_refused(tmp_path):
+    """The hash a worker keys results and cached activations by must be the hash of the bytes it reads."""
+    from badnet_prune.data import open_data_file
+    from badnet_prune.errors import BadInputError
+    from badnet_prune.hashing import sha256_file
+
+    path = write_raw(tmp_path / "valid.h5", data=good_pixels(), label=labels(0, 1, 2, 3))
+    registered = sha256_file(path)
+    assert open_data_file(path, expected_sha256=registered).count == 4
+    write_raw(path, data=good_pixels(), label=labels(3, 2, 1, 0))
+    with pytest.raises(BadInputError, match="changed since it was registered") as raised:
+        open_data_file(path, expected_sha256=registered)
+    assert raised.value.source == str(path)
