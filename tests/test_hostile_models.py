@@ -339,3 +339,26 @@ def test_a_directory_is_not_a_model(tmp_path):
 def test_the_genuine_weights_file_still_loads(saved):
     assert load_model(saved["weights"]).output_shape == (None, 10)
     assert prune_layer_filters(saved["weights"], "conv_3") == 60
+
+
+# ---- through the command line ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["TFSMLayer (CVE-2026-1462)", "archive member ../ (CVE-2026-1462)",
+                                  "Lambda calling enable_unsafe_deserialization (CVE-2025-9906)"])
+def test_evaluate_refuses_a_hostile_archive_in_one_line(saved, tmp_path, case, monkeypatch, capfd):
+    import sys
+
+    from badnet_prune.data import write_data_file
+    from orchestrator.cli import main
+
+    model = make_archive(saved, tmp_path, case)
+    data = tmp_path / "valid.h5"
+    write_data_file(data, np.zeros((4, 55, 47, 3), np.float32), np.array([0, 1, 2, 3]))
+    monkeypatch.setattr(sys, "argv", ["badnet-prune", "evaluate", "--model", str(model), "--data", str(data)])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    out, err = capfd.readouterr()
+    assert exited.value.code == 2 and "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(model) in lines[0] and ARCHIVE_CASES[case][1] in lines[0], err
