@@ -143,7 +143,7 @@ class ActivationCache:
             self._writable = False
             LOG.warning(
                 "%s: cannot write the activation cache (%s); this process computes activations without it from now on",
-                self.folder, error.strerror or str(error).splitlines()[0],
+                self.folder, os.strerror(error.errno) if error.errno else str(error).splitlines()[0],
             )
             return
         if self.max_bytes is not None:

@@ -210,8 +210,7 @@ class WorkerMemory:
             if oldest == key:
                 self._entries.move_to_end(oldest)
                 continue
-            _, freed = self._entries.pop(oldest)
-            self._bytes -= freed
+            self._bytes -= self._entries.pop(oldest)[1]  # no reference left here: release_memory can free it
             evicted_model |= oldest[0] == "model"
         if evicted_model:
             release_memory()
