@@ -34,8 +34,9 @@ CLEAN_ROLES = ("clean_valid", "clean_test")
 POISONED_ROLES = ("poisoned_valid", "poisoned_test")
 TEST_ROLES = ("clean_test", "poisoned_test")
 TASK_STATES = ("pending", "queued", "running", "done", "failed", "retrying")
-NETWORKS = ("B", "B_prime", "G")
-ARTIFACT_KINDS = ("B_prime", "G")
+NETWORKS = ("B", "B_prime", "G", "B_fine", "G_fine")
+REPAIRED_NETWORKS = ("G", "G_fine")  # the networks with a class N ("backdoor detected"): they flag images
+ARTIFACT_KINDS = ("B_prime", "G", "B_fine", "G_fine")
 
 # Deterministic constraint names, so that migrations can refer to them on every backend.
 NAMING_CONVENTION = {
@@ -282,14 +283,15 @@ class Evaluation(Base):
     """A network on a test file: accuracy against the file's labels (clean accuracy or ASR).
 
     The test file is named by its role and, for a poisoned one, its poison name: clean and
-    poisoned sets never share a namespace. B has no threshold ('').
+    poisoned sets never share a namespace. B has no threshold (''). B_fine and G_fine are the
+    fine-pruned B''_t and its repaired net G''_t (pipeline.stages.fine_tune).
     """
 
     __tablename__ = "evaluations"
     __table_args__ = (
         CheckConstraint(one_of("network", NETWORKS), name="network"),
         CheckConstraint("(network = 'B') = (threshold = '')", name="b_threshold"),
-        CheckConstraint("network = 'G' OR flagged IS NULL", name="flagged"),
+        CheckConstraint(f"{one_of('network', REPAIRED_NETWORKS)} OR flagged IS NULL", name="flagged"),
         CheckConstraint(
             "(role = 'clean_test' AND poison_name = '') OR (role = 'poisoned_test' AND poison_name <> '')",
             name="role",
@@ -307,7 +309,7 @@ class Evaluation(Base):
 
 
 class Artifact(Base):
-    """A model file written for a threshold (B' or G), with where it came from."""
+    """A model file written for a threshold (B', G, B'' or G''), with where it came from."""
 
     __tablename__ = "artifacts"
     __table_args__ = (CheckConstraint(one_of("kind", ARTIFACT_KINDS), name="kind"),)
@@ -318,3 +320,61 @@ class Artifact(Base):
     path: Mapped[str]
     sha256: Mapped[str]
     provenance: Mapped[dict[str, Any]]
+
+
+class FineTune(Base):
+    """Fine-pruning's outcome for one threshold: the epoch kept, the settings and the split it used.
+
+    kept_epoch is None when the threshold selected no step (nothing was pruned, so nothing was
+    fine-tuned); the row is written all the same, so that the task's results are recognised as stored.
+    """
+
+    __tablename__ = "fine_tunes"
+    __table_args__ = (
+        CheckConstraint("(kept_epoch IS NULL) = (split_sha256 IS NULL)", name="kept"),
+    )
+
+    model_id: Mapped[int] = mapped_column(_model_fk(), primary_key=True)
+    threshold: Mapped[str] = mapped_column(primary_key=True)  # exact key
+    kept_epoch: Mapped[int | None]
+    settings: Mapped[dict[str, Any]]  # badnet_prune.fine_tuning.FineTuneSettings as JSON
+    seed: Mapped[int]
+    split_sha256: Mapped[str | None]  # CleanSplit.sha256: which clean validation images trained, which chose
+    train_count: Mapped[int | None]
+    holdout_count: Mapped[int | None]
+
+
+class FineTuneEpoch(Base):
+    """One fine-tuning epoch (0 = B'_t before any update): training loss and hold-out clean accuracy."""
+
+    __tablename__ = "fine_tune_epochs"
+    __table_args__ = (
+        ForeignKeyConstraint(["model_id", "threshold"], ["fine_tunes.model_id", "fine_tunes.threshold"],
+                             ondelete="CASCADE"),
+    )
+
+    model_id: Mapped[int] = mapped_column(primary_key=True)
+    threshold: Mapped[str] = mapped_column(primary_key=True)
+    epoch: Mapped[int] = mapped_column(primary_key=True)
+    train_loss: Mapped[float]
+    holdout_accuracy: Mapped[float]  # percent
+    holdout_correct: Mapped[int]
+
+
+class FineTuneAsr(Base):
+    """ASR of one poisoned validation set after one fine-tuning epoch: measured, never used to choose."""
+
+    __tablename__ = "fine_tune_asr"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["model_id", "threshold", "epoch"],
+            ["fine_tune_epochs.model_id", "fine_tune_epochs.threshold", "fine_tune_epochs.epoch"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    model_id: Mapped[int] = mapped_column(primary_key=True)
+    threshold: Mapped[str] = mapped_column(primary_key=True)
+    epoch: Mapped[int] = mapped_column(primary_key=True)
+    poison_name: Mapped[str] = mapped_column(primary_key=True)
+    asr: Mapped[float]  # percent
