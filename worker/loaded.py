@@ -36,10 +36,10 @@ LOG = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_BYTES = 2**30
 # A loaded model costs more than its weights: Keras's layer and graph objects, the head, tail and rank
-# sub-models and their traced functions. Measured for DeepID on TensorFlow (bench/worker_memory.py):
-# about MODEL_WEIGHT_FACTOR times the weights plus MODEL_OVERHEAD_BYTES.
+# sub-models and their traced functions. Measured with bench/worker_memory.py (TensorFlow, CPU): about
+# 6 MiB of RSS per 10-class DeepID of 1.6 MB of weights, so the estimate is twice the weights plus 4 MiB.
 MODEL_WEIGHT_FACTOR = 2
-MODEL_OVERHEAD_BYTES = 8 * 2**20
+MODEL_OVERHEAD_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True)
