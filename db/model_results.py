@@ -7,13 +7,25 @@ each poisoned one are separate fields, thresholds are Threshold objects in ascen
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from badnet_prune.thresholds import Threshold, parse_threshold
 from db.models import Evaluation, Model
 from db.repository import get_model
-from db.results import StoredStep, read_artifacts, read_evaluations, read_ranking, read_selections, read_steps
+from db.results import (
+    FineTuneEpochRow,
+    StoredStep,
+    read_artifacts,
+    read_evaluations,
+    read_fine_tunes,
+    read_ranking,
+    read_selections,
+    read_steps,
+)
+
+FINE_KINDS = ("B_fine", "G_fine")
 
 
 @dataclass(frozen=True)
@@ -38,8 +50,31 @@ class RankedChannel:
 
 
 @dataclass(frozen=True)
+class FineTuneOutcome:
+    """Fine-pruning at one threshold: every epoch, the one kept, and B''_t and G''_t on test data.
+
+    kept_epoch is None when the threshold selected no step: there was nothing to fine-tune.
+    """
+
+    kept_epoch: int | None
+    epochs: tuple[FineTuneEpochRow, ...]
+    settings: dict[str, Any]
+    split_sha256: str | None
+    b_fine: Metrics
+    g_fine: Metrics
+    files: dict[str, str]  # artifact kind (B_fine, G_fine) -> path
+
+    @property
+    def poisons(self) -> list[str]:
+        return sorted({name for epoch in self.epochs for name in epoch.asr})
+
+
+@dataclass(frozen=True)
 class ThresholdResult:
-    """What one threshold selected (step None: never reached) and how B'_t and G_t did on test data."""
+    """What one threshold selected (step None: never reached) and how B'_t and G_t did on test data.
+
+    fine: fine-pruning's outcome at this threshold, None when the sweep did not fine-tune (or not yet).
+    """
 
     threshold: Threshold
     step: int | None
@@ -47,6 +82,7 @@ class ThresholdResult:
     b_prime: Metrics
     g: Metrics
     files: dict[str, str]  # artifact kind (B_prime, G) -> path
+    fine: FineTuneOutcome | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +125,15 @@ def read_model_results(session: Session, model_id: int, steps: list[StoredStep] 
     evaluations = read_evaluations(session, model_id)
     metrics = _metrics(evaluations)
     artifacts = read_artifacts(session, model_id)
+    fine = {
+        row.threshold: FineTuneOutcome(
+            kept_epoch=row.kept_epoch, epochs=row.epochs, settings=dict(row.settings), split_sha256=row.split_sha256,
+            b_fine=metrics.get(("B_fine", row.threshold), Metrics()),
+            g_fine=metrics.get(("G_fine", row.threshold), Metrics()),
+            files={a.kind: a.path for a in artifacts if a.threshold == row.threshold and a.kind in FINE_KINDS},
+        )
+        for row in read_fine_tunes(session, model_id)
+    }
     thresholds = [
         ThresholdResult(
             threshold=parse_threshold(selection.threshold),
@@ -96,7 +141,9 @@ def read_model_results(session: Session, model_id: int, steps: list[StoredStep] 
             clean_valid_accuracy=selection.clean_valid_accuracy,
             b_prime=metrics.get(("B_prime", selection.threshold), Metrics()),
             g=metrics.get(("G", selection.threshold), Metrics()),
-            files={a.kind: a.path for a in artifacts if a.threshold == selection.threshold},
+            files={a.kind: a.path for a in artifacts if a.threshold == selection.threshold
+                   and a.kind not in FINE_KINDS},
+            fine=fine.get(selection.threshold),
         )
         for selection in read_selections(session, model_id)
     ]

@@ -1,5 +1,5 @@
 """Per-model results: ranking, pruning steps with their ASR, threshold selections, test
-evaluations and written artifacts.
+evaluations, written artifacts and fine-pruning's epochs.
 
 Writers are upserts keyed by what a row describes (see db.upsert), so a redelivered task
 rewrites its rows; each takes the caller's Session and leaves committing to it. Readers return
@@ -22,6 +22,9 @@ from db.models import (
     TEST_ROLES,
     Artifact,
     Evaluation,
+    FineTune,
+    FineTuneAsr,
+    FineTuneEpoch,
     Model,
     Ranking,
     Selection,
@@ -229,6 +232,82 @@ def save_artifact(
 def read_artifacts(session: Session, model_id: int) -> list[Artifact]:
     query = select(Artifact).where(Artifact.model_id == model_id).order_by(Artifact.threshold, Artifact.kind)
     return _read(session, query)
+
+
+@dataclass(frozen=True)
+class FineTuneEpochRow:
+    """One fine-tuning epoch as a worker measured it; asr maps poison name -> ASR percent."""
+
+    epoch: int
+    train_loss: float
+    holdout_accuracy: float
+    holdout_correct: int
+    asr: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FineTuneRow:
+    """Fine-pruning's outcome for a threshold; kept_epoch None (and no epochs) when no step was selected."""
+
+    threshold: str
+    settings: Mapping[str, Any]
+    seed: int
+    kept_epoch: int | None = None
+    split_sha256: str | None = None
+    train_count: int | None = None
+    holdout_count: int | None = None
+    epochs: tuple[FineTuneEpochRow, ...] = ()
+
+
+def save_fine_tune(session: Session, model_id: int, row: FineTuneRow) -> None:
+    """Store a fine-tune task's outcome and its epochs (upserts: a redelivered task rewrites the same rows)."""
+    outcome = {
+        "model_id": model_id, "threshold": row.threshold, "kept_epoch": row.kept_epoch,
+        "settings": dict(row.settings), "seed": row.seed, "split_sha256": row.split_sha256,
+        "train_count": row.train_count, "holdout_count": row.holdout_count,
+    }
+    epochs = [
+        {"model_id": model_id, "threshold": row.threshold, "epoch": e.epoch, "train_loss": e.train_loss,
+         "holdout_accuracy": e.holdout_accuracy, "holdout_correct": e.holdout_correct}
+        for e in row.epochs
+    ]
+    asr = [
+        {"model_id": model_id, "threshold": row.threshold, "epoch": e.epoch, "poison_name": name, "asr": rate}
+        for e in row.epochs
+        for name, rate in e.asr.items()
+    ]
+    upsert_rows(session, FineTune, [outcome], key=["model_id", "threshold"])
+    upsert_rows(session, FineTuneEpoch, epochs, key=["model_id", "threshold", "epoch"])
+    upsert_rows(session, FineTuneAsr, asr, key=["model_id", "threshold", "epoch", "poison_name"])
+
+
+def fine_tune_stored(session: Session, model_id: int, threshold: str) -> bool:
+    """The outcome row is written with its epochs, evaluations and artifacts in one transaction."""
+    query = select(func.count()).where(FineTune.model_id == model_id, FineTune.threshold == threshold)
+    return session.scalar(query) == 1
+
+
+def read_fine_tunes(session: Session, model_id: int) -> list[FineTuneRow]:
+    """A model's fine-tune outcomes by threshold key, each with its epochs in order."""
+    asr: dict[tuple[str, int], dict[str, float]] = {}
+    asr_query = select(FineTuneAsr).where(FineTuneAsr.model_id == model_id).order_by(FineTuneAsr.poison_name)
+    for entry in _read(session, asr_query):
+        asr.setdefault((entry.threshold, entry.epoch), {})[entry.poison_name] = entry.asr
+    epochs: dict[str, list[FineTuneEpochRow]] = {}
+    epoch_query = (select(FineTuneEpoch).where(FineTuneEpoch.model_id == model_id)
+                   .order_by(FineTuneEpoch.threshold, FineTuneEpoch.epoch))
+    for e in _read(session, epoch_query):
+        epochs.setdefault(e.threshold, []).append(FineTuneEpochRow(
+            e.epoch, e.train_loss, e.holdout_accuracy, e.holdout_correct, asr.get((e.threshold, e.epoch), {})))
+    outcomes = _read(session, select(FineTune).where(FineTune.model_id == model_id).order_by(FineTune.threshold))
+    return [
+        FineTuneRow(
+            threshold=o.threshold, settings=dict(o.settings), seed=o.seed, kept_epoch=o.kept_epoch,
+            split_sha256=o.split_sha256, train_count=o.train_count, holdout_count=o.holdout_count,
+            epochs=tuple(epochs.get(o.threshold, [])),
+        )
+        for o in outcomes
+    ]
 
 
 def _read(session: Session, query: Select[Any]) -> list[Any]:
