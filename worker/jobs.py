@@ -142,19 +142,31 @@ def evaluate_threshold(runtime: Runtime, model_id: int, threshold: Threshold) ->
     loaded = _loaded(runtime, inputs)
     pruned = order[:step] if step is not None else None
     # B'_t and G_t are built and saved on a thread while TensorFlow labels the test data here
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        writing = None if pruned is None else pool.submit(_write_models, loaded, inputs, threshold, step, pruned)
-        tests: dict[EvaluationSet, LoadedData] = {CLEAN_TEST: _data(runtime, loaded, inputs, "clean_test")[""]}
-        poisoned = _data(runtime, loaded, inputs, "poisoned_test")
-        tests.update({poisoned_test(name): data for name, data in poisoned.items()})
-        keys = {test_set: set_key(test_set.role, test_set.poison_name) for test_set in tests}
-        labels_at = runtime.memory.labels_at(loaded, {keys[test_set]: data for test_set, data in tests.items()})
-        labels_b = {test_set: labels_at(keys[test_set], [], None) for test_set in tests}
-        labels_b_prime = {} if pruned is None else {threshold.key: {
-            test_set: pruned_labels(labels_at, labeled_set(keys[test_set], data), pruned, labels_b[test_set])
-            for test_set, data in tests.items()
-        }}
-        artifacts = [] if writing is None else writing.result()
+    writing = None
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            writing = None if pruned is None else pool.submit(_write_models, loaded, inputs, threshold, step, pruned)
+            tests: dict[EvaluationSet, LoadedData] = {CLEAN_TEST: _data(runtime, loaded, inputs, "clean_test")[""]}
+            poisoned = _data(runtime, loaded, inputs, "poisoned_test")
+            tests.update({poisoned_test(name): data for name, data in poisoned.items()})
+            keys = {test_set: set_key(test_set.role, test_set.poison_name) for test_set in tests}
+            labels_at = runtime.memory.labels_at(loaded, {keys[test_set]: data for test_set, data in tests.items()})
+            labels_b = {test_set: labels_at(keys[test_set], [], None) for test_set in tests}
+            labels_b_prime = {} if pruned is None else {threshold.key: {
+                test_set: pruned_labels(labels_at, labeled_set(keys[test_set], data), pruned, labels_b[test_set])
+                for test_set, data in tests.items()
+            }}
+            artifacts = [] if writing is None else writing.result()
+        _record_threshold(runtime, model_id, threshold, step, steps, tests, labels_b, labels_b_prime, loaded,
+                          artifacts)
+    except BaseException:
+        if writing is not None and writing.done() and writing.exception() is None:
+            remove_artifacts([path for _, path, _ in writing.result()])  # no files of a failed task without rows
+        raise
+
+
+def _record_threshold(runtime: Runtime, model_id: int, threshold: Threshold, step, steps, tests, labels_b,
+                      labels_b_prime, loaded: LoadedModel, artifacts) -> None:
     truth = {test_set: data.labels for test_set, data in tests.items()}
     evaluations = evaluate_networks(labels_b, labels_b_prime, truth, loaded.num_classes)
     with session_scope(runtime.engine) as session:
@@ -205,35 +217,61 @@ def _write_models(loaded: LoadedModel, inputs: ModelInputs, threshold: Threshold
         "threshold_key": threshold.key,
         "policy": inputs.policy,
     }
-    written = []
-    for kind, network in (("B_prime", b_prime), ("G", g)):
-        path = folder / f"{kind}_{threshold.key}.keras"
-        _save_atomically(network, path)
-        described = {**provenance, "kind": kind}
-        path.with_suffix(".json").write_text(json.dumps(described, indent=2) + "\n", encoding="utf-8")
-        written.append((kind, str(path), described))
+    written: list[tuple[str, str, dict]] = []
+    try:
+        for kind, network in (("B_prime", b_prime), ("G", g)):
+            path = folder / f"{kind}_{threshold.key}.keras"
+            save_atomically(network, path)
+            described = {**provenance, "kind": kind}
+            written.append((kind, str(path), described))
+            write_text_atomically(path.with_suffix(".json"), json.dumps(described, indent=2) + "\n")
+    except BaseException:
+        remove_artifacts([path for _, path, _ in written])  # no half of a threshold's files without its rows
+        raise
     return written
+
+
+def remove_artifacts(paths: list[str]) -> None:
+    """Remove model files (and their provenance) of a task that failed before recording them."""
+    for path in paths:
+        Path(path).unlink(missing_ok=True)
+        Path(path).with_suffix(".json").unlink(missing_ok=True)
 
 
 TEMPORARY_SUFFIX = ".tmp.keras"
 
 
-def _save_atomically(network, path: Path) -> None:
-    """Save to a temporary file named after this host and process, then rename; a failed save leaves nothing."""
-    temporary = path.with_name(f".{path.stem}.{socket.gethostname()}.{os.getpid()}{TEMPORARY_SUFFIX}")
+def save_atomically(network, path: Path) -> None:
+    """Save to a temporary file named after this host and process, then rename; a failed save leaves nothing
+    and names the file (a full disk says which file it could not write)."""
+    temporary = path.with_name(f".{path.stem}@{socket.gethostname()}@{os.getpid()}{TEMPORARY_SUFFIX}")
     try:
         network.save(temporary)
         os.replace(temporary, path)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from error
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}@{socket.gethostname()}@{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from error
     finally:
         temporary.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(folder: Path) -> None:
-    """Remove temporary model files that a killed process of this host left behind (its pid is gone)."""
+    """Remove temporary files that a killed process of this host left behind (its process id is gone)."""
     host = socket.gethostname()
-    for temporary in folder.glob(f".*{TEMPORARY_SUFFIX}"):
-        parts = temporary.name[: -len(TEMPORARY_SUFFIX)].rsplit(".", 2)
-        if len(parts) == 3 and parts[1] == host and parts[2].isdigit() and not _process_exists(int(parts[2])):
+    for temporary in folder.glob(".*@*@*.tmp*"):
+        _, file_host, rest = temporary.name.rsplit("@", 2)
+        pid = rest.partition(".")[0]
+        if file_host == host and pid.isdigit() and not _process_exists(int(pid)):
             temporary.unlink(missing_ok=True)
 
 

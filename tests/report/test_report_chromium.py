@@ -56,7 +56,7 @@ def test_chromium_renders_every_models_table_and_curve(reported: ReportedSweep, 
     summary = page.by_id("summary")
     column = {name: index for index, name in enumerate(summary.header)}
     shown = sorted((row[column["model"]], row[column["threshold"]]) for row in summary.rows)
-    assert shown == sorted((name, f"{t * 100:g}%") for name, ts in thresholds.items() for t in ts)
+    assert shown == sorted((name, f"{float(t) * 100:g}%") for name, ts in thresholds.items() for t in ts)
     assert [row[0] for row in page.by_id("failed").rows] == [m.name for m in models if m.status == "failed"]
     assert all(not src.startswith(("http:", "https:")) for attrs, _ in page.images for src in [attrs.get("src", "")])
 
