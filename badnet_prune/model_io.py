@@ -184,9 +184,9 @@ def _check_sizes(path: Path, config: dict[str, Any]) -> None:
         for layer in (part for part in parts if isinstance(part, dict)):
             for key in SIZE_KEYS & set(layer):
                 for size in sizes(layer[key]):
-                    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_LAYER_SIZE:
+                    if isinstance(size, bool) or not isinstance(size, int) or not -1 <= size <= MAX_LAYER_SIZE:
                         raise BadInputError(path, f"layer {_name(item)!r} declares {key} = {layer[key]!r}; expected "
-                                                  f"sizes from 0 to {MAX_LAYER_SIZE}")
+                                                  f"sizes from 0 to {MAX_LAYER_SIZE} (or -1: inferred)")
 
 
 def _name(item: dict[str, Any]) -> str:

@@ -214,6 +214,14 @@ def test_the_planner_refuses_the_same_archives_without_tensorflow(saved, tmp_pat
     assert_refused(path, ARCHIVE_CASES[case][1], lambda: prune_layer_filters(path, "conv_3"))
 
 
+def test_a_reshape_to_an_inferred_size_is_a_size_not_an_attack(saved, tmp_path):
+    inputs = keras.Input(shape=(55, 47, 3))
+    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Reshape((-1,))(inputs))
+    path = tmp_path / "reshape.keras"
+    keras.Model(inputs, outputs).save(path)
+    assert load_model(path).output_shape == (None, 10)
+
+
 def test_the_genuine_archive_still_loads_and_plans(saved):
     assert prune_layer_filters(saved["keras"], "conv_3") == 60
     model = load_model(saved["keras"])
