@@ -30,7 +30,8 @@ def cache(
         removed = clear_cache(folder)
         print(f"removed {removed} files ({_size(usage.total_bytes)}) from {folder}")
         return
-    print(f"folder: {folder}{'' if folder.is_dir() else ' (not created yet)'}")
+    state = "" if folder.is_dir() else " (not a folder: nothing is cached)" if folder.exists() else " (not made yet)"
+    print(f"folder: {folder}{state}")
     print(f"files: {usage.files}")
     print(f"size: {_size(usage.total_bytes)}")
     print(f"cap: {_size(cap)}{' (no cache files are written)' if cap == 0 else ''} (BADNET_PRUNE_CACHE_MAX_BYTES)")
