@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from badnet_prune.errors import BadInputError
+from badnet_prune.fine_tune_settings import FineTuneSettings
 from badnet_prune.names import Name
 from badnet_prune.selection import validate_policy
 from badnet_prune.thresholds import Threshold, parse_thresholds
@@ -99,6 +100,7 @@ class SweepSpec(_Spec):
     rank_layer: Text = "pool_3"
     range_size: int = Field(10, ge=1, le=MAX_RANGE_SIZE)
     trust_model_code: StrictBool = False
+    fine_tune: FineTuneSettings | None = None  # a [fine_tune] table: fine-prune every threshold (its keys or defaults)
     _source: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @property
@@ -161,7 +163,7 @@ def _one_line(error: ValidationError, raw: dict[str, Any]) -> str:
         where = _key_path(item["loc"], raw)
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            problems.append(f"{where}: unknown key (allowed: {', '.join(_keys_at(len(item['loc'])))})")
+            problems.append(f"{where}: unknown key (allowed: {', '.join(_keys_at(item['loc']))})")
             continue
         if item["type"] == "missing":
             problems.append(f"{where}: missing (required)")
@@ -169,15 +171,17 @@ def _one_line(error: ValidationError, raw: dict[str, Any]) -> str:
         got = repr(item.get("input"))
         got = f"{got[:60]}..." if len(got) > 60 else got
         expected = re.sub(r"^\w+ should (be|have) ", "expected ", message).replace(" or instance of ", "")
-        expected = re.sub(r"(a valid dictionary)\w+Spec", r"\1", expected)
+        expected = re.sub(r"(a valid dictionary)\w+(?:Spec|Settings)", r"\1", expected)
         whole = not item["loc"]  # a check of the whole sweep: its input is the whole file
         problems.append(f"{where}: {expected}" if whole or got in expected else f"{where}: {expected}, got {got}")
     return "; ".join(dict.fromkeys(problems))
 
 
-def _keys_at(depth: int) -> list[str]:
-    """The keys a table at this depth of the file may have: the sweep (1), a [[model]] (3), a poisoned set (5)."""
-    spec = {1: SweepSpec, 3: ModelSpec, 5: PoisonedSpec}.get(depth, SweepSpec)
+def _keys_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the table holding `loc` may have: the sweep (depth 1), [fine_tune], a [[model]] (3),
+    a poisoned set (5)."""
+    fine_tune = len(loc) == 2 and loc[0] == "fine_tune"
+    spec = FineTuneSettings if fine_tune else {1: SweepSpec, 3: ModelSpec, 5: PoisonedSpec}.get(len(loc), SweepSpec)
     keys = [info.validation_alias or name for name, info in spec.model_fields.items()]
     return sorted(key for key in keys if not (spec is PoisonedSpec and key == "name"))
 
