@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.model_results import Metrics, ModelResults
+from db.model_results import FineTuneOutcome, Metrics, ModelResults
 from db.results import read_steps
 
 STEP_COLUMNS = ["step", "channel", "fraction_pruned", "clean_accuracy"]
@@ -80,9 +80,27 @@ def model_summary(results: ModelResults) -> dict[str, Any]:
                 "B_prime": _metrics_json(entry.b_prime),
                 "G": _metrics_json(entry.g),
                 "files": dict(entry.files),
+                **({} if entry.fine is None else {"fine_tune": _fine_tune_json(entry.fine)}),
             }
             for entry in results.thresholds
         },
+    }
+
+
+def _fine_tune_json(fine: FineTuneOutcome) -> dict[str, Any]:
+    """A threshold's fine-pruning: settings, split, every epoch, the one kept, B'' and G'' on test data, files."""
+    return {
+        "kept_epoch": fine.kept_epoch,
+        "settings": dict(fine.settings),
+        "split_sha256": fine.split_sha256,
+        "epochs": [
+            {"epoch": e.epoch, "train_loss": e.train_loss, "holdout_accuracy": e.holdout_accuracy,
+             **{f"asr_{name}": rate for name, rate in sorted(e.asr.items())}}
+            for e in fine.epochs
+        ],
+        "B_fine": _metrics_json(fine.b_fine),
+        "G_fine": _metrics_json(fine.g_fine),
+        "files": dict(fine.files),
     }
 
 
@@ -98,7 +116,8 @@ def _metrics_json(metrics: Metrics) -> dict[str, float]:
 
 
 def lab_table(results: ModelResults) -> tuple[list[str], list[list[str]]]:
-    """The lab's table: B, each B'_t and G_t with clean accuracy, ASR per poison, detection and false alarms."""
+    """The lab's table: B, each B'_t and G_t with clean accuracy, ASR per poison, detection and false alarms;
+    where the sweep fine-tuned, each B''_t (with the epoch kept) and G''_t after them."""
     poisons = sorted(results.b.asr)
     header = ["model", "clean accuracy %", *(f"ASR {p} %" for p in poisons),
               *(f"detected {p} %" for p in poisons), "false alarms %"]
@@ -117,4 +136,8 @@ def lab_table(results: ModelResults) -> tuple[list[str], list[list[str]]]:
         else:
             rows.append(line(f"B' {entry.threshold.percent}, {entry.step} pruned", entry.b_prime))
     rows += [line(f"G {entry.threshold.percent}", entry.g) for entry in results.thresholds if entry.step is not None]
+    tuned = [entry for entry in results.thresholds if entry.fine is not None and entry.fine.kept_epoch is not None]
+    rows += [line(f"B'' {entry.threshold.percent}, epoch {entry.fine.kept_epoch}", entry.fine.b_fine)
+             for entry in tuned]
+    rows += [line(f"G'' {entry.threshold.percent}", entry.fine.g_fine) for entry in tuned]
     return header, rows

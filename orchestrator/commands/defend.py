@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from badnet_prune.errors import BadInputError
+from badnet_prune.fine_tune_settings import FineTuneSettings
 from badnet_prune.names import RESERVED_NAMES, check_name
 from badnet_prune.selection import validate_policy
 from badnet_prune.thresholds import parse_thresholds
@@ -29,6 +31,26 @@ def _poisoned(values: list[str]) -> dict[str, dict[str, str]]:
             raise BadInputError("--poisoned", f"the poisoned set {name!r} is given twice")
         sets[check_name(name, "--poisoned")] = {"valid": valid, "test": test}
     return sets
+
+
+_TUNED = FineTuneSettings()
+FINE_TUNE_OPTIONS = {"epochs": "--epochs", "learning_rate": "--learning-rate", "optimizer": "--optimizer",
+                     "batch_size": "--batch-size", "seed": "--seed", "holdout_fraction": "--holdout-fraction"}
+
+
+def _fine_tune(enabled: bool, given: dict[str, object]) -> dict[str, object] | None:
+    """The [fine_tune] table for --fine-tune and its options (None without the flag), validated once here."""
+    given = {field: value for field, value in given.items() if value is not None}
+    if not enabled:
+        if given:
+            raise BadInputError(FINE_TUNE_OPTIONS[next(iter(given))], "only with --fine-tune")
+        return None
+    try:
+        return FineTuneSettings.model_validate(given).model_dump(mode="json")
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        option = FINE_TUNE_OPTIONS.get(str(first["loc"][0]) if first["loc"] else "", "--fine-tune")
+        raise BadInputError(option, f"{first['msg']}, got {first.get('input')!r}") from None
 
 
 def _model_name(model: Path) -> str:
@@ -56,6 +78,22 @@ def defend(
     input_scale: InputScaleOption = 1.0,
     trust_model_code: TrustCodeOption = False,
     db: DbOption = None,
+    fine_tune: Annotated[bool, typer.Option("--fine-tune", help="Fine-pruning: fine-tune each B'_t on part of "
+                         "the clean validation data (epoch chosen on the rest) into B''_t, and write B_fine_<t> "
+                         "and G_fine_<t>.keras.")] = False,
+    epochs: Annotated[int | None, typer.Option("--epochs", help=f"Fine-tuning epochs (default {_TUNED.epochs})."
+                      )] = None,
+    learning_rate: Annotated[float | None, typer.Option("--learning-rate", help="Fine-tuning learning rate "
+                             f"(default {_TUNED.learning_rate:g}).")] = None,
+    optimizer: Annotated[str | None, typer.Option("--optimizer", help="Fine-tuning optimizer: adam or sgd "
+                         f"(default {_TUNED.optimizer}).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Fine-tuning batch size "
+                          f"(default {_TUNED.batch_size}).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the split, the batch order and training "
+                    f"(default {_TUNED.seed}).")] = None,
+    holdout_fraction: Annotated[float | None, typer.Option("--holdout-fraction", help="Share of the clean "
+                                "validation images held out to choose the epoch "
+                                f"(default {_TUNED.holdout_fraction:g}).")] = None,
 ) -> int:
     """Rank, prune, select B' per threshold, build G, evaluate on test data, and write the results."""
     from orchestrator.submit import submit_sweep
@@ -70,6 +108,8 @@ def defend(
         validate_policy(policy)
     except ValueError as error:
         raise BadInputError("--policy", str(error)) from error
+    tuning = _fine_tune(fine_tune, {"epochs": epochs, "learning_rate": learning_rate, "optimizer": optimizer,
+                                    "batch_size": batch_size, "seed": seed, "holdout_fraction": holdout_fraction})
     raw = {
         "name": f"defend {model.name}",
         "thresholds": threshold_keys,
@@ -83,6 +123,8 @@ def defend(
             "clean_valid": str(clean_valid), "clean_test": str(clean_test), "poisoned": _poisoned(poisoned or []),
         }],
     }
+    if tuning is not None:
+        raw["fine_tune"] = tuning
     spec = parse_sweep(raw, base=Path.cwd(), source="defend", default_name="defend")
     console = Console(stderr=True)
     # defend always runs here, on the embedded default, whatever broker the environment names
@@ -114,7 +156,7 @@ def _write_results(db_url: str, sweep_id: int, out: Path, console: Console) -> N
     out.mkdir(parents=True, exist_ok=True)
     (out / "steps.csv").write_text(to_csv(columns[1:], rows), encoding="utf-8")
     (out / "summary.json").write_text(json.dumps({"sweep": sweep_id, **summary}, indent=2) + "\n", encoding="utf-8")
-    header, table_rows = lab_table(results)
+    header, table_rows = lab_table(results)  # B'' and G'' rows too where the sweep fine-tuned
     table = Table(title=f"{results.name}: clean validation accuracy of B {results.acc0:.2f}%")
     for column in header:
         # row names ("B' 2%, 45 pruned") stay on one line; the numeric headers wrap instead
