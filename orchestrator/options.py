@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from badnet_prune.selection import POLICIES
+
 if TYPE_CHECKING:
     from badnet_prune.settings import Settings
 
 
-def _check_scale(value: float) -> float:
-    if value not in (1.0, 255.0):
+def check_scale(value: float | None) -> float | None:
+    """--input-scale's callback: 1 or 255 (None where the option may be left out)."""
+    if value is not None and value not in (1.0, 255.0):
         raise typer.BadParameter("must be 1 (raw 0..255 pixels) or 255 (pixels divided by 255)")
     return value
 
@@ -24,7 +28,7 @@ ModelOption = Annotated[
 ]
 InputScaleOption = Annotated[
     float,
-    typer.Option("--input-scale", callback=_check_scale,
+    typer.Option("--input-scale", callback=check_scale,
                  help="What the model expects: 1 = raw 0..255 pixels (the lab's convention), "
                  "255 = pixels divided by 255 (the 2020 competition's)."),
 ]
@@ -32,6 +36,21 @@ TrustCodeOption = Annotated[
     bool,
     typer.Option("--trust-model-code", help="Allow model files that carry code (Lambda layers, custom objects). "
                  "Loading such a file runs that code: use only for files you trust."),
+]
+
+# Choices as enums, so that --help lists them and a wrong one is refused before anything runs.
+Policy = StrEnum("Policy", [(name, name) for name in POLICIES])
+
+
+class OutputFormat(StrEnum):
+    csv = "csv"
+    json = "json"
+
+
+PolicyOption = Annotated[
+    Policy,
+    typer.Option("--policy", help="first: B'_t is the first step whose drop reaches t. "
+                 "notebook: the lab notebook's overwrite behaviour."),
 ]
 
 DbOption = Annotated[

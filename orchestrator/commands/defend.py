@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -14,10 +12,11 @@ from rich.table import Table
 
 from badnet_prune.errors import BadInputError
 from badnet_prune.fine_tune_settings import FineTuneSettings
-from badnet_prune.names import RESERVED_NAMES, check_name
-from badnet_prune.selection import validate_policy
-from badnet_prune.thresholds import parse_thresholds
-from orchestrator.options import DbOption, InputScaleOption, ModelOption, TrustCodeOption, load_settings
+from badnet_prune.names import check_name
+from orchestrator.options import DbOption, InputScaleOption, ModelOption, Policy, PolicyOption, TrustCodeOption
+
+if TYPE_CHECKING:
+    from orchestrator.defend_run import Defended
 
 
 def _poisoned(values: list[str]) -> dict[str, dict[str, str]]:
@@ -53,12 +52,6 @@ def _fine_tune(enabled: bool, given: dict[str, object]) -> dict[str, object] | N
         raise BadInputError(option, f"{first['msg']}, got {first.get('input')!r}") from None
 
 
-def _model_name(model: Path) -> str:
-    """The model's name in the results: its file name without extension, as an identifier ('bd net.h5' -> 'bd_net')."""
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", model.stem).lstrip("_-")[:64] or "model"
-    return name if name.lower() not in RESERVED_NAMES else f"model_{name}"
-
-
 def defend(
     model: ModelOption,
     clean_valid: Annotated[Path, typer.Option("--clean-valid", help="Clean validation data: the only data "
@@ -70,8 +63,7 @@ def defend(
     thresholds: Annotated[str, typer.Option("--thresholds", help="Relative clean-accuracy drops that select "
                           "B', comma-separated, each in (0, 1) or a percent: 0.02,0.04,0.1 or 2%,4%,10%. "
                           "Kept exactly as written (0.0333333333 stays that).")] = "0.02,0.04,0.1",
-    policy: Annotated[str, typer.Option("--policy", help="first: B'_t is the first step whose drop reaches t. "
-                      "notebook: the lab notebook's overwrite behaviour.")] = "first",
+    policy: PolicyOption = Policy.first,
     prune_layer: Annotated[str, typer.Option("--prune-layer", help="The Conv2D whose channels are pruned.")] = "conv_3",
     rank_layer: Annotated[str, typer.Option("--rank-layer", help="The layer whose mean activation per channel on "
                           "clean validation data ranks the channels.")] = "pool_3",
@@ -95,67 +87,35 @@ def defend(
                                 "validation images held out to choose the epoch "
                                 f"(default {_TUNED.holdout_fraction:g}).")] = None,
 ) -> int:
-    """Rank, prune, select B' per threshold, build G, evaluate on test data, and write the results."""
-    from orchestrator.submit import submit_sweep
-    from orchestrator.sweep_file import parse_sweep
+    """Rank, prune, select B' per threshold, build G, evaluate on test data, and write the results.
 
-    # checked here as well as in parse_sweep, so that the error names the option, not the sweep
-    try:
-        threshold_keys = [t.key for t in parse_thresholds([t for t in thresholds.split(",") if t.strip()])]
-    except ValueError as error:
-        raise BadInputError("--thresholds", str(error)) from error
-    try:
-        validate_policy(policy)
-    except ValueError as error:
-        raise BadInputError("--policy", str(error)) from error
+    Example: badnet-prune defend --model bd_net.h5 --clean-valid cl/valid.h5 --clean-test cl/test.h5
+    --poisoned sunglasses=bd/bd_valid.h5,bd/bd_test.h5 --out results
+    """
+    from orchestrator.defend_run import DefenseFailed, defend_model, defense_spec
+
     tuning = _fine_tune(fine_tune, {"epochs": epochs, "learning_rate": learning_rate, "optimizer": optimizer,
                                     "batch_size": batch_size, "seed": seed, "holdout_fraction": holdout_fraction})
-    raw = {
-        "name": f"defend {model.name}",
-        "thresholds": threshold_keys,
-        "policy": policy,
-        "prune_layer": prune_layer,
-        "rank_layer": rank_layer,
-        "range_size": 1000,
-        "trust_model_code": trust_model_code,
-        "model": [{
-            "name": _model_name(model), "path": str(model), "input_scale": input_scale,
-            "clean_valid": str(clean_valid), "clean_test": str(clean_test), "poisoned": _poisoned(poisoned or []),
-        }],
-    }
-    if tuning is not None:
-        raw["fine_tune"] = tuning
-    spec = parse_sweep(raw, base=Path.cwd(), source="defend", default_name="defend")
+    spec = defense_spec(
+        model, clean_valid, clean_test, poisoned=_poisoned(poisoned or []),
+        thresholds=[t for t in thresholds.split(",") if t.strip()], policy=policy, prune_layer=prune_layer,
+        rank_layer=rank_layer, input_scale=input_scale, trust_model_code=trust_model_code, fine_tune=tuning,
+    )
     console = Console(stderr=True)
-    # defend always runs here, on the embedded default, whatever broker the environment names
-    from badnet_prune.settings import Settings
-
-    if db is None and "db_url" not in Settings.from_env().model_fields_set:
-        db = str(out / "badnet-prune.db")  # the results' database goes with the results, not into the cwd
-    settings = load_settings(db=db, artifact_dir=out / "models").without_broker()
-    sweep_id = submit_sweep(settings, spec, wait=True, console=console, extra_config={"flat_artifacts": True})
-    _write_results(settings.db_url, sweep_id, out, console)
-    return sweep_id
+    try:
+        defended = defend_model(spec, out, db=db, console=console)
+    except DefenseFailed as failed:
+        console.print(f"error: {failed}", soft_wrap=True, markup=False)
+        raise typer.Exit(2) from None
+    _print_results(defended, out, console)
+    return defended.sweep_id
 
 
-def _write_results(db_url: str, sweep_id: int, out: Path, console: Console) -> None:
-    from db.model_results import read_model_results
-    from db.repository import list_models
-    from db.session import display_url, make_engine, session_scope
-    from orchestrator.exports import lab_table, model_summary, step_rows, to_csv
+def _print_results(defended: Defended, out: Path, console: Console) -> None:
+    from db.session import display_url
+    from orchestrator.exports import lab_table
 
-    engine = make_engine(db_url)
-    with session_scope(engine) as session:
-        model = list_models(session, sweep_id)[0]
-        if model.status == "failed":
-            console.print(f"error: {model.error or 'the model failed'}", soft_wrap=True, markup=False)
-            raise typer.Exit(2)
-        columns, rows = step_rows(session, sweep_id)
-        results = read_model_results(session, model.id)
-    summary = model_summary(results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "steps.csv").write_text(to_csv(columns[1:], rows), encoding="utf-8")
-    (out / "summary.json").write_text(json.dumps({"sweep": sweep_id, **summary}, indent=2) + "\n", encoding="utf-8")
+    results = defended.results
     header, table_rows = lab_table(results)  # B'' and G'' rows too where the sweep fine-tuned
     table = Table(title=f"{results.name}: clean validation accuracy of B {results.acc0:.2f}%")
     for column in header:
@@ -165,4 +125,4 @@ def _write_results(db_url: str, sweep_id: int, out: Path, console: Console) -> N
         table.add_row(*row)
     Console().print(table)
     console.print(f"wrote {out / 'steps.csv'}, {out / 'summary.json'} and {out / 'models'}/ "
-                  f"(sweep {sweep_id} in {display_url(db_url)})", soft_wrap=True)
+                  f"(sweep {defended.sweep_id} in {display_url(defended.db_url)})", soft_wrap=True)
