@@ -88,7 +88,13 @@ def test_compose_config(compose_config, env_example, repo):
             "redis": "service_healthy",
             "postgres": "service_healthy",
             "migrate": "service_completed_successfully",
-        }
+        } | ({"db-roles": "service_completed_successfully"} if name == "orchestrator" else {})
+    # The sql command's role gets its password after the migrations created it; the orchestrator hands it
+    # to libpq, which uses it for the connection that has none in its URL (sql's).
+    assert depends_on(services["db-roles"]) == {"migrate": "service_completed_successfully"}
+    assert services["db-roles"]["environment"]["READER_PASSWORD"] == env_example["POSTGRES_READER_PASSWORD"]
+    assert "READER_PASSWORD" not in " ".join(services["db-roles"]["command"]).replace("getenv password READER", "")
+    assert services["orchestrator"]["environment"]["PGPASSWORD"] == env_example["POSTGRES_READER_PASSWORD"]
     assert depends_on(services["flower"]) == {"redis": "service_healthy"}
 
     # Data and sweeps read-only; artifacts, cache and reports on named volumes.
@@ -147,7 +153,7 @@ def test_env_example_documents_every_setting(env_example, repo):
             assert above >= 0 and lines[above].startswith("#"), f"{line.split('=')[0]} has no comment"
 
 
-APPLICATION_SERVICES = ("preflight", "migrate", "worker", "flower", "orchestrator")
+APPLICATION_SERVICES = ("preflight", "migrate", "db-roles", "worker", "flower", "orchestrator")
 
 
 def test_application_services_are_hardened(compose_config):
@@ -183,7 +189,7 @@ def run_preflight(compose_config, passwords: dict[str, str]) -> subprocess.Compl
 
 def test_preflight_refuses_the_placeholder_passwords_with_one_line(compose_config, env_example):
     """The attacker's test: .env.example copied as it is (or a password left empty) must not start anything."""
-    names = ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "FLOWER_PASSWORD")
+    names = ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "POSTGRES_READER_PASSWORD", "FLOWER_PASSWORD")
     assert all(env_example[name].startswith("change-me") for name in names)
     assert compose_config["services"]["preflight"]["environment"] == {name: env_example[name] for name in names}
     fresh = {name: f"{index}f3a9c0d7e1b2" for index, name in enumerate(names)}
