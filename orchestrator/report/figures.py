@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: no display on servers and in CI
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -47,6 +48,34 @@ def curve_png(model: ModelReport) -> bytes:
              title=f"{model.name}: pruning curve")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.tight_layout()
+    return _png(figure)
+
+
+def fine_tune_png(model: ModelReport) -> bytes | None:
+    """Per fine-tuned threshold, hold-out clean accuracy and each poisoned validation set's ASR against the
+    epoch (0 = B'_t), the epoch kept (chosen on hold-out accuracy alone) marked; None when nothing was tuned."""
+    tuned = [(entry.threshold, entry.fine) for entry in model.results.thresholds
+             if entry.fine is not None and entry.fine.kept_epoch is not None and entry.fine.epochs]
+    if not tuned:
+        return None
+    figure, all_axes = plt.subplots(1, len(tuned), figsize=(4.2 * len(tuned) + 1.5, 3.8), dpi=DPI, squeeze=False)
+    for axes, (threshold, fine) in zip(all_axes[0], tuned, strict=True):
+        epochs = [e.epoch for e in fine.epochs]
+        axes.plot(epochs, [e.holdout_accuracy for e in fine.epochs], color="black", lw=2, marker=".",
+                  label="hold-out clean accuracy")
+        for poison in fine.poisons:
+            axes.plot(epochs, [e.asr.get(poison, np.nan) for e in fine.epochs], lw=1.5, marker=".",
+                      label=f"ASR {poison} (validation)")
+        kept = next(e for e in fine.epochs if e.epoch == fine.kept_epoch)
+        axes.axvline(kept.epoch, color="tab:green", ls=":", lw=1.2)
+        axes.plot([kept.epoch], [kept.holdout_accuracy], "o", color="tab:green", ms=9, fillstyle="none",
+                  label="epoch kept")
+        axes.set(xlabel="epoch", ylabel="percent", ylim=(-2, 102), title=f"B'' {threshold.percent}: epoch {kept.epoch}")
+        axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+    all_axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.suptitle(f"{model.name}: fine-tuning B'_t on clean validation data")
     figure.tight_layout()
     return _png(figure)
 

@@ -77,6 +77,11 @@ def _model_section(page: ModelPage) -> str:
         table_html(lab, "lab"),
         "<h3>Pruning curve (clean validation data)</h3>",
         _img(page.curve_png, "curve", f"{model.name}: accuracy and ASR against the fraction pruned"),
+    ]
+    if page.fine_tune_png is not None:
+        parts += ["<h3>Fine-pruning curves (clean validation data)</h3>", f"<p>{escape(page.fine_tune_caption())}</p>",
+                  _img(page.fine_tune_png, "fine-tune", f"{model.name}: hold-out accuracy and ASR against the epoch")]
+    parts += [
         "<h3>Sample test images</h3>",
     ]
     samples = page.samples
@@ -108,8 +113,8 @@ def table_html(table: Table, css_class: str, element_id: str | None = None) -> s
 
 
 def _td(column: str, cell: str) -> str:
-    if column in ("removed", "kept") and cell:
-        return f'<td class="{column}">{escape(cell)}</td>'
+    if column in ("removed", "kept", "fine_removed", "fine_kept") and cell:
+        return f'<td class="{column.removeprefix("fine_")}">{escape(cell)}</td>'
     return f'<td class="num">{escape(cell)}</td>' if _is_number(cell) else f"<td>{escape(cell)}</td>"
 
 

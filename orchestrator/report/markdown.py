@@ -49,7 +49,11 @@ def _model_lines(page: ModelPage, figures: dict[str, str]) -> list[str]:
     lab = Table("lab", header, [dict(zip(header, row, strict=True)) for row in rows])
     lines = [f"## {name}", "", escape(page.description()), "", "### B, B' and G on test data", "",
              *table_markdown(lab), "", "### Pruning curve (clean validation data)", "",
-             f"![{name}: pruning curve]({_link(figures['curve'])})", "", "### Sample test images", ""]
+             f"![{name}: pruning curve]({_link(figures['curve'])})", ""]
+    if "fine_tune" in figures:
+        lines += ["### Fine-pruning curves (clean validation data)", "", escape(page.fine_tune_caption()), "",
+                  f"![{name}: fine-pruning curves]({_link(figures['fine_tune'])})", ""]
+    lines += ["### Sample test images", ""]
     lines += [f"*{escape(text)}*\n" for text in page.samples.missing]
     if "samples" in figures:
         lines += [escape(page.samples_caption()), "", f"![{name}: samples]({_link(figures['samples'])})", "",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.report.data import ModelReport, SweepReport
-from orchestrator.report.figures import curve_png, sample_grid_png
+from orchestrator.report.figures import curve_png, fine_tune_png, sample_grid_png
 from orchestrator.report.samples import Samples, label_samples
 from orchestrator.report.tables import Table, model_ranking_table, model_steps_table, sweep_tables
 
@@ -21,12 +21,18 @@ class ModelPage:
     curve_png: bytes
     samples: Samples
     samples_png: bytes | None
+    fine_tune_png: bytes | None = None  # fine-pruning's curves, where the sweep fine-tuned
 
     def description(self) -> str:
         m = self.model
         acc0 = "?" if m.acc0 is None else f"{m.acc0:.2f}%"
         return (f"{m.path} (sha256 {m.sha256[:12]}..., input scale {m.input_scale:g}); "
                 f"clean validation accuracy of B before pruning (acc0): {acc0}.")
+
+    def fine_tune_caption(self) -> str:
+        return ("Fine-pruning: B'_t fine-tuned on part of the clean validation file; the epoch kept is the one with "
+                "the best accuracy on the held-out rest (ties: the earliest; epoch 0 is B'_t itself). The ASR on "
+                "each poisoned validation set is shown for the record and never used to choose.")
 
     def samples_caption(self) -> str:
         thresholds = ", ".join(t.percent for t in self.samples.thresholds) or "none"
@@ -60,9 +66,14 @@ class ReportPages:
                 f"pruned layer {r.prune_layer}, ranked on {r.rank_layer}. All figures read from the database.")
 
     def summary_caption(self) -> str:
-        return (f"One row per model and threshold. Accuracies and ASRs are on test data, in percent; "
-                f"clean_drop = B_clean_accuracy - G_clean_accuracy (points). removed: poisons whose ASR under G "
-                f"is at most {self.report.asr_bound:g}%; kept: the others.")
+        caption = (f"One row per model and threshold. Accuracies and ASRs are on test data, in percent; "
+                   f"clean_drop = B_clean_accuracy - G_clean_accuracy (points). removed: poisons whose ASR under G "
+                   f"(pruning alone) is at most {self.report.asr_bound:g}%; kept: the others.")
+        if "fine_removed" in self.tables["summary"].columns:
+            caption += (" Fine-pruning: G_fine is G'' (the repaired net of B and the fine-tuned B''), fine_clean_drop "
+                        "= B_clean_accuracy - G_fine_clean_accuracy; fine_removed and fine_kept as removed and kept, "
+                        "under G''.")
+        return caption
 
     def failed_table(self) -> Table:
         rows = [{"model": m.name, "path": m.path, "error": m.error or ""} for m in self.report.failed_models]
@@ -88,5 +99,6 @@ def build_pages(report: SweepReport, samples_per_set: int) -> ReportPages:
             curve_png=curve_png(model),
             samples=samples,
             samples_png=samples_png,
+            fine_tune_png=fine_tune_png(model),
         ))
     return ReportPages(report, tables, pages)

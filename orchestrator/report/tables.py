@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from db.model_results import FineTuneOutcome
 from orchestrator.report.data import ModelReport, SweepReport
 
 PERCENT_DECIMALS = 2
@@ -86,7 +87,11 @@ def summary_table(report: SweepReport) -> Table:
                "clean_drop", "G_false_alarms"]
     for poison in poisons:
         columns += [f"B_asr_{poison}", f"G_asr_{poison}"]
-    columns += ["removed", "kept", "note"]
+    columns += ["removed", "kept"]
+    if any(entry.fine is not None for model in report.complete_models for entry in model.results.thresholds):
+        columns += ["fine_kept_epoch", "G_fine_clean_accuracy", "fine_clean_drop", "G_fine_false_alarms",
+                    *(f"G_fine_asr_{poison}" for poison in poisons), "fine_removed", "fine_kept"]
+    columns += ["note"]
     rows = [row for model in report.complete_models for row in _summary_rows(model, poisons, report.asr_bound)]
     return Table("summary", columns, rows)
 
@@ -113,8 +118,25 @@ def _summary_rows(model: ModelReport, poisons: list[str], bound: float) -> list[
             row[f"G_asr_{poison}"] = g.asr[poison]
         row["removed"] = " ".join(p for p in measured if g.asr[p] <= bound)
         row["kept"] = " ".join(p for p in measured if g.asr[p] > bound)
+        if entry.fine is not None and entry.fine.g_fine.clean_accuracy is not None:
+            row.update(_fine_columns(entry.fine, poisons, b.clean_accuracy, bound))
         rows.append(row)
     return rows
+
+
+def _fine_columns(fine: FineTuneOutcome, poisons: list[str], b_clean: float, bound: float) -> dict[str, Any]:
+    """Fine-pruning's columns of a summary row: G'' against the same bound, and its clean cost against B."""
+    g_fine = fine.g_fine
+    measured = [poison for poison in poisons if poison in g_fine.asr]
+    return {
+        "fine_kept_epoch": fine.kept_epoch,
+        "G_fine_clean_accuracy": g_fine.clean_accuracy,
+        "fine_clean_drop": b_clean - g_fine.clean_accuracy,
+        "G_fine_false_alarms": g_fine.false_alarms,
+        **{f"G_fine_asr_{poison}": g_fine.asr[poison] for poison in measured},
+        "fine_removed": " ".join(p for p in measured if g_fine.asr[p] <= bound),
+        "fine_kept": " ".join(p for p in measured if g_fine.asr[p] > bound),
+    }
 
 
 def rankings_table(report: SweepReport) -> Table:
