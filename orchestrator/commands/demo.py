@@ -21,7 +21,10 @@ def demo(
     quick: Annotated[bool, typer.Option("--quick", help="The small set the tests use (trains in under a "
                                         "minute).")] = False,
 ) -> None:
-    """Train a synthetic BadNet, defend it with pruning, and report: the whole tool in one command."""
+    """Train a synthetic BadNet, defend it with pruning, and report: the whole tool in one command.
+
+    Example: badnet-prune demo --out demo --quick
+    """
     from orchestrator.commands.defend import defend
     from orchestrator.commands.report import report
     from orchestrator.commands.synth import synth

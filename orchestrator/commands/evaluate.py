@@ -24,7 +24,10 @@ def evaluate(
     trust_model_code: TrustCodeOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Accuracy of MODEL on each data file, in percent of the file's own labels."""
+    """Accuracy of MODEL on each data file, in percent of the file's own labels.
+
+    Example: badnet-prune evaluate --model lab3/models/bd_net.h5 --data lab3/data/cl/test.h5 --json
+    """
     from badnet_prune.data import open_data_file
 
     for path in data:  # a malformed file is reported now, not after seconds of TensorFlow start-up

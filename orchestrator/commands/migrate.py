@@ -6,7 +6,10 @@ from orchestrator.options import DbOption, load_settings
 
 
 def migrate(db: DbOption = None) -> None:
-    """Create the database if it does not exist (PostgreSQL: via the `postgres` database), then upgrade its schema."""
+    """Create the database if it does not exist (PostgreSQL: via the `postgres` database), then upgrade its schema.
+
+    Example: badnet-prune migrate --db postgresql://postgres@127.0.0.1:5432/badnet
+    """
     url = load_settings(db=db).db_url
 
     from db.session import create_database_if_missing, display_url, prepare_database

@@ -11,7 +11,7 @@ from orchestrator.options import DbOption, load_settings
 
 
 def report(
-    sweep_id: Annotated[int, typer.Argument(help="The sweep's id, as `sweep` printed it.")],
+    sweep_id: Annotated[int, typer.Argument(metavar="SWEEP", help="The sweep's id, as `sweep` printed it.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for index.html, report.md, figures/ and csv/.")],
     db: DbOption = None,
     asr_bound: Annotated[float, typer.Option("--asr-bound", min=0, max=100, help="A backdoor counts as removed "
@@ -19,7 +19,10 @@ def report(
     samples: Annotated[int, typer.Option("--samples", min=0, help="Test images per data set in each model's "
                        "sample grid, labelled by B and G (loads the model files); 0 skips the grid.")] = 6,
 ) -> None:
-    """Write a report of a sweep: one self-contained HTML page, report.md and the tables as CSV."""
+    """Write a report of a sweep: one self-contained HTML page, report.md and the tables as CSV.
+
+    Example: badnet-prune report 1 --out report --db demo/badnet-prune.db
+    """
     from badnet_prune.errors import BadInputError
 
     settings = load_settings(db=db)

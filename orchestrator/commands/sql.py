@@ -20,8 +20,8 @@ from orchestrator.options import DbOption, load_settings
 
 
 def sql(
-    query: Annotated[str, typer.Argument(help="One SELECT statement; it runs read-only, as the database's "
-                                              "reader role on PostgreSQL, with a statement timeout.")],
+    query: Annotated[str, typer.Argument(metavar="QUERY", help="One SELECT statement; it runs read-only, as "
+                                         "the database's reader role on PostgreSQL, with a statement timeout.")],
     db: DbOption = None,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV (the default when stdout is not a terminal).")]
     = False,

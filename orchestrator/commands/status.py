@@ -14,7 +14,7 @@ from orchestrator.options import BrokerOption, DbOption, load_settings
 
 
 def status(
-    sweep_id: Annotated[int, typer.Argument(help="The sweep's id, as `sweep` printed it.")],
+    sweep_id: Annotated[int, typer.Argument(metavar="SWEEP", help="The sweep's id, as `sweep` printed it.")],
     db: DbOption = None,
     broker: BrokerOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,

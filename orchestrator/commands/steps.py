@@ -7,20 +7,20 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.options import DbOption, load_settings
+from orchestrator.options import DbOption, OutputFormat, load_settings
 
 
 def steps(
-    sweep_id: Annotated[int, typer.Argument(help="The sweep's id.")],
+    sweep_id: Annotated[int, typer.Argument(metavar="SWEEP", help="The sweep's id, as `sweep` printed it.")],
     model: Annotated[str | None, typer.Option("--model", help="Only this model (its name in the sweep).")] = None,
-    output_format: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="CSV, or JSON: a list of one object "
+                             "per step.")] = OutputFormat.csv,
     db: DbOption = None,
 ) -> None:
-    """Print the steps: model, step, channel, fraction_pruned, clean_accuracy, asr_<poison>..."""
-    from badnet_prune.errors import BadInputError
+    """Print the steps: model, step, channel, fraction_pruned, clean_accuracy, asr_<poison>...
 
-    if output_format not in ("csv", "json"):
-        raise BadInputError("--format", f"{output_format!r} is not csv or json")
+    Example: badnet-prune steps 1 --model m0 --format json
+    """
     settings = load_settings(db=db)
 
     from db.session import prepare_database, session_scope
@@ -29,7 +29,7 @@ def steps(
     engine = prepare_database(settings.db_url, create=False)  # reading: a mistyped file is an error, not a new db
     with session_scope(engine) as session:
         columns, rows = step_rows(session, sweep_id, model)
-    if output_format == "json":
+    if output_format is OutputFormat.json:
         print(json.dumps(rows, indent=2))
     else:
         print(to_csv(columns, rows), end="")

@@ -12,8 +12,9 @@ from orchestrator.options import BrokerOption, DbOption, load_settings
 
 
 def sweep(
-    target: Annotated[str, typer.Argument(help="A sweep file (TOML), or the word `resume` followed by a sweep id.")],
-    sweep_id: Annotated[int | None, typer.Argument(help="With `resume`: the sweep to finish.")] = None,
+    target: Annotated[str, typer.Argument(metavar="FILE|resume", help="A sweep file (TOML), or the word "
+                                       "`resume` followed by a sweep id.")],
+    sweep_id: Annotated[int | None, typer.Argument(metavar="SWEEP", help="With `resume`: the sweep to finish.")] = None,
     db: DbOption = None,
     broker: BrokerOption = None,
     wait: Annotated[bool, typer.Option("--wait", help="Show progress until the sweep is done "

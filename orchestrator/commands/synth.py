@@ -33,7 +33,10 @@ def synth(
                           "use and dormant decoys restored, so pruning alone does not remove it.")
     ] = "default",
 ) -> None:
-    """Draw face-like photos, poison a share with sunglasses, train a DeepID BadNet and write the lab's files."""
+    """Draw face-like photos, poison a share with sunglasses, train a DeepID BadNet and write the lab's files.
+
+    Example: badnet-prune synth badnet --classes 32 --seed 1
+    """
     from badnet_prune.synth.build import ATTACKS, SynthesisError, synthesize
 
     if attack not in ATTACKS:

@@ -22,6 +22,8 @@ def worker(
     """Consume tasks from the broker and write results to the database.
 
     The database schema is upgraded first; TensorFlow loads only in the pool's child processes.
+
+    Example: badnet-prune worker --broker redis://127.0.0.1:6379/0 --db postgresql://postgres@127.0.0.1/badnet
     """
     settings = load_settings(db=db, broker=broker)
     if not settings.broker_url:
