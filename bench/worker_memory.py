@@ -139,17 +139,25 @@ def run(work: Path, models: int, every: int, memory_bytes: int, cache_max_bytes:
               flush=True)
 
     began = time.perf_counter()
-    start_rss = None
+    start_rss = full = full_rss = None
     for done, path in enumerate(paths, start=1):
         run_model(memory, path, work, artifacts)
         if done == 1:
             start_rss = rss_mib()
+        if full is None and memory.counts()["model"] < done:  # the first eviction: the budget is full
+            full, full_rss = done, rss_mib()
         if done == 1 or done % every == 0 or done == len(paths):
             report(done, time.perf_counter() - began)
     assert start_rss is not None
-    grown = rss_mib() - start_rss
-    print(f"RSS after model 1: {start_rss:.1f} MiB; after model {len(paths)}: {rss_mib():.1f} MiB "
-          f"({grown:+.1f} MiB, {grown / max(len(paths) - 1, 1):+.3f} MiB a model)")
+    end_rss = rss_mib()
+    print(f"RSS after model 1: {start_rss:.1f} MiB; after model {len(paths)}: {end_rss:.1f} MiB "
+          f"({end_rss - start_rss:+.1f} MiB)")
+    if full is not None and full_rss is not None and full < len(paths):
+        grown = end_rss - full_rss
+        print(f"budget full from model {full} ({full_rss:.1f} MiB); from there to model {len(paths)}: "
+              f"{grown:+.1f} MiB, {grown / (len(paths) - full):+.3f} MiB a model")
+    else:
+        print(f"the budget never filled: {(end_rss - start_rss) / max(len(paths) - 1, 1):+.3f} MiB a model")
 
 
 def main() -> None:
