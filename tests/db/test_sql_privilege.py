@@ -179,3 +179,27 @@ def test_the_reader_connection_is_closed_afterwards(migrated) -> None:
         left = connection.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE usename = :r AND pid <> "
                                       "pg_backend_pid() AND state = 'idle in transaction'"), {"r": READER_ROLE})
     assert left == 0
+
+
+def test_downgrading_past_0003_revokes_the_grants_and_upgrading_restores_them(migrated) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from db.session import ALEMBIC_INI
+
+    url, engine = migrated
+    grants = text("SELECT count(*) FROM information_schema.role_table_grants "
+                  "WHERE grantee IN (:reader, :app) AND table_schema = current_schema()")
+    roles = {"reader": READER_ROLE, "app": APP_ROLE}
+    config = Config(str(ALEMBIC_INI))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0002")
+    with engine.connect() as connection:
+        assert connection.scalar(grants, roles) == 0
+    with pytest.raises(ReadOnlyQueryError, match=r"permission denied|does not exist"):  # no USAGE on the schema
+        run_read_only_query(url, "SELECT name FROM sweeps", timeout_s=30)
+    prepare_database(url).dispose()
+    with engine.connect() as connection:
+        assert connection.scalar(grants, roles) > 0
+    assert run_read_only_query(url, "SELECT name FROM sweeps", timeout_s=30)[1] == [("lab",)]
