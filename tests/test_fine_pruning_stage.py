@@ -1,0 +1,294 @@
+"""Fine-pruning as a stage of the pipeline, through `defend --fine-tune` on the pruning-aware synthetic BadNet.
+
+One defend run (two epochs, thresholds 2% and 95%: the second is never reached, so its task has
+nothing to tune and records that); its files are checked against an independent computation (plain
+Keras in a process of its own, filters read from the files), its table, summary.json and the
+fine_tune_results view against each other, and a second run of one fine-tune task must rewrite the
+same rows. Bad options and [fine_tune] tables are refused in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, make_url, select
+from sqlalchemy.schema import CreateSchema, DropSchema
+
+from badnet_prune.data import open_data_file
+from badnet_prune.errors import BadInputError
+from badnet_prune.hashing import sha256_file
+from badnet_prune.inference import compiled_forward, predict_labels
+from badnet_prune.model_io import load_model
+from badnet_prune.repair import repaired_labels
+from badnet_prune.tf_setup import keras
+from badnet_prune.thresholds import Threshold
+from db.errors import DatabaseUnavailable
+from db.models import Artifact, Evaluation, FineTune, FineTuneAsr, FineTuneEpoch, Model, Task
+from db.query import run_read_only_query
+from db.results import FineTuneEpochRow, FineTuneRow, save_fine_tune
+from db.session import make_engine, prepare_database, session_scope
+from pipeline.contract import PlanContext, TaskContext
+from pipeline.stages.fine_tune import FINE_TUNE, FineTuneArguments
+from tests.helpers import run_console_script
+from tests.test_fine_tuning import PLAIN_KERAS, cached_pruning_aware_badnet
+
+POISON = "sunglasses"
+EPOCHS = 2
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def run_cli(*args: str, cache: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BADNET_PRUNE_CACHE": str(cache), "COLUMNS": "120", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("BADNET_PRUNE_BROKER", None)
+    env.pop("BADNET_PRUNE_DB", None)
+    return run_console_script(*args, env=env, timeout=timeout)
+
+
+def defend_arguments(root: Path, out: Path, *extra: str) -> list[str]:
+    data = root / "data"
+    return ["defend", "--model", str(root / "models" / "bd_net.h5"), "--clean-valid", str(data / "cl" / "valid.h5"),
+            "--clean-test", str(data / "cl" / "test.h5"),
+            "--poisoned", f"{POISON}={data / 'bd' / 'bd_valid.h5'},{data / 'bd' / 'bd_test.h5'}",
+            "--thresholds", "0.02,0.95", "--out", str(out), *extra]
+
+
+@dataclass(frozen=True)
+class Tuned:
+    root: Path
+    out: Path
+    cache: Path
+    stdout: str
+    summary: dict
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.out / 'badnet-prune.db'}"
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory) -> Tuned:
+    root = cached_pruning_aware_badnet()
+    work = tmp_path_factory.mktemp("fine-prune")
+    done = run_cli(*defend_arguments(root, work / "out", "--fine-tune", "--epochs", str(EPOCHS)), cache=work / "cache")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((work / "out" / "summary.json").read_text(encoding="utf-8"))
+    return Tuned(root, work / "out", work / "cache", done.stdout, summary)
+
+
+def test_b_fine_and_g_fine_load_in_plain_keras_and_follow_their_rules(tuned: Tuned, tmp_path: Path) -> None:
+    models = tuned.out / "models"
+    b_fine, g_fine = models / "B_fine_0.02.keras", models / "G_fine_0.02.keras"
+    assert not (models / "B_fine_0.95.keras").exists() and not (models / "G_fine_0.95.keras").exists()
+    clean, poisoned = (open_data_file(tuned.root / "data" / p) for p in ("cl/test.h5", "bd/bd_test.h5"))
+    images = np.concatenate([clean.read_all(), poisoned.read_all()])
+    np.save(tmp_path / "images.npy", images)
+    args = [tmp_path / "images.npy", b_fine, tmp_path / "b.npy", g_fine, tmp_path / "g.npy"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", PLAIN_KERAS, *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    labels_fine = np.argmax(np.load(tmp_path / "b.npy"), axis=-1)
+    labels_g = np.argmax(np.load(tmp_path / "g.npy"), axis=-1)
+
+    provenance = json.loads(b_fine.with_suffix(".json").read_text(encoding="utf-8"))
+    summary = tuned.summary["thresholds"]["0.02"]
+    pruned = provenance["pruned_channels"]
+    assert pruned == tuned.summary["pruning_order"][: summary["step"]] and pruned
+    assert provenance["source_sha256"] == sha256_file(tuned.root / "models" / "bd_net.h5")
+    assert provenance["fine_tune"]["epochs"] == EPOCHS
+    assert provenance["kept_epoch"] == summary["fine_tune"]["kept_epoch"]
+    assert provenance["split_sha256"] == summary["fine_tune"]["split_sha256"] and provenance["kind"] == "B_fine"
+    kernel, bias = keras.models.load_model(b_fine, safe_mode=True).get_layer("conv_3").get_weights()
+    assert not kernel[..., pruned].any() and not bias[pruned].any(), "a pruned filter of B'' is not exactly zero"
+    assert kernel[..., [c for c in range(kernel.shape[-1]) if c not in pruned]].any()
+
+    model_b = load_model(tuned.root / "models" / "bd_net.h5")
+    labels_b = predict_labels(compiled_forward(model_b), [images])
+    classes = int(model_b.output_shape[-1])
+    np.testing.assert_array_equal(labels_g, repaired_labels(labels_b, labels_fine, classes))
+    # the stored test metrics are those of the files
+    count = clean.count
+    assert summary["fine_tune"]["B_fine"]["clean_accuracy"] == pytest.approx(
+        100.0 * np.mean(labels_fine[:count] == clean.labels))
+    assert summary["fine_tune"]["B_fine"][f"asr_{POISON}"] == pytest.approx(
+        100.0 * np.mean(labels_fine[count:] == poisoned.labels))
+    assert summary["fine_tune"]["G_fine"]["false_alarms"] == pytest.approx(100.0 * np.mean(labels_g[:count] == classes))
+    assert summary["fine_tune"]["G_fine"][f"detection_{POISON}"] == pytest.approx(
+        100.0 * np.mean(labels_g[count:] == classes))
+
+
+def test_the_printed_table_and_summary_have_the_fine_pruned_rows(tuned: Tuned) -> None:
+    fine = tuned.summary["thresholds"]["0.02"]["fine_tune"]
+    assert f"B'' 2%, epoch {fine['kept_epoch']}" in tuned.stdout and "G'' 2%" in tuned.stdout
+    assert "B'' 95%" not in tuned.stdout and "G'' 95%" not in tuned.stdout
+    assert [e["epoch"] for e in fine["epochs"]] == list(range(EPOCHS + 1))
+    assert all(set(e) == {"epoch", "train_loss", "holdout_accuracy", f"asr_{POISON}"} for e in fine["epochs"])
+    best = max(e["holdout_accuracy"] for e in fine["epochs"])
+    assert fine["kept_epoch"] == next(e["epoch"] for e in fine["epochs"] if e["holdout_accuracy"] == best)
+    assert fine["settings"] == {"optimizer": "adam", "learning_rate": 3e-3, "epochs": EPOCHS, "batch_size": 64,
+                                "seed": 0, "holdout_fraction": 0.2}
+    assert set(fine["files"]) == {"B_fine", "G_fine"} and all(Path(p).is_file() for p in fine["files"].values())
+    assert fine["B_fine"]["clean_accuracy"] >= 0 and "false_alarms" in fine["G_fine"]
+    never = tuned.summary["thresholds"]["0.95"]
+    assert never["step"] is None and never["fine_tune"]["kept_epoch"] is None and never["fine_tune"]["files"] == {}
+
+
+def test_the_fine_tune_results_view_through_the_sql_command(tuned: Tuned) -> None:
+    done = run_cli("sql", "--db", tuned.db_url, "--json",
+                   "SELECT threshold, threshold_key, epoch, dataset, role, poison, value, kept FROM fine_tune_results "
+                   "ORDER BY threshold_key, dataset, epoch", cache=tuned.cache, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout)
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    fine = tuned.summary["thresholds"]["0.02"]["fine_tune"]
+    assert len(rows) == 2 * (EPOCHS + 1), rows  # hold-out and one poison per epoch; 95% tuned nothing
+    as_dicts = [row if isinstance(row, dict) else dict(zip(
+        ["threshold", "threshold_key", "epoch", "dataset", "role", "poison", "value", "kept"], row, strict=True))
+        for row in rows]
+    holdout = [r for r in as_dicts if r["dataset"] == "holdout"]
+    asr = [r for r in as_dicts if r["dataset"] == POISON]
+    assert {r["role"] for r in holdout} == {"clean_holdout"} and {r["poison"] for r in holdout} == {None}
+    assert {r["role"] for r in asr} == {"poisoned_valid"} and {r["poison"] for r in asr} == {POISON}
+    assert [r["value"] for r in holdout] == [e["holdout_accuracy"] for e in fine["epochs"]]
+    assert [r["value"] for r in asr] == [e[f"asr_{POISON}"] for e in fine["epochs"]]
+    assert [r["epoch"] for r in as_dicts if r["kept"]] == [fine["kept_epoch"]] * 2
+    assert {r["threshold"] for r in as_dicts} == {0.02} and {r["threshold_key"] for r in as_dicts} == {"0.02"}
+
+
+def table_counts(session) -> dict[str, int]:
+    return {table.__tablename__: session.scalar(select(func.count()).select_from(table))
+            for table in (FineTune, FineTuneEpoch, FineTuneAsr, Evaluation, Artifact)}
+
+
+def test_a_fine_tune_task_run_again_rewrites_the_same_rows(tuned: Tuned) -> None:
+    from badnet_prune.settings import Settings
+    from worker.dispatch import LocalDispatcher
+    from worker.fine_tune_job import fine_tune_threshold
+    from worker.runtime import install_runtime
+
+    engine = make_engine(tuned.db_url)
+    settings = Settings.from_env().with_overrides(db_url=tuned.db_url, broker_url=None, cache_dir=tuned.cache)
+    runtime = install_runtime(settings, LocalDispatcher(settings, engine), engine=engine)
+
+    def stored() -> tuple[dict[str, int], list[tuple], list[tuple]]:
+        with session_scope(engine) as session:
+            epochs = session.execute(select(FineTuneEpoch.threshold, FineTuneEpoch.epoch, FineTuneEpoch.train_loss,
+                                            FineTuneEpoch.holdout_accuracy).order_by(FineTuneEpoch.epoch)).all()
+            evaluations = session.execute(select(Evaluation.network, Evaluation.threshold, Evaluation.poison_name,
+                                                 Evaluation.accuracy, Evaluation.flagged)
+                                          .order_by(Evaluation.network, Evaluation.poison_name)).all()
+            return table_counts(session), [tuple(r) for r in epochs], [tuple(r) for r in evaluations]
+
+    before = stored()
+    with session_scope(engine) as session:
+        model_id = session.scalar(select(Model.id))
+        (task,) = session.scalars(select(Task).where(Task.stage == "fine_tune", Task.key == "0.02")).all()
+        context = TaskContext(task.id, task.sweep_id, model_id)
+        assert FINE_TUNE.stored(session, context, FineTuneArguments(threshold="0.02"))
+    for key in ("0.02", "0.95"):
+        fine_tune_threshold(runtime, model_id, Threshold(key))
+    after = stored()
+    assert after[0] == before[0], "a redelivered fine-tune task added rows"
+    assert after[1] == before[1] and after[2] == before[2], "the same task on CPU gave other numbers"
+    engine.dispose()
+
+
+def test_without_fine_tune_settings_the_stage_plans_nothing() -> None:
+    thresholds = (Threshold("0.02"), Threshold("0.1"))
+    assert FINE_TUNE.planned(PlanContext(60, thresholds, 10, {})) == []
+    planned = FINE_TUNE.planned(PlanContext(60, thresholds, 10, {"fine_tune": {"epochs": 3}}))
+    assert planned == [("0.02", {"threshold": "0.02"}), ("0.1", {"threshold": "0.1"})]
+    assert FINE_TUNE.after == ("threshold",)
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    (["--epochs", "3"], "--epochs: only with --fine-tune"),
+    (["--fine-tune", "--learning-rate", "0"], "--learning-rate: Input should be greater than 0"),
+    (["--fine-tune", "--optimizer", "rmsprop"], "--optimizer: Input should be 'adam' or 'sgd'"),
+    (["--fine-tune", "--holdout-fraction", "1"], "--holdout-fraction: Input should be less than 1"),
+    (["--fine-tune", "--epochs", "0"], "--epochs: Input should be greater than or equal to 1"),
+])
+def test_bad_fine_tune_options_are_one_line_and_run_nothing(tmp_path: Path, options: list[str], expected: str) -> None:
+    root = cached_pruning_aware_badnet()
+    done = run_cli(*defend_arguments(root, tmp_path / "out", *options), cache=tmp_path / "cache", timeout=120)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("table", "expected"), [
+    ({"epoch": 3}, "fine_tune.epoch: unknown key (allowed: batch_size, epochs, holdout_fraction, learning_rate, "
+                   "optimizer, seed)"),
+    ({"epochs": "10"}, "fine_tune.epochs: expected a valid integer, got '10'"),
+    ({"epochs": True}, "fine_tune.epochs: expected a valid integer, got True"),
+    ({"learning_rate": -1.0}, "fine_tune.learning_rate: expected greater than 0, got -1.0"),
+    ({"optimizer": "rmsprop"}, "fine_tune.optimizer: expected 'adam' or 'sgd', got 'rmsprop'"),
+    ("yes", "fine_tune: expected a valid dictionary, got 'yes'"),
+])
+def test_hostile_fine_tune_tables_are_refused_in_one_line(table: object, expected: str) -> None:
+    from orchestrator.sweep_file import parse_sweep
+
+    model = {"name": "m", "path": "a.h5", "clean_valid": "v.h5", "clean_test": "t.h5"}
+    with pytest.raises(BadInputError) as refused:
+        parse_sweep({"model": [model], "fine_tune": table}, base=Path("/tmp"), source="s.toml", default_name="s")
+    assert str(refused.value) == f"s.toml: {expected}"
+
+
+def test_a_fine_tune_table_takes_the_defaults_it_does_not_set() -> None:
+    from orchestrator.sweep_file import parse_sweep
+
+    model = {"name": "m", "path": "a.h5", "clean_valid": "v.h5", "clean_test": "t.h5"}
+    spec = parse_sweep({"model": [model], "fine_tune": {"epochs": 4}}, base=Path("/tmp"), source="s", default_name="s")
+    assert spec.fine_tune is not None and spec.fine_tune.epochs == 4 and spec.fine_tune.learning_rate == 3e-3
+    assert parse_sweep({"model": [model]}, base=Path("/tmp"), source="s", default_name="s").fine_tune is None
+
+
+@pytest.fixture
+def postgres_schema_url():
+    """A fresh schema of its own on the test PostgreSQL (skipped locally when absent, failed under CI=true)."""
+    admin = make_engine(POSTGRES_URL)
+    try:
+        with admin.connect():
+            pass
+    except DatabaseUnavailable as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL not reachable at {POSTGRES_URL}: {error.reason}")
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {error.reason}")
+    schema = f"test_ft_{uuid.uuid4().hex[:12]}"
+    with admin.begin() as connection:
+        connection.execute(CreateSchema(schema))
+    url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with admin.begin() as connection:
+        connection.execute(DropSchema(schema, cascade=True))
+    admin.dispose()
+
+
+def test_the_reader_role_reads_fine_tune_results_on_postgresql(postgres_schema_url: str) -> None:
+    from db.repository import add_model, create_sweep
+
+    engine = prepare_database(postgres_schema_url)
+    with session_scope(engine) as session:
+        sweep_id = create_sweep(session, name="s", config={}, thresholds=["0.02"], policy="first",
+                                prune_layer="conv_3", rank_layer="pool_3", range_size=10, artifact_dir="art")
+        model_id = add_model(session, sweep_id, name="m", path="m.h5", sha256="x", input_scale=1.0, data=[])
+        epochs = (FineTuneEpochRow(0, 0.5, 90.0, 9, {POISON: 100.0}), FineTuneEpochRow(1, 0.2, 95.0, 10, {POISON: 1.0}))
+        row = FineTuneRow("0.02", {"epochs": 1}, 0, kept_epoch=1, split_sha256="d", train_count=40, holdout_count=10,
+                          epochs=epochs)
+        save_fine_tune(session, model_id, row)
+        save_fine_tune(session, model_id, row)  # again: the same rows
+    _, rows = run_read_only_query(
+        postgres_schema_url, "SELECT threshold, epoch, dataset, value, kept FROM fine_tune_results "
+        "ORDER BY dataset, epoch", timeout_s=10)
+    assert [tuple(r) for r in rows] == [(0.02, 0, "holdout", 90.0, False), (0.02, 1, "holdout", 95.0, True),
+                                        (0.02, 0, POISON, 100.0, False), (0.02, 1, POISON, 1.0, True)]
+    engine.dispose()
