@@ -1,10 +1,11 @@
-# The two set-up commands of a fresh machine: `make demo` and `make test`.
+# The two set-up commands of a fresh machine: `make demo` and `make test`; `make stack-test` runs the
+# docker compose stack for real on this machine's CPUs (deploy/stack-test/stack-test.sh).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 
-.PHONY: demo test lint bench
+.PHONY: demo test lint bench stack-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +28,6 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/engine.py
+
+stack-test:
+	deploy/stack-test/stack-test.sh
