@@ -233,6 +233,7 @@ class SweepOverview:
     status: str
     models: list[tuple[int, str, str, str | None, dict[str, int]]]  # id, name, status, error, state -> count
     sweep_tasks: dict[str, int]
+    stages: dict[str, dict[str, int]]  # stage -> state -> count, over the whole sweep
 
 
 def sweep_overview(session: Session, sweep_id: int) -> SweepOverview:
@@ -253,7 +254,11 @@ def sweep_overview(session: Session, sweep_id: int) -> SweepOverview:
             counts[state] = count
     own = select(Task.state, func.count()).where(Task.sweep_id == sweep_id, Task.model_id.is_(None))
     sweep_tasks = {state: count for state, count in session.execute(own.group_by(Task.state))}
-    return SweepOverview(sweep.id, sweep.status, list(models.values()), sweep_tasks)
+    stages: dict[str, dict[str, int]] = {}
+    by_stage = select(Task.stage, Task.state, func.count()).where(Task.sweep_id == sweep_id)
+    for stage, state, count in session.execute(by_stage.group_by(Task.stage, Task.state)):
+        stages.setdefault(stage, {})[state] = count
+    return SweepOverview(sweep.id, sweep.status, list(models.values()), sweep_tasks, stages)
 
 
 def _get(session: Session, model: type[RowT], row_id: int) -> RowT:

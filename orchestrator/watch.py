@@ -1,9 +1,12 @@
-"""Watching a sweep: one bar for the whole sweep, a line per model state, and the models running or failed.
+"""Watching a sweep: one bar for the whole sweep with the time left, the stage at work, a line per
+model state, and the models running or failed.
 
-Redrawn from one grouped query (db.repository.sweep_overview), so the first frame of a
-1,000-model sweep costs what a 1-model one does. On a terminal it is a live display; piped, it
-prints a line only when the counts change. A database that is away for a few seconds (a
-PostgreSQL restart) is waited for; a broker that no worker consumes from is said once.
+Redrawn from grouped queries (db.repository.sweep_overview), so the first frame of a 1,000-model
+sweep costs what a 1-model one does. Each stage is shown by its declared description (ranking,
+the pruning sweep, each threshold's evaluation and model files...). On a terminal it is a live
+display; piped, it prints a line when a stage starts or ends and when a model fails. A database
+that is away for a few seconds (a PostgreSQL restart) is waited for; a broker that no worker
+consumes from is said once.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class _View:
         self.ended = False
         self._last: tuple | None = None
         self._said_failed: set[int] = set()
+        self._phase: tuple[str, ...] = ()
+        self._started = time.monotonic()
         self._last_draw = 0.0
         self._progress = Progress(
             TextColumn(f"sweep {sweep_id}"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
@@ -99,21 +104,42 @@ class _View:
         done, total, by_status = _counts(overview)
         self.status = overview.status
         self.ended = overview.status in ("done", "failed")
+        phase, busy = _phase(overview)
         snapshot = (done, total, tuple(sorted(by_status.items())), overview.status)
         changed = snapshot != self._last
         self._last = snapshot
         self._progress.update(self._bar, completed=done, total=total)
         summary = ", ".join(f"{by_status.get(state, 0)} {state}" for state in MODEL_STATES)
         if self._live is not None:
-            self._details = _details(overview, summary)
+            self._details = _details(overview, f"{phase}; models: {summary}")
             self._live.update(Group(self._progress, self._details), refresh=True)
-        elif changed:
-            self.console.print(f"sweep {self.sweep_id}: {done}/{total} tasks; models: {summary}; {overview.status}")
+        elif busy != self._phase or (self.ended and changed):
+            elapsed = time.monotonic() - self._started
+            self.console.print(f"sweep {self.sweep_id}: {phase}; {done}/{total} tasks; models: {summary}; "
+                               f"{overview.status} ({elapsed:.0f} s)", soft_wrap=True, markup=False)
+        self._phase = busy
+        if self._live is None:
             for model_id, name, _, error, _ in _failed(overview.models):
                 if model_id not in self._said_failed:
                     self._said_failed.add(model_id)
                     self.console.print(f"model {name} failed: {error}", soft_wrap=True, markup=False)
         return changed
+
+
+def _phase(overview: SweepOverview) -> tuple[str, tuple[str, ...]]:
+    """The stages at work now, by their declared descriptions with their tasks done of planned; and their names."""
+    from pipeline.contract import stages
+
+    busy, names = [], []
+    for stage in stages():
+        counts = overview.stages.get(stage.name, {})
+        total = sum(counts.values())
+        ended = counts.get("done", 0) + counts.get("failed", 0)
+        if total and ended < total and (counts.get("running") or counts.get("queued")):
+            busy.append(f"{stage.name}: {stage.description} ({ended}/{total})")
+            names.append(stage.name)
+    text = "; ".join(busy) or ("finished" if overview.status in ("done", "failed") else "waiting for a worker")
+    return text, tuple(names)
 
 
 def _counts(overview: SweepOverview) -> tuple[int, int, dict[str, int]]:
@@ -134,7 +160,7 @@ def _failed(models: Iterable[tuple]) -> list[tuple]:
 
 def _details(overview: SweepOverview, summary: str) -> Table:
     table = Table.grid(padding=(0, 2))
-    table.add_row(f"models: {summary}")
+    table.add_row(summary)
     running = [model for model in overview.models if model[2] == "running"]
     failed = _failed(overview.models)
     for _, name, _, _, tasks in running[:SHOWN_MODELS]:
