@@ -148,7 +148,7 @@ class WorkerMemory:
 
     def _load_data(self, loaded: LoadedModel, path: str, sha256: str) -> LoadedData:
         split = loaded.split
-        data_file = open_data_file(path, loaded.image_shape, loaded.num_classes)
+        data_file = open_data_file(path, loaded.image_shape, loaded.num_classes, expected_sha256=sha256)
         if not split.is_split:
             images = data_file.read_all()
             live = np.ones((data_file.count, split.channel_count), dtype=bool)
