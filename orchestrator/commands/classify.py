@@ -11,10 +11,12 @@ provenance file (`<model>.json` beside it, as `defend` and sweeps write it).
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import h5py
 import numpy as np
@@ -23,6 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from badnet_prune.errors import BadInputError
 from orchestrator.options import ModelOption, TrustCodeOption, check_scale
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 IMAGE_FORMATS = ("PNG", "JPEG")
 # Pillow modes whose pixels are 8-bit and convert to RGB without loss of meaning.
@@ -83,23 +88,40 @@ class ImageSource:
 
 def open_source(path: Path) -> ImageSource:
     """Recognise FILE from its bytes (not its name) as a PNG/JPEG image or an HDF5 data file."""
-    from PIL import Image, UnidentifiedImageError
-
     if not path.is_file():
         raise BadInputError(path, "no such file" if not path.exists() else "is not a file")
     if h5py.is_hdf5(path):
         return ImageSource(path, is_data_file=True)
-    try:
-        with Image.open(path, formats=IMAGE_FORMATS) as image:
-            image.size  # noqa: B018 -- the header is read; the pixels are decoded later, once the size is checked
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        if isinstance(error, UnidentifiedImageError):
-            raise BadInputError(path, "is neither a PNG or JPEG image nor an HDF5 data file") from None
-        raise BadInputError(path, f"unreadable image ({error})") from None
+    with _opened(path):
+        pass
     return ImageSource(path, is_data_file=False)
 
 
-def _check_header(path: Path, image, shape: tuple[int, int, int]) -> None:
+@contextmanager
+def _opened(path: Path) -> Iterator[PILImage]:
+    """FILE opened by Pillow's PNG and JPEG readers only: its header read, its pixels not yet decoded.
+
+    Pillow's warning and refusal of images that declare huge sizes (decompression bombs) become one
+    line: the declared size is then checked against the model's, before anything is decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path, formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise BadInputError(path, "is neither a PNG or JPEG image nor an HDF5 data file") from None
+    except Image.DecompressionBombError:
+        raise BadInputError(path, "declares an image far larger than any model's input; images are not "
+                                  "resized") from None
+    except (OSError, ValueError) as error:
+        raise BadInputError(path, f"unreadable image ({error})") from None
+    with image:
+        yield image
+
+
+def _check_header(path: Path, image: PILImage, shape: tuple[int, int, int]) -> None:
     height, width, channels = shape
     if image.size != (width, height):
         raise BadInputError(path, f"is {image.size[0]}x{image.size[1]} pixels (width x height); the model "
@@ -111,28 +133,19 @@ def _check_header(path: Path, image, shape: tuple[int, int, int]) -> None:
 
 
 def check_image(path: Path, shape: tuple[int, int, int]) -> None:
-    """Refuse FILE in one line unless its header declares the model's size in 8-bit pixels.
-
-    Only the header is read, so an image that declares a huge size (a decompression bomb) is never expanded.
-    """
-    from PIL import Image
-
-    with Image.open(path, formats=IMAGE_FORMATS) as image:
+    """Refuse FILE in one line unless its header declares the model's size in 8-bit pixels (nothing decoded)."""
+    with _opened(path) as image:
         _check_header(path, image, shape)
 
 
 def read_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
     """FILE's pixels as float32 (height, width, 3) in 0..255, the header checked first (check_image)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path, formats=IMAGE_FORMATS) as image:
-            _check_header(path, image, shape)
+    with _opened(path) as image:
+        _check_header(path, image, shape)
+        try:
             return np.asarray(image.convert("RGB"), dtype=np.float32)
-    except BadInputError:
-        raise
-    except (OSError, ValueError) as error:
-        raise BadInputError(path, f"unreadable image ({error})") from None
+        except (OSError, ValueError) as error:
+            raise BadInputError(path, f"unreadable image ({error})") from None
 
 
 def image_batches(paths: list[Path], shape: tuple[int, int, int], batch_size: int) -> Iterator[np.ndarray]:
