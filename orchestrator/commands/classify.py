@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
 IMAGE_FORMATS = ("PNG", "JPEG")
+# Provenance kinds of repaired networks, whose last output is "backdoor detected" (worker/jobs.py, fine_tune_job.py).
+REPAIRED_KINDS = ("G", "G_fine")
 # Pillow modes whose pixels are 8-bit and convert to RGB without loss of meaning.
 EIGHT_BIT_MODES = ("RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr")
 
@@ -200,7 +202,7 @@ def classify(
             results += [{"file": str(source.path), "index": i, "label": int(label)} for i, label in enumerate(labels)]
         else:
             results.append({"file": str(source.path), "index": None, "label": int(next(single_labels))})
-    backdoor = num_classes(network) - 1 if provenance is not None and provenance.kind == "G" else None
+    backdoor = num_classes(network) - 1 if provenance is not None and provenance.kind in REPAIRED_KINDS else None
     if as_json:
         print(json.dumps({"model": str(model), "input_scale": scale, "backdoor_label": backdoor,
                           "results": results}, indent=2))
