@@ -1,8 +1,10 @@
-"""Fine-pruning on real Redis, PostgreSQL and `badnet-prune worker` processes: a worker killed mid fine-tune.
+"""Fine-pruning on real Redis, PostgreSQL and `badnet-prune worker` processes.
 
-The whole worker (main process and pool) is SIGKILLed while it fine-tunes; Redis hands the task to
-the other worker after the visibility timeout, that worker takes the lease (the dead holder's process
-is gone) and finishes it, and every fine-tune row, evaluation and file exists exactly once.
+A worker killed mid fine-tune: the whole worker (main process and pool) is SIGKILLed while it
+fine-tunes; Redis hands the task to the other worker after the visibility timeout, that worker takes
+the lease (the dead holder's process is gone) and finishes it, and every fine-tune row, evaluation and
+file exists exactly once. A fine-tune task longer than the visibility timeout: Redis redelivers it
+while it runs, and the lease keeps the copy from running beside it.
 """
 
 from __future__ import annotations
@@ -33,11 +35,40 @@ def wait_running_fine_tune(cluster: Cluster, timeout: float = 240) -> tuple[int,
     raise AssertionError("no fine_tune task was seen running")
 
 
-def test_worker_killed_during_a_fine_tune_task(cluster: Cluster, tmp_path: Path) -> None:
-    sweep_file = write_sweep_toml(tmp_path / "fine.toml", [model_entry("pa", cached_pruning_aware_badnet())],
+def fine_tune_sweep(folder: Path) -> Path:
+    """The pruning-aware BadNet at the 2% threshold, fine-tuned for EPOCHS epochs."""
+    sweep_file = write_sweep_toml(folder / "fine.toml", [model_entry("pa", cached_pruning_aware_badnet())],
                                   range_size=61, thresholds=(0.02,))
     with open(sweep_file, "a", encoding="utf-8") as handle:
         handle.write(f"\n[fine_tune]\nepochs = {EPOCHS}\n")
+    return sweep_file
+
+
+def assert_stored_once(cluster: Cluster) -> None:
+    """One outcome, EPOCHS + 1 epochs with their ASR, B''/G'' evaluations and files, each exactly once."""
+
+    def count(sql: str) -> int:
+        return psql_rows(cluster.database_url, sql)[0][0]
+
+    assert count("SELECT count(*) FROM fine_tunes") == 1
+    assert count("SELECT count(*) FROM fine_tunes WHERE kept_epoch IS NOT NULL") == 1
+    assert count("SELECT count(*) FROM fine_tune_epochs") == EPOCHS + 1
+    assert count("SELECT count(*) FROM fine_tune_asr") == EPOCHS + 1
+    assert count("SELECT count(*) FROM evaluations WHERE network IN ('B_fine', 'G_fine')") == 4
+    assert count("SELECT count(*) FROM artifacts WHERE kind IN ('B_fine', 'G_fine')") == 2
+    assert count("SELECT count(*) FROM fine_tune_results") == 2 * (EPOCHS + 1)
+    assert count("SELECT count(*) FROM fine_tune_results WHERE kept") == 2
+    paths = [path for (path,) in psql_rows(cluster.database_url,
+                                           "SELECT path FROM artifacts WHERE kind IN ('B_fine', 'G_fine')")]
+    assert all(Path(path).is_file() for path in paths)
+    folder = Path(paths[0]).parent
+    assert sorted(p.name for p in folder.glob("*_fine_*")) == [
+        "B_fine_0.02.json", "B_fine_0.02.keras", "G_fine_0.02.json", "G_fine_0.02.keras"]
+    assert not list(folder.glob(".*tmp*")), "temporary files were left behind"
+
+
+def test_worker_killed_during_a_fine_tune_task(cluster: Cluster, tmp_path: Path) -> None:
+    sweep_file = fine_tune_sweep(tmp_path)
     cluster.start_workers(2)
     sweep_id = cluster.submit(sweep_file)
     task_id, node = wait_running_fine_tune(cluster)
@@ -58,22 +89,19 @@ def test_worker_killed_during_a_fine_tune_task(cluster: Cluster, tmp_path: Path)
     survivor = next(w for w in cluster.workers if w is not worker)
     (row,) = psql_rows(cluster.database_url, "SELECT state, attempts, worker FROM tasks WHERE id = %s", task_id)
     assert row == ("done", 2, survivor.name)
+    assert_stored_once(cluster)
 
-    def count(sql: str) -> int:
-        return psql_rows(cluster.database_url, sql)[0][0]
 
-    assert count("SELECT count(*) FROM fine_tunes") == 1
-    assert count("SELECT count(*) FROM fine_tunes WHERE kept_epoch IS NOT NULL") == 1
-    assert count("SELECT count(*) FROM fine_tune_epochs") == EPOCHS + 1
-    assert count("SELECT count(*) FROM fine_tune_asr") == EPOCHS + 1
-    assert count("SELECT count(*) FROM evaluations WHERE network IN ('B_fine', 'G_fine')") == 4
-    assert count("SELECT count(*) FROM artifacts WHERE kind IN ('B_fine', 'G_fine')") == 2
-    assert count("SELECT count(*) FROM fine_tune_results") == 2 * (EPOCHS + 1)
-    assert count("SELECT count(*) FROM fine_tune_results WHERE kept") == 2
-    paths = [path for (path,) in psql_rows(cluster.database_url,
-                                           "SELECT path FROM artifacts WHERE kind IN ('B_fine', 'G_fine')")]
-    assert all(Path(path).is_file() for path in paths)
-    folder = Path(paths[0]).parent
-    assert sorted(p.name for p in folder.glob("*_fine_*")) == [
-        "B_fine_0.02.json", "B_fine_0.02.keras", "G_fine_0.02.json", "G_fine_0.02.keras"]
-    assert not list(folder.glob(".*tmp*")), "the killed worker's temporary files were left behind"
+def test_a_fine_tune_task_longer_than_the_visibility_timeout_never_runs_twice(cluster: Cluster,
+                                                                              tmp_path: Path) -> None:
+    cluster.extra_env = {"BADNET_PRUNE_VISIBILITY_TIMEOUT": "1"}
+    cluster.start_workers(2)
+    sweep_id = cluster.submit(fine_tune_sweep(tmp_path))
+    state = cluster.wait_done(sweep_id, timeout=300)
+    assert state["status"] == "done" and state["models"][0]["status"] == "done", state
+    ((attempts, seconds),) = psql_rows(cluster.database_url,
+                                       "SELECT attempts, seconds FROM tasks WHERE stage = 'fine_tune'")
+    print(f"fine-tune task of {seconds:.1f}s at a 1 s visibility timeout")
+    assert seconds > 2, "the task must outlast the visibility timeout for this test to show anything"
+    assert attempts == 1, "a redelivered copy ran beside (or after) its fine-tune task"
+    assert_stored_once(cluster)
