@@ -103,6 +103,7 @@ def plan_resume(engine: Engine, dispatcher: Dispatcher, sweep_id: int) -> Resume
     """Every task that is not done (or whose results are missing), whose predecessors are done, and
     that nothing holds: neither a message the broker still has nor a live lease."""
     held_ids = dispatcher.held_message_ids()
+    grace = timedelta(0) if isinstance(dispatcher, LocalDispatcher) else IN_FLIGHT_GRACE
     now = utcnow()
     to_send: list[tuple[Stage, int]] = []
     held = 0
@@ -126,7 +127,7 @@ def plan_resume(engine: Engine, dispatcher: Dispatcher, sweep_id: int) -> Resume
                 for task in planned.get(stage.name, []):
                     if _done(session, stage, task):
                         continue
-                    if _held(task, held_ids, now):
+                    if _held(task, held_ids, now, grace):
                         held += 1
                         continue
                     if task.state in ("queued", "running"):
@@ -152,7 +153,7 @@ def _done(session, stage: Stage, task: Task) -> bool:
     return stage.stored(session, TaskContext(task.id, task.sweep_id, task.model_id), stage.parse(task.arguments))
 
 
-def _held(task: Task, held_ids: set[str] | None, now) -> bool:
+def _held(task: Task, held_ids: set[str] | None, now, grace: timedelta = IN_FLIGHT_GRACE) -> bool:
     """Whether something will still run this open task: a live lease, or (queued or running) a message
     the broker still holds or may still be receiving."""
     if lease_is_live(task, now):
@@ -163,7 +164,7 @@ def _held(task: Task, held_ids: set[str] | None, now) -> bool:
         return True  # the broker cannot be asked: never send a second copy on a guess
     if task.message_id is not None and task.message_id in held_ids:
         return True
-    return task.state == "queued" and task.enqueued_at is not None and now - task.enqueued_at < IN_FLIGHT_GRACE
+    return task.state == "queued" and task.enqueued_at is not None and now - task.enqueued_at < grace
 
 
 def resume_sweep(settings: Settings, sweep_id: int, *, wait: bool, console: Console) -> int:
