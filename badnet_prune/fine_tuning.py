@@ -14,43 +14,16 @@ layer or callback class: B'' holds built-in Keras layers only, so plain Keras lo
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
+from badnet_prune.fine_tune_settings import FineTuneSettings
 from badnet_prune.inference import accuracy_percent, compiled_forward, forward_labels, scale_images
 from badnet_prune.pruned_model import build_pruned_model
 from badnet_prune.tf_setup import configure_tensorflow, keras, tf
-
-
-class FineTuneSettings(BaseModel):
-    """How B'_t is fine-tuned; the defaults were chosen by measurement (bench/RESULTS.md, "Fine-pruning").
-
-    Strict and frozen, so a sweep file's [fine_tune] table or the CLI's options validate once here:
-    unknown keys, strings for numbers and out-of-range values are refused, naming the field.
-
-    optimizer: "adam" (Keras defaults besides the rate) or "sgd" (momentum 0.9).
-    learning_rate: 3e-3 with adam. On the pruning-aware synthetic BadNet, 1e-3 leaves 30-60% ASR
-        (the network relearns the clean task a few steps from B'_t, backdoor included); 3e-3 first
-        knocks hold-out accuracy down, then relearns it without the backdoor in most seeds. SGD at
-        1e-3 diverges on raw 0..255 pixels, and at 3e-4 leaves 70-99% ASR.
-    epochs: 10 after epoch 0; the hold-out accuracy chooses among all of them (epoch 0 included).
-    batch_size: 64, the batch size the synthetic BadNets are trained with.
-    seed: fixes the split, the batch order and the initial state of anything random in training.
-    holdout_fraction: the share of the clean validation images held out to choose the epoch.
-    """
-
-    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
-
-    optimizer: Literal["adam", "sgd"] = "adam"
-    learning_rate: Annotated[float, Field(gt=0.0, lt=1.0)] = 3e-3
-    epochs: Annotated[int, Field(ge=1, le=1000)] = 10
-    batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
-    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
-    holdout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
 
 
 @dataclass(frozen=True)
@@ -72,13 +45,17 @@ class CleanSplit:
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One epoch; accuracies in percent. Epoch 0 is B'_t before any update (its loss on the training part)."""
+    """One epoch; accuracies in percent. Epoch 0 is B'_t before any update (its loss on the training part).
+
+    train_seconds: wall time of the epoch's updates alone (0 for epoch 0), without the measurements.
+    """
 
     epoch: int
     train_loss: float
     holdout_accuracy: float
     holdout_correct: int
     asr: dict[str, float] = field(default_factory=dict)
+    train_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -150,33 +127,37 @@ def fine_tune(
     tuned = build_pruned_model(model, prune_layer, pruned_channels, name=f"{model.name}_fine_pruned")
     split = split_clean(len(clean_labels), settings.holdout_fraction, settings.seed)
     images = scale_images(np.asarray(clean_images, dtype=np.float32), input_scale)
-    train_x, train_y = images[split.train_indices], clean_labels[split.train_indices]
+    # the training part lives in TensorFlow once; each step gathers its batch inside the compiled graph
+    train_x = tf.convert_to_tensor(images[split.train_indices])
+    train_y = tf.convert_to_tensor(clean_labels[split.train_indices])
+    train_count = len(split.train_indices)
     holdout_x, holdout_y = images[split.holdout_indices], clean_labels[split.holdout_indices]
     poisoned = {name: (scale_images(np.asarray(x, dtype=np.float32), input_scale), np.asarray(y, dtype=np.int64))
                 for name, (x, y) in poisoned_sets.items()}
 
     forward = compiled_forward(tuned)
-    train_step, batch_loss = _steps(tuned, prune_masks(tuned, prune_layer, pruned_channels), settings)
+    train_step, batch_loss = _steps(tuned, prune_masks(tuned, prune_layer, pruned_channels), settings,
+                                    train_x, train_y)
 
-    def record(epoch: int, loss: float) -> EpochRecord:
+    def record(epoch: int, loss: float, seconds: float = 0.0) -> EpochRecord:
         predicted = forward_labels(forward, holdout_x)
         correct = int(np.count_nonzero(predicted == holdout_y))
         asr = {name: accuracy_percent(forward_labels(forward, x), y) for name, (x, y) in poisoned.items()}
-        return EpochRecord(epoch, loss, 100.0 * correct / len(holdout_y), correct, asr)
+        return EpochRecord(epoch, loss, 100.0 * correct / len(holdout_y), correct, asr, seconds)
 
-    batch = settings.batch_size
-    untuned_loss = sum(float(batch_loss(train_x[s : s + batch], train_y[s : s + batch])) * len(train_y[s : s + batch])
-                       for s in range(0, len(train_y), batch)) / len(train_y)
-    records = [record(0, untuned_loss)]
+    def mean_over_batches(step, order: np.ndarray) -> float:
+        """Run `step` on every batch of `order`; the batch losses' mean weighted by batch size."""
+        batches = [order[s : s + settings.batch_size] for s in range(0, train_count, settings.batch_size)]
+        losses = [step(rows) for rows in batches]
+        return float(np.dot([float(value) for value in losses], [len(rows) for rows in batches]) / train_count)
+
+    records = [record(0, mean_over_batches(batch_loss, np.arange(train_count)))]
     best_correct, best_weights = records[0].holdout_correct, tuned.get_weights()
     rng = np.random.default_rng(settings.seed)
     for epoch in range(1, settings.epochs + 1):
-        order = rng.permutation(len(train_y))
-        losses = [train_step(train_x[rows], train_y[rows]) for rows in
-                  (order[s : s + batch] for s in range(0, len(order), batch))]
-        sizes = np.diff(np.append(np.arange(0, len(order), batch), len(order)))
-        loss = float(np.dot([float(value) for value in losses], sizes) / len(order))
-        records.append(record(epoch, loss))
+        start = time.perf_counter()
+        loss = mean_over_batches(train_step, rng.permutation(train_count))
+        records.append(record(epoch, loss, time.perf_counter() - start))
         if records[-1].holdout_correct > best_correct:
             best_correct, best_weights = records[-1].holdout_correct, tuned.get_weights()
     kept = next(r.epoch for r in records if r.holdout_correct == best_correct)
@@ -191,8 +172,9 @@ def _check_channels(model: keras.Model, prune_layer: str, pruned_channels: Seque
         raise ValueError(f"pruned channels of {prune_layer!r} must be distinct, in 0..{filters - 1}: {channels}")
 
 
-def _steps(model: keras.Model, masks: list[np.ndarray | None], settings: FineTuneSettings):
-    """The compiled training step (masked update, pruned filters re-zeroed) and a loss-only step."""
+def _steps(model: keras.Model, masks: list[np.ndarray | None], settings: FineTuneSettings, train_x, train_y):
+    """The compiled training step (masked update, pruned filters re-zeroed) and a loss-only step,
+    both on the rows of the training part they are given (int64 indices)."""
     if settings.optimizer == "adam":
         optimizer = keras.optimizers.Adam(settings.learning_rate)
     else:
@@ -201,16 +183,16 @@ def _steps(model: keras.Model, masks: list[np.ndarray | None], settings: FineTun
     held = [(variable, tf.constant(mask)) for variable, mask in zip(variables, masks, strict=True)
             if mask is not None]
     mask_of = {id(variable): mask for variable, mask in held}
-    spec = (tf.TensorSpec((None, *model.input_shape[1:]), tf.float32), tf.TensorSpec((None,), tf.int64))
+    spec = [tf.TensorSpec((None,), tf.int64)]
 
-    def mean_loss(x, y, training: bool):
-        probabilities = model(x, training=training)
-        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, probabilities))
+    def mean_loss(rows, training: bool):
+        probabilities = model(tf.gather(train_x, rows), training=training)
+        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(tf.gather(train_y, rows), probabilities))
 
-    @tf.function(input_signature=spec)
-    def train_step(x, y):
+    @tf.function(input_signature=spec, autograph=False)
+    def train_step(rows):
         with tf.GradientTape() as tape:
-            loss = mean_loss(x, y, True)
+            loss = mean_loss(rows, True)
         gradients = tape.gradient(loss, variables)
         optimizer.apply_gradients(
             [(g * mask_of[id(v)] if id(v) in mask_of else g, v) for g, v in zip(gradients, variables, strict=True)]
@@ -219,8 +201,8 @@ def _steps(model: keras.Model, masks: list[np.ndarray | None], settings: FineTun
             variable.assign(variable * mask)
         return loss
 
-    @tf.function(input_signature=spec)
-    def batch_loss(x, y):
-        return mean_loss(x, y, False)
+    @tf.function(input_signature=spec, autograph=False)
+    def batch_loss(rows):
+        return mean_loss(rows, False)
 
     return train_step, batch_loss
