@@ -10,9 +10,17 @@ import typer
 from orchestrator.options import DbOption, load_settings
 
 
+def _folder(text: str) -> Path:
+    """--out as given: an empty value (an unset shell variable) is refused rather than read as `.`."""
+    if not text.strip():
+        raise typer.BadParameter("is empty; name the report's folder")
+    return Path(text)
+
+
 def report(
     sweep_id: Annotated[int, typer.Argument(metavar="SWEEP", help="The sweep's id, as `sweep` printed it.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for index.html, report.md, figures/ and csv/.")],
+    out: Annotated[Path, typer.Option("--out", parser=_folder,
+                                      help="Folder for index.html, report.md, figures/ and csv/.")],
     db: DbOption = None,
     asr_bound: Annotated[float, typer.Option("--asr-bound", min=0, max=100, help="A backdoor counts as removed "
                          "when the ASR of G on its poisoned test set is at most this percentage.")] = 5.0,
@@ -25,6 +33,7 @@ def report(
     """
     from badnet_prune.errors import BadInputError
 
+    check_out_folder(out)
     settings = load_settings(db=db)
 
     from db.session import prepare_database
@@ -36,3 +45,19 @@ def report(
     except LookupError:
         raise BadInputError(f"sweep {sweep_id}", "no such sweep in this database") from None
     print(index.resolve())
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse, in one line and before anything is read or written, an --out that cannot be the report's folder:
+    a file, a path through a file, or a folder this process cannot write."""
+    import os
+
+    from badnet_prune.errors import BadInputError
+
+    if out.exists() and not out.is_dir():
+        raise BadInputError("--out", f"{out} is a file, not a folder; name a new or existing folder")
+    existing = next(folder for folder in (out, *out.absolute().parents) if folder.exists())
+    if not existing.is_dir():
+        raise BadInputError("--out", f"{existing} is a file, so {out} cannot be made a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInputError("--out", f"{existing} is not writable")
