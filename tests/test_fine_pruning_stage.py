@@ -1,6 +1,6 @@
 """Fine-pruning as a stage of the pipeline, through `defend --fine-tune` on the pruning-aware synthetic BadNet.
 
-One defend run (two epochs, thresholds 2% and 95%: the second is never reached, so its task has
+One defend run (three epochs, thresholds 2% and 95%: the second is never reached, so its task has
 nothing to tune and records that); its files are checked against an independent computation (plain
 Keras in a process of its own, filters read from the files), its table, summary.json and the
 fine_tune_results view against each other, and a second run of one fine-tune task must rewrite the
@@ -9,6 +9,7 @@ same rows. Bad options and [fine_tune] tables are refused in one line.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -41,7 +42,7 @@ from tests.helpers import run_console_script
 from tests.test_fine_tuning import PLAIN_KERAS, cached_pruning_aware_badnet
 
 POISON = "sunglasses"
-EPOCHS = 2
+EPOCHS = 3  # the seed-0 run keeps epoch 3 at 2%: B'' differs from B'_t and the backdoor is gone
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
@@ -104,7 +105,7 @@ def test_b_fine_and_g_fine_load_in_plain_keras_and_follow_their_rules(tuned: Tun
     assert pruned == tuned.summary["pruning_order"][: summary["step"]] and pruned
     assert provenance["source_sha256"] == sha256_file(tuned.root / "models" / "bd_net.h5")
     assert provenance["fine_tune"]["epochs"] == EPOCHS
-    assert provenance["kept_epoch"] == summary["fine_tune"]["kept_epoch"]
+    assert provenance["kept_epoch"] == summary["fine_tune"]["kept_epoch"] > 0, "B'' would be B'_t itself"
     assert provenance["split_sha256"] == summary["fine_tune"]["split_sha256"] and provenance["kind"] == "B_fine"
     kernel, bias = keras.models.load_model(b_fine, safe_mode=True).get_layer("conv_3").get_weights()
     assert not kernel[..., pruned].any() and not bias[pruned].any(), "a pruned filter of B'' is not exactly zero"
@@ -161,6 +162,32 @@ def test_the_fine_tune_results_view_through_the_sql_command(tuned: Tuned) -> Non
     assert [r["value"] for r in asr] == [e[f"asr_{POISON}"] for e in fine["epochs"]]
     assert [r["epoch"] for r in as_dicts if r["kept"]] == [fine["kept_epoch"]] * 2
     assert {r["threshold"] for r in as_dicts} == {0.02} and {r["threshold_key"] for r in as_dicts} == {"0.02"}
+
+
+def test_the_report_draws_the_curves_and_says_what_each_defense_removed(tuned: Tuned, tmp_path: Path) -> None:
+    from orchestrator.report.write import write_report
+
+    engine = make_engine(tuned.db_url)
+    write_report(engine, tuned.summary["sweep"], tmp_path / "report", asr_bound=5.0, samples_per_set=0)
+    engine.dispose()
+    figures = sorted(p.name for p in (tmp_path / "report" / "figures").iterdir())
+    assert figures == ["01-bd_net-curve.png", "01-bd_net-fine_tune.png"]
+    markdown = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "Fine-pruning curves" in markdown and "figures/01-bd_net-fine_tune.png" in markdown
+    assert "B'' 2%, epoch" in markdown and "G'' 2%" in markdown
+    with open(tmp_path / "report" / "csv" / "summary.csv", newline="", encoding="utf-8") as handle:
+        rows = {row["threshold"]: row for row in csv.DictReader(handle)}
+    fine, b = tuned.summary["thresholds"]["0.02"]["fine_tune"], tuned.summary["B"]
+    row = rows["0.02"]
+    assert float(row["G_fine_clean_accuracy"]) == fine["G_fine"]["clean_accuracy"]
+    assert float(row["fine_clean_drop"]) == pytest.approx(b["clean_accuracy"] - fine["G_fine"]["clean_accuracy"])
+    assert int(row["fine_kept_epoch"]) == fine["kept_epoch"]
+    g_fine_asr, g_asr = fine["G_fine"][f"asr_{POISON}"], tuned.summary["thresholds"]["0.02"]["G"][f"asr_{POISON}"]
+    assert g_asr > 50.0 >= 5.0 >= g_fine_asr, "pruning alone should keep this backdoor, fine-pruning remove it"
+    assert (row["removed"], row["kept"], row["fine_removed"], row["fine_kept"]) == ("", POISON, POISON, "")
+    assert rows["0.95"]["note"] == "threshold never reached" and rows["0.95"]["fine_kept_epoch"] == ""
+    print(f"2%: pruning alone G ASR {g_asr:.2f}%, fine-pruning G'' ASR {g_fine_asr:.2f}% "
+          f"(clean cost {float(row['fine_clean_drop']):.2f} points)")
 
 
 def table_counts(session) -> dict[str, int]:
