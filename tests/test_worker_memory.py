@@ -210,6 +210,18 @@ def test_eviction_and_clearing_leave_files_that_are_not_the_caches_alone(tmp_pat
     assert sorted(folder.iterdir()) == sorted(theirs)
 
 
+def test_a_dead_writers_temporary_is_removed_and_a_live_writers_is_left(tmp_path: Path):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    dead, live = folder / f".{_name(0)}.a1b2.tmp", folder / f".{_name(1)}.c3d4.tmp"
+    for path in (dead, live):
+        path.write_bytes(b"half a file")
+    os.utime(dead, (1e9, 1e9))
+    _written(folder, _name(2), _cut(4))
+    assert clear_cache(folder) == 1
+    assert sorted(folder.iterdir()) == [live], "a temporary being written now must be left to its writer"
+
+
 WRITER = """
 import sys
 from pathlib import Path
