@@ -3,7 +3,8 @@
 Both train the same pruned network (the lab's weights, the `--pruned` channels of conv_3 lowest
 by clean mean activation zeroed) on the same training part of the clean validation images, with
 the same batch size and optimizer (Adam at FineTuneSettings' learning rate). fit knows nothing of
-the pruned filters (they drift); ours masks their updates and re-zeroes them after every step.
+the pruned filters (a zeroed filter's ReLU passes no gradient, so they happen to stay zero there);
+ours masks their updates and re-zeroes them after every step.
 Each runs `--epochs` epochs; the first includes tracing, so the ratios are of the later epochs:
 of their means, and of their fastest (on a shared machine, the least disturbed by other work).
 Ours is timed on its updates alone (EpochRecord's train_seconds), fit by a callback around each
