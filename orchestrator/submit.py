@@ -45,7 +45,8 @@ def submit_sweep(
     hashes = hashing.result()
     with session_scope(engine) as session:
         planned = register_sweep(session, spec, settings.artifact_dir, extra_config, hashes)
-    console.print(f"sweep {planned.sweep_id} registered: {len(spec.models)} model(s) in {display_url(settings.db_url)}")
+    console.print(f"sweep {planned.sweep_id} registered: {len(spec.models)} model(s) in {display_url(settings.db_url)}",
+                  soft_wrap=True)
     for name, reason in planned.failed.items():
         console.print(f"[red]model {escape(name)} failed:[/red] {escape(reason)}", soft_wrap=True)
     with session_scope(engine) as session:
@@ -178,7 +179,7 @@ def resume_sweep(settings: Settings, sweep_id: int, *, wait: bool, console: Cons
         raise BadInputError(f"sweep {sweep_id}", f"no such sweep in {display_url(settings.db_url)}") from None
     held = f", {plan.held} still queued or running" if plan.held else ""
     lost = f" ({len(plan.lost)} were queued or running but nothing held them)" if plan.lost else ""
-    console.print(f"sweep {sweep_id}: sending {len(plan.to_send)} task(s) again{lost}{held}")
+    console.print(f"sweep {sweep_id}: sending {len(plan.to_send)} task(s) again{lost}{held}", soft_wrap=True)
     if not settings.broker_url:
         import_task_code()
     _send(engine, dispatcher, plan.to_send)

@@ -111,7 +111,7 @@ def wait_running_prune(cluster: Cluster, timeout: float = 120) -> tuple[int, str
     """(task id, worker) of a prune-range task that has been running for at least 0.5 s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        rows = psql_rows(cluster.database_url, "SELECT id, worker FROM tasks WHERE kind = 'prune_range' AND "
+        rows = psql_rows(cluster.database_url, "SELECT id, worker FROM tasks WHERE stage = 'prune_range' AND "
                          "state = 'running' AND started_at < now() - interval '0.5 seconds' ORDER BY id LIMIT 1")
         if rows:
             return rows[0]
