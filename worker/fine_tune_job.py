@@ -105,7 +105,7 @@ def _read(loaded: LoadedModel, inputs: ModelInputs, role: str) -> dict[str, tupl
     """The images and labels of a role's files, by poison name ('' for a clean role): training needs pixels."""
     files = {}
     for name, ref in inputs.data.get(role, {}).items():
-        data_file = open_data_file(ref.path, loaded.image_shape, loaded.num_classes)
+        data_file = open_data_file(ref.path, loaded.image_shape, loaded.num_classes, expected_sha256=ref.sha256)
         files[name] = (data_file.read_all(), data_file.labels)
     return files
 
@@ -123,7 +123,7 @@ def _evaluate(runtime: Runtime, loaded: LoadedModel, inputs: ModelInputs, thresh
         data = runtime.memory.data(loaded, ref.path, ref.sha256)
         keys[test_set] = set_key(test_set.role, test_set.poison_name)
         sets[keys[test_set]] = data
-        data_file = open_data_file(ref.path, loaded.image_shape, loaded.num_classes)
+        data_file = open_data_file(ref.path, loaded.image_shape, loaded.num_classes, expected_sha256=ref.sha256)
         labels_fine[test_set] = predict_labels(forward, data_file.batches(), inputs.input_scale)
         truth[test_set] = data_file.labels
     labels_at = runtime.memory.labels_at(loaded, sets)
