@@ -100,7 +100,9 @@ class _Plain:
 
 
 def _one_line(error: UsageError, command_path: str) -> BadInputError:
-    return BadInputError(command_path, f"{error.format_message()} (`{command_path} -h` lists the options)")
+    # typer checks values with pydantic, whose "Value error, " prefix says nothing to a user
+    message = error.format_message().replace(": Value error, ", ": ")
+    return BadInputError(command_path, f"{message} (`{command_path} -h` lists the options)")
 
 
 class Command(_Plain, TyperCommand):
