@@ -117,6 +117,12 @@ def fine_tune(
     clean_labels = np.asarray(clean_labels, dtype=np.int64)
     if len(clean_images) != len(clean_labels):
         raise ValueError(f"{len(clean_images)} clean images but {len(clean_labels)} labels")
+    classes = int(model.output_shape[-1])
+    if len(clean_labels) and not (clean_labels.min() >= 0 and clean_labels.max() < classes):
+        raise ValueError(f"clean labels must be classes 0..{classes - 1} of the model, got {clean_labels.min()}.."
+                         f"{clean_labels.max()}")
+    if not np.isfinite(clean_images).all():
+        raise ValueError("clean images hold NaN or infinite pixel values")
     for name, (x, y) in poisoned_sets.items():
         if len(x) != len(y):
             raise ValueError(f"poisoned set {name!r}: {len(x)} images but {len(y)} labels")

@@ -263,6 +263,22 @@ def test_hostile_fine_tune_inputs_are_refused(defended: Defended, channels, imag
                   FineTuneSettings(epochs=1))
 
 
+@pytest.mark.parametrize(("label", "pixel", "problem"), [
+    (10, None, "classes 0..9 of the model"),
+    (-1, None, "classes 0..9 of the model"),
+    (None, float("nan"), "NaN or infinite"),
+    (None, float("inf"), "NaN or infinite"),
+])
+def test_clean_labels_outside_the_model_and_non_finite_pixels_are_refused(defended: Defended, label, pixel, problem):
+    images, labels = (part[:8].copy() for part in defended.data["valid"])
+    if label is not None:
+        labels[3] = label
+    if pixel is not None:
+        images[5, 0, 0, 0] = pixel
+    with pytest.raises(ValueError, match=problem):
+        fine_tune(defended.model, "conv_3", [3], images, labels, {}, FineTuneSettings(epochs=1))
+
+
 def test_a_poisoned_set_whose_labels_do_not_match_its_images_is_refused(defended: Defended):
     images, labels = defended.data["bd_valid"]
     with pytest.raises(ValueError, match="poisoned set 'bad'"):
