@@ -32,12 +32,15 @@ def defend(
     input_scale: float = 1.0,
     trust_model_code: bool = False,
     db: str | None = None,
+    fine_tune: bool | Mapping[str, object] = False,
 ) -> ModelResults:
     """Run the whole defense on one model, as `badnet-prune defend` does, and return its typed results.
 
     poisoned maps each poisoned set's name to its (validation file, test file). The results are written
     to OUT as by the command (steps.csv, summary.json, models/B_prime_<t>.keras and G_<t>.keras, and the
     database OUT/badnet-prune.db unless `db` or BADNET_PRUNE_DB names one); progress goes to stderr.
+    fine_tune: True, or the settings of `defend --fine-tune` by field name ({"epochs": 5, "optimizer": "sgd"}),
+    fine-tunes each B'_t as that option does.
     Bad input raises badnet_prune.errors.BadInputError; a model that fails while it is defended raises
     orchestrator.defend_run.DefenseFailed with the reason.
 
@@ -52,7 +55,7 @@ def defend(
     from rich.console import Console
 
     from badnet_prune.errors import BadInputError
-    from orchestrator.defend_run import defend_model, defense_spec
+    from orchestrator.defend_run import defend_model, defense_spec, fine_tune_table
 
     sets = {}
     for name, files in (poisoned or {}).items():
@@ -63,5 +66,6 @@ def defend(
         Path(model), Path(clean_valid), Path(clean_test), poisoned=sets,
         thresholds=thresholds if isinstance(thresholds, str) else list(thresholds), policy=policy,
         prune_layer=prune_layer, rank_layer=rank_layer, input_scale=input_scale, trust_model_code=trust_model_code,
+        fine_tune=fine_tune_table(bool(fine_tune), dict(fine_tune) if isinstance(fine_tune, Mapping) else {}),
     )
     return defend_model(spec, Path(out), db=db, console=Console(stderr=True)).results

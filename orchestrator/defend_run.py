@@ -13,9 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.console import Console
 
 from badnet_prune.errors import BadInputError
+from badnet_prune.fine_tune_settings import FineTuneSettings
 from badnet_prune.names import RESERVED_NAMES
 from badnet_prune.selection import validate_policy
 from badnet_prune.thresholds import parse_thresholds
@@ -34,6 +36,26 @@ class Defended:
     sweep_id: int
     db_url: str
     results: ModelResults
+
+
+FINE_TUNE_OPTIONS = {"epochs": "--epochs", "learning_rate": "--learning-rate", "optimizer": "--optimizer",
+                     "batch_size": "--batch-size", "seed": "--seed", "holdout_fraction": "--holdout-fraction"}
+
+
+def fine_tune_table(enabled: bool, given: dict[str, object]) -> dict[str, object] | None:
+    """The [fine_tune] table for --fine-tune and its options (None without the flag), validated once here
+    (FineTuneSettings) for the command and the API; an error names the option."""
+    given = {field: value for field, value in given.items() if value is not None}
+    if not enabled:
+        if given:
+            raise BadInputError(FINE_TUNE_OPTIONS[next(iter(given))], "only with --fine-tune")
+        return None
+    try:
+        return FineTuneSettings.model_validate(given).model_dump(mode="json")
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        option = FINE_TUNE_OPTIONS.get(str(first["loc"][0]) if first["loc"] else "", "--fine-tune")
+        raise BadInputError(option, f"{first['msg']}, got {first.get('input')!r}") from None
 
 
 def model_name(model: Path) -> str:

@@ -70,6 +70,7 @@ def test_defend_returns_the_typed_results_and_writes_what_the_command_writes(def
         ({"thresholds": "0.02,0.04"}, "--thresholds"),
         ({"policy": "last"}, "--policy"),
         ({"poisoned": {"x": "bd_valid.h5"}}, "poisoned['x']"),
+        ({"fine_tune": {"epochs": 0}}, "--epochs"),
     ],
 )
 def test_bad_arguments_raise_bad_input_error_before_anything_runs(tmp_path, overrides, phrase):

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -33,23 +32,6 @@ def _poisoned(values: list[str]) -> dict[str, dict[str, str]]:
 
 
 _TUNED = FineTuneSettings()
-FINE_TUNE_OPTIONS = {"epochs": "--epochs", "learning_rate": "--learning-rate", "optimizer": "--optimizer",
-                     "batch_size": "--batch-size", "seed": "--seed", "holdout_fraction": "--holdout-fraction"}
-
-
-def _fine_tune(enabled: bool, given: dict[str, object]) -> dict[str, object] | None:
-    """The [fine_tune] table for --fine-tune and its options (None without the flag), validated once here."""
-    given = {field: value for field, value in given.items() if value is not None}
-    if not enabled:
-        if given:
-            raise BadInputError(FINE_TUNE_OPTIONS[next(iter(given))], "only with --fine-tune")
-        return None
-    try:
-        return FineTuneSettings.model_validate(given).model_dump(mode="json")
-    except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        option = FINE_TUNE_OPTIONS.get(str(first["loc"][0]) if first["loc"] else "", "--fine-tune")
-        raise BadInputError(option, f"{first['msg']}, got {first.get('input')!r}") from None
 
 
 def defend(
@@ -92,9 +74,9 @@ def defend(
     Example: badnet-prune defend --model bd_net.h5 --clean-valid cl/valid.h5 --clean-test cl/test.h5
     --poisoned sunglasses=bd/bd_valid.h5,bd/bd_test.h5 --out results
     """
-    from orchestrator.defend_run import DefenseFailed, defend_model, defense_spec
+    from orchestrator.defend_run import DefenseFailed, defend_model, defense_spec, fine_tune_table
 
-    tuning = _fine_tune(fine_tune, {"epochs": epochs, "learning_rate": learning_rate, "optimizer": optimizer,
+    tuning = fine_tune_table(fine_tune, {"epochs": epochs, "learning_rate": learning_rate, "optimizer": optimizer,
                                     "batch_size": batch_size, "seed": seed, "holdout_fraction": holdout_fraction})
     spec = defense_spec(
         model, clean_valid, clean_test, poisoned=_poisoned(poisoned or []),
