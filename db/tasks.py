@@ -23,17 +23,21 @@ OPEN_STATES = ("pending", "queued", "running", "retrying")
 STARTABLE_STATES = ("pending", "queued", "retrying")
 
 
-def plan_task(
-    session: Session, sweep_id: int, model_id: int | None, stage: str, key: str, arguments: Mapping[str, Any]
-) -> int:
-    """The id of the task (sweep, model, stage, key), created 'pending' if new; an existing one is left as it is."""
+def plan_tasks(
+    session: Session, sweep_id: int, model_id: int | None, stage: str, tasks: Sequence[tuple[str, Mapping[str, Any]]]
+) -> None:
+    """Plan the tasks (key, arguments) of one stage for a model (None: the sweep's own), created 'pending'
+    where new; an existing task is left as it is. One statement for them all, not a round trip each."""
+    if not tasks:
+        return
     if model_id is None:
         index, where = ["sweep_id", "stage", "key"], Task.model_id.is_(None)
     else:
         index, where = ["sweep_id", "model_id", "stage", "key"], Task.model_id.is_not(None)
     statement = upsert_statement(session, Task, key=index, update=[], index_where=where)
-    row = {"sweep_id": sweep_id, "model_id": model_id, "stage": stage, "key": key, "arguments": dict(arguments)}
-    return session.execute(statement.values(row).returning(Task.id)).scalar_one()
+    rows = [{"sweep_id": sweep_id, "model_id": model_id, "stage": stage, "key": key, "arguments": dict(arguments)}
+            for key, arguments in tasks]
+    session.execute(statement, rows)
 
 
 def get_task(session: Session, task_id: int) -> Task | None:

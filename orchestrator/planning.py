@@ -21,7 +21,7 @@ from badnet_prune.hashing import sha256_file, sha256_files
 from badnet_prune.model_inspect import prune_layer_filters
 from badnet_prune.thresholds import Threshold, parse_thresholds
 from db.repository import add_model, create_sweep, set_model_status, set_sweep_status, upsert_data_file
-from db.tasks import plan_task
+from db.tasks import plan_tasks
 from orchestrator.sweep_file import ModelSpec, SweepSpec
 from pipeline.contract import PlanContext, Scope, stages
 
@@ -71,13 +71,11 @@ def register_sweep(
             continue
         context = PlanContext(channels, thresholds, spec.range_size, config)
         for stage in stages(Scope.MODEL):
-            for key, arguments in stage.planned(context):
-                plan_task(session, sweep_id, model_id, stage.name, key, arguments)
+            plan_tasks(session, sweep_id, model_id, stage.name, stage.planned(context))
         planned.append(model_id)
     sweep_context = PlanContext(0, thresholds, spec.range_size, config)
     for stage in stages(Scope.SWEEP):
-        for key, arguments in stage.planned(sweep_context):
-            plan_task(session, sweep_id, None, stage.name, key, arguments)
+        plan_tasks(session, sweep_id, None, stage.name, stage.planned(sweep_context))
     set_sweep_status(session, sweep_id, "running")
     return PlannedSweep(sweep_id, planned, failed)
 

@@ -162,3 +162,12 @@ def run_together() -> Callable[[str, str, Sequence[Sequence[str]]], None]:
                         stream.close()
 
     return run
+
+
+def planned_task(session: Session, sweep_id: int, model_id: int | None, stage: str, key: str,
+                 arguments: dict | None = None) -> int:
+    """Plan one task (db.tasks.plan_tasks) and return its id."""
+    from db.tasks import plan_tasks, stage_tasks
+
+    plan_tasks(session, sweep_id, model_id, stage, [(key, arguments or {})])
+    return next(task.id for task in stage_tasks(session, sweep_id, model_id, stage) if task.key == key)

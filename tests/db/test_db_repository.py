@@ -23,7 +23,7 @@ from db.repository import (
     upsert_data_file,
 )
 from db.results import StepRow, save_steps
-from db.tasks import plan_task
+from tests.db.conftest import planned_task
 
 
 def count(session: Session, model: type[Base]) -> int:
@@ -130,10 +130,10 @@ def test_model_status_and_measurements(session: Session, model_id: int) -> None:
 
 def test_progress_counts_tasks_by_state_and_stage(session: Session, sweep_id: int, model_id: int) -> None:
     set_model_status(session, model_id, "running", channel_count=60)
-    rank = plan_task(session, sweep_id, model_id, "rank", "", {})
-    first = plan_task(session, sweep_id, model_id, "prune_range", "0-10", {"start": 0, "stop": 10})
-    second = plan_task(session, sweep_id, model_id, "prune_range", "10-20", {"start": 10, "stop": 20})
-    plan_task(session, sweep_id, None, "finish", "", {})
+    rank = planned_task(session, sweep_id, model_id, "rank", "", {})
+    first = planned_task(session, sweep_id, model_id, "prune_range", "0-10", {"start": 0, "stop": 10})
+    second = planned_task(session, sweep_id, model_id, "prune_range", "10-20", {"start": 10, "stop": 20})
+    planned_task(session, sweep_id, None, "finish", "", {})
     session.execute(update(Task).where(Task.id.in_([rank, first])).values(state="done"))
     session.execute(update(Task).where(Task.id == second).values(state="failed", error="OOM"))
     save_steps(session, model_id, [StepRow(step, step or None, step / 60, 98.0, 98, {}) for step in range(10)])

@@ -37,7 +37,7 @@ from db.results import (
     save_steps,
     steps_stored,
 )
-from db.tasks import plan_task
+from tests.db.conftest import planned_task
 
 
 def count(session: Session, model: type[Base]) -> int:
@@ -181,8 +181,8 @@ def test_deleting_a_sweep_deletes_everything_below_it(session: Session, sweep_id
     save_evaluation(session, model_id, network="B", threshold="", role="clean_test", poison_name="", accuracy=98.0,
                     image_count=9)
     save_artifact(session, model_id, threshold="0.02", kind="B_prime", path="p", sha256="s", provenance={})
-    plan_task(session, sweep_id, model_id, "rank", "", {})
-    plan_task(session, sweep_id, None, "finish", "", {})
+    planned_task(session, sweep_id, model_id, "rank", "", {})
+    planned_task(session, sweep_id, None, "finish", "", {})
     session.commit()
     below = (Model, ModelData, Task, Ranking, Step, StepAsr, Selection, Evaluation, Artifact)
     assert all(count(session, table) > 0 for table in below)

@@ -27,7 +27,7 @@ SWEEP = {
 WRITER_SETUP = """
 from db.session import make_engine, session_scope
 from db.results import StepRow, save_steps, steps_stored
-from db.tasks import end_task, plan_task, take_lease
+from db.tasks import end_task, plan_tasks, stage_tasks, take_lease
 """
 # Read, then write, in each transaction: with SQLite's default deferred BEGIN this fails at once
 # with "database is locked" when another process wrote in between.
@@ -37,7 +37,8 @@ engine = make_engine(url)
 for step in range(12):
     with session_scope(engine) as session:
         assert not steps_stored(session, model_id, step, step + 1)
-        task = plan_task(session, sweep_id, model_id, "prune_range", f"{step}-{step + 1}", {})
+        plan_tasks(session, sweep_id, model_id, "prune_range", [(f"{step}-{step + 1}", {})])
+        task = stage_tasks(session, sweep_id, model_id, "prune_range")[-1].id
         assert take_lease(session, task, "t", str(model_id), 30)
         save_steps(session, model_id, [StepRow(step, step or None, step / 60, 90.0, 9, {"p": (50.0, 5)})])
         assert end_task(session, task, "t", "done")

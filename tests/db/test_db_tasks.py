@@ -15,24 +15,24 @@ from db.tasks import (
     fail_open_tasks,
     get_task,
     lease_is_live,
-    plan_task,
     renew_lease,
     reset_to_pending,
     stage_tasks,
     take_lease,
 )
+from tests.db.conftest import planned_task
 
 
 def test_planning_again_finds_the_same_rows_and_leaves_their_state(session: Session, sweep_id: int,
                                                                    model_id: int) -> None:
-    rank = plan_task(session, sweep_id, model_id, "rank", "", {})
-    prune = plan_task(session, sweep_id, model_id, "prune_range", "0-10", {"start": 0, "stop": 10})
-    finish = plan_task(session, sweep_id, None, "finish", "", {})
+    rank = planned_task(session, sweep_id, model_id, "rank", "", {})
+    prune = planned_task(session, sweep_id, model_id, "prune_range", "0-10", {"start": 0, "stop": 10})
+    finish = planned_task(session, sweep_id, None, "finish", "", {})
     session.execute(update(Task).where(Task.id == prune).values(state="done"))
     session.commit()
-    assert plan_task(session, sweep_id, model_id, "rank", "", {}) == rank
-    assert plan_task(session, sweep_id, model_id, "prune_range", "0-10", {"start": 0, "stop": 10}) == prune
-    assert plan_task(session, sweep_id, None, "finish", "", {}) == finish  # NULL model_id: still one row
+    assert planned_task(session, sweep_id, model_id, "rank", "", {}) == rank
+    assert planned_task(session, sweep_id, model_id, "prune_range", "0-10", {"start": 0, "stop": 10}) == prune
+    assert planned_task(session, sweep_id, None, "finish", "", {}) == finish  # NULL model_id: still one row
     session.commit()
     assert session.scalar(select(func.count()).select_from(Task)) == 3
     assert get_task(session, prune).state == "done"
@@ -42,7 +42,7 @@ def test_planning_again_finds_the_same_rows_and_leaves_their_state(session: Sess
 
 
 def test_only_one_claim_and_one_lease_win(session: Session, sweep_id: int, model_id: int) -> None:
-    task_id = plan_task(session, sweep_id, model_id, "threshold", "0.02", {"threshold": "0.02"})
+    task_id = planned_task(session, sweep_id, model_id, "threshold", "0.02", {"threshold": "0.02"})
     assert claim_for_sending(session, task_id)
     assert not claim_for_sending(session, task_id), "a second sender must not send it again"
     assert take_lease(session, task_id, "a", "w1", 30)
@@ -61,7 +61,7 @@ def test_only_one_claim_and_one_lease_win(session: Session, sweep_id: int, model
 
 
 def test_an_expired_or_dead_holders_lease_is_taken_over(session: Session, sweep_id: int, model_id: int) -> None:
-    task_id = plan_task(session, sweep_id, model_id, "rank", "", {})
+    task_id = planned_task(session, sweep_id, model_id, "rank", "", {})
     assert take_lease(session, task_id, "host:1:x", "w1", 30)
     assert take_lease(session, task_id, "host:2:y", "w2", 30, dead_token="host:1:x"), "its holder is dead"
     session.execute(update(Task).where(Task.id == task_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
@@ -72,8 +72,8 @@ def test_an_expired_or_dead_holders_lease_is_taken_over(session: Session, sweep_
 
 
 def test_resume_resets_only_what_no_live_lease_holds(session: Session, sweep_id: int, model_id: int) -> None:
-    running = plan_task(session, sweep_id, model_id, "rank", "", {})
-    queued = plan_task(session, sweep_id, model_id, "prune_range", "0-10", {"start": 0, "stop": 10})
+    running = planned_task(session, sweep_id, model_id, "rank", "", {})
+    queued = planned_task(session, sweep_id, model_id, "prune_range", "0-10", {"start": 0, "stop": 10})
     take_lease(session, running, "t", "w1", 30)
     claim_for_sending(session, queued)
     reset_to_pending(session, [running, queued])
@@ -81,8 +81,8 @@ def test_resume_resets_only_what_no_live_lease_holds(session: Session, sweep_id:
 
 
 def test_a_failed_model_closes_its_open_tasks(session: Session, sweep_id: int, model_id: int) -> None:
-    done = plan_task(session, sweep_id, model_id, "rank", "", {})
-    open_task = plan_task(session, sweep_id, model_id, "prune_range", "0-10", {"start": 0, "stop": 10})
+    done = planned_task(session, sweep_id, model_id, "rank", "", {})
+    open_task = planned_task(session, sweep_id, model_id, "prune_range", "0-10", {"start": 0, "stop": 10})
     session.execute(update(Task).where(Task.id == done).values(state="done"))
     fail_open_tasks(session, model_id, "not run: model failed")
     assert get_task(session, done).state == "done"
