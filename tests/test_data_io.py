@@ -333,6 +333,7 @@ def test_a_hostile_file_is_refused_before_any_value_is_read_without_a_model(tmp_
 def test_a_refused_data_file_never_reaches_the_activation_cache(model_file, tmp_path):
     """The worker opens (and so checks) a data file before it looks up or writes cached activations."""
     from badnet_prune.errors import BadInputError
+    from badnet_prune.hashing import sha256_file
     from worker.loaded import ModelKey, WorkerMemory
 
     _, path = model_file
@@ -341,11 +342,11 @@ def test_a_refused_data_file_never_reaches_the_activation_cache(model_file, tmp_
     loaded = memory.model(ModelKey(str(path), "a" * 64, 1.0, "conv_3", "pool_3", False))
     source = write_raw(tmp_path / "source.h5", data=good_pixels(), label=labels(0, 1, 2, 3))
     (tmp_path / "hostile").mkdir()
-    for case, (hostile, _) in make_hostile_files(tmp_path / "hostile", source).items():
-        with pytest.raises(BadInputError):
-            memory.data(loaded, str(hostile), f"{len(case):064d}")
+    for hostile, _ in make_hostile_files(tmp_path / "hostile", source).values():
+        with pytest.raises(BadInputError):  # its own hash: refused for what it holds, not for a changed hash
+            memory.data(loaded, str(hostile), sha256_file(hostile))
     assert [entry for entry in cache.rglob("*") if entry.is_file()] == []
-    memory.data(loaded, str(source), "b" * 64)  # the control: a file that holds its own data is cached
+    memory.data(loaded, str(source), sha256_file(source))  # the control: a file that holds its own data is cached
     assert [entry for entry in cache.rglob("*") if entry.is_file()] != []
 
 
