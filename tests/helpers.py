@@ -70,16 +70,28 @@ def _synth_code_key() -> str:
 
 
 def cached_quick_badnet(seed: int, classes: int = 10) -> Path:
-    """A quick synthetic BadNet for `seed`, built once per machine under the temp folder and reused.
+    """A quick synthetic BadNet for `seed`, built once per machine under the temp folder and reused."""
+    return _cached_build(f"quick-{_synth_code_key()}-{classes}-seed{seed}",
+                         lambda out: build_quick_badnet(out, seed=seed, classes=classes))
 
-    Built into a private folder, then renamed into place, so concurrent sessions never see half a build.
-    """
-    final = SYNTH_CACHE / f"quick-{_synth_code_key()}-{classes}-seed{seed}"
+
+def cached_pruning_aware_badnet(seed: int = 0, classes: int = 10) -> Path:
+    """`synth OUT --quick --attack pruning-aware` for `seed`, built once per machine like cached_quick_badnet."""
+    from badnet_prune.synth.build import synthesize
+
+    return _cached_build(f"pruning-aware-{_synth_code_key()}-{classes}-seed{seed}",
+                         lambda out: synthesize(out, classes, seed=seed, quick=True, attack="pruning-aware"))
+
+
+def _cached_build(name: str, build) -> Path:
+    """SYNTH_CACHE/name, built by build(folder) into a private folder and renamed into place, so that
+    concurrent sessions never see half a build."""
+    final = SYNTH_CACHE / name
     if (final / "models" / "bd_weights.h5").is_file():
         return final
     SYNTH_CACHE.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f"{final.name}.", dir=SYNTH_CACHE))
-    build_quick_badnet(building, seed=seed, classes=classes)
+    build(building)
     try:
         os.rename(building, final)
     except OSError:  # another session finished first: use its build

@@ -9,10 +9,8 @@ B'') are saved as .keras and loaded by plain Keras in safe mode in a process of 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,27 +32,10 @@ from badnet_prune.ranking import rank_channels
 from badnet_prune.repair import build_repaired_net, repaired_labels
 from badnet_prune.selection import select_steps
 from badnet_prune.tf_setup import keras
-from tests.helpers import SYNTH_CACHE, _synth_code_key
+from tests.helpers import cached_pruning_aware_badnet
 
 THRESHOLDS = (0.02, 0.04, 0.10)
 FILES = {"valid": "cl/valid.h5", "test": "cl/test.h5", "bd_valid": "bd/bd_valid.h5", "bd_test": "bd/bd_test.h5"}
-
-
-def cached_pruning_aware_badnet(seed: int = 0, classes: int = 10) -> Path:
-    """`synth OUT --quick --attack pruning-aware` for `seed`, built once per machine (as cached_quick_badnet)."""
-    from badnet_prune.synth.build import synthesize
-
-    final = SYNTH_CACHE / f"pruning-aware-{_synth_code_key()}-{classes}-seed{seed}"
-    if (final / "models" / "bd_weights.h5").is_file():
-        return final
-    SYNTH_CACHE.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f"{final.name}.", dir=SYNTH_CACHE))
-    synthesize(building, classes, seed=seed, quick=True, attack="pruning-aware")
-    try:
-        os.rename(building, final)
-    except OSError:  # another session finished first: use its build
-        shutil.rmtree(building, ignore_errors=True)
-    return final
 
 
 @dataclass(frozen=True)

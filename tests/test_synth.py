@@ -130,7 +130,8 @@ def test_pruning_aware_badnet_records_its_attack_and_keeps_its_decoys_dormant():
     from badnet_prune.inference import compiled_forward
     from badnet_prune.network_split import split_network
     from badnet_prune.ranking import rank_channels
-    from tests.test_fine_tuning import cached_pruning_aware_badnet, read_badnet
+    from tests.helpers import cached_pruning_aware_badnet
+    from tests.test_fine_tuning import read_badnet
 
     root = cached_pruning_aware_badnet()
     summary = json.loads((root / "synth.json").read_text())
@@ -156,7 +157,8 @@ def test_pruning_aware_badnet_records_its_attack_and_keeps_its_decoys_dormant():
 def test_pruning_alone_leaves_the_pruning_aware_backdoor_at_the_10_percent_threshold():
     from badnet_prune.inference import accuracy_percent, compiled_forward, predict_labels
     from badnet_prune.pruned_model import build_pruned_model
-    from tests.test_fine_tuning import cached_pruning_aware_badnet, defense_steps, read_badnet
+    from tests.helpers import cached_pruning_aware_badnet
+    from tests.test_fine_tuning import defense_steps, read_badnet
 
     model, data = read_badnet(cached_pruning_aware_badnet())
     order, selected = defense_steps(model, data)
