@@ -11,7 +11,6 @@ from collections.abc import Iterable
 import numpy as np
 
 from badnet_prune.inference import INFERENCE_BATCH, scale_images
-from badnet_prune.network_split import SplitNetwork
 
 
 def cut_activations(head_forward, batches: Iterable[np.ndarray], input_scale: float) -> np.ndarray:
@@ -46,8 +45,9 @@ def channel_means(rank_batches: Iterable[np.ndarray]) -> np.ndarray:
     return total / count
 
 
-def rank_activation_batches(split: SplitNetwork, cut: np.ndarray, rank_forward=None) -> Iterable[np.ndarray]:
-    """The rank layer's output in batches, from the cut activations (or the given forward)."""
+def rank_activation_batches(cut: np.ndarray, rank_forward=None) -> Iterable[np.ndarray]:
+    """The rank layer's output in batches: the cut activations themselves when the rank layer is the
+    cut (pool_3 in DeepID), else rank_forward (the layers from the cut to the rank layer) over them."""
     if rank_forward is None:
         yield cut
         return

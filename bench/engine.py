@@ -91,7 +91,7 @@ def engine(model: keras.Model, sets: dict[str, tuple[np.ndarray, np.ndarray]]):
     cuts = {key: cut_activations(head, [images], 1.0) for key, (images, _) in sets.items()}
     seconds_head, clock = time.perf_counter() - clock, time.perf_counter()
     rank_forward = compiled_forward(split.rank_from_cut) if split.rank_from_cut is not None else None
-    order = rank_channels(channel_means(rank_activation_batches(split, cuts[""], rank_forward)))
+    order = rank_channels(channel_means(rank_activation_batches(cuts[""], rank_forward)))
     labeled = {
         key: LabeledSet(key, labels, live_channels(cuts[key], split.pruned_values))
         for key, (_, labels) in sets.items()

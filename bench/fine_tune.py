@@ -76,7 +76,7 @@ def main() -> int:
     target = int(np.bincount(forward_labels(forward, poisoned)).argmax())
     split = split_network(model)
     cut = cut_activations(compiled_forward(split.head), [clean], 1.0)
-    order = rank_channels(channel_means(rank_activation_batches(split, cut)))
+    order = rank_channels(channel_means(rank_activation_batches(cut)))
     del cut
     pruned = [int(c) for c in order[: args.pruned]]
     settings = FineTuneSettings(epochs=args.epochs)

@@ -88,7 +88,7 @@ def run_model(memory, path: Path, work: Path, artifacts: Path) -> None:
     clean = data(loaded, "clean_valid")
     split = loaded.split
     rank_forward = compiled_forward(split.rank_from_cut) if split.rank_from_cut is not None else None
-    order = rank_channels(channel_means(rank_activation_batches(split, clean.cut, rank_forward)))
+    order = rank_channels(channel_means(rank_activation_batches(clean.cut, rank_forward)))
     acc0 = accuracy_percent(memory.labels_at(loaded, {"": clean})("", [], None), clean.labels)
     # the sweep, as one range
     loaded = memory.model(key)

@@ -68,7 +68,7 @@ def defense_steps(model: keras.Model, data: dict) -> tuple[np.ndarray, dict[floa
     split = split_network(model)
     head = compiled_forward(split.head)
     cut = cut_activations(head, [data["valid"][0]], 1.0)
-    order = rank_channels(channel_means(rank_activation_batches(split, cut)))
+    order = rank_channels(channel_means(rank_activation_batches(cut)))
     clean = LabeledSet("", data["valid"][1], live_channels(cut, split.pruned_values))
     rows = prune_range(CutLabeler(split, {"": cut}), clean, {}, order, 0, len(order) + 1)
     accuracies = [row.clean_accuracy for row in rows]

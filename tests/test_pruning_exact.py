@@ -53,7 +53,7 @@ def sweep(synthetic_badnet) -> Sweep:
     assert split.is_split and split.cut_layer == "pool_3"
     head = compiled_forward(split.head)
     cuts = {key: cut_activations(head, [batch], 1.0) for key, batch in images.items()}
-    order = rank_channels(channel_means(rank_activation_batches(split, cuts[CLEAN])))
+    order = rank_channels(channel_means(rank_activation_batches(cuts[CLEAN])))
     sets = {key: LabeledSet(key, labels[key], live_channels(cuts[key], split.pruned_values)) for key in cuts}
     all_live = {key: LabeledSet(key, s.labels, np.ones_like(s.live)) for key, s in sets.items()}
     return Sweep(

@@ -145,7 +145,7 @@ def test_pruning_aware_badnet_records_its_attack_and_keeps_its_decoys_dormant():
     head = compiled_forward(split.head)
     for key in ("valid", "bd_valid"):
         cut = cut_activations(head, [data[key][0]], 1.0)
-        means = channel_means(rank_activation_batches(split, cut))
+        means = channel_means(rank_activation_batches(cut))
         assert not means[decoys].any(), f"a decoy fires on {key}"
         if key == "valid":  # the ranking prunes them before any channel that clean faces use
             dormant = rank_channels(means)[: np.count_nonzero(means == 0)]

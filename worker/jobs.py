@@ -84,7 +84,7 @@ def rank_model(runtime: Runtime, model_id: int) -> None:
         means = channel_means([cut_activations(compiled_forward(split.rank_from_input), images, inputs.input_scale)])
     else:
         rank_forward = compiled_forward(split.rank_from_cut) if split.rank_from_cut is not None else None
-        means = channel_means(rank_activation_batches(split, clean.cut, rank_forward))
+        means = channel_means(rank_activation_batches(clean.cut, rank_forward))
     order = rank_channels(means)
     key = set_key("clean_valid")
     labels = runtime.memory.labels_at(loaded, {key: clean})(key, [], None)
