@@ -18,7 +18,6 @@ import numpy as np
 from badnet_prune.data import open_data_file
 from badnet_prune.evaluation import CLEAN_TEST, EvaluationSet, NetworkEvaluation, evaluate_networks, poisoned_test
 from badnet_prune.fine_tuning import FineTuneResult, fine_tune
-from badnet_prune.hashing import sha256_file
 from badnet_prune.inference import compiled_forward, predict_labels
 from badnet_prune.repair import build_repaired_net
 from badnet_prune.thresholds import Threshold
@@ -28,19 +27,18 @@ from db.results import (
     FineTuneRow,
     read_ranking,
     read_selections,
-    save_artifact,
-    save_evaluation,
     save_fine_tune,
 )
 from db.session import session_scope
 from pipeline.stages.fine_tune import sweep_settings
 from worker.jobs import (
-    _inputs,
-    _loaded,
     artifact_folder,
+    loaded_model,
+    read_inputs,
     remove_artifacts,
     remove_stale_temporaries,
     save_atomically,
+    save_test_results,
     set_key,
     write_text_atomically,
 )
@@ -53,7 +51,7 @@ FINE_NAMES = {"B_prime": "B_fine", "G": "G_fine"}
 
 def fine_tune_threshold(runtime: Runtime, model_id: int, threshold: Threshold) -> None:
     """Fine-prune at one threshold; with no step selected there is nothing to tune, and that is recorded."""
-    inputs = _inputs(runtime, model_id)
+    inputs = read_inputs(runtime, model_id)
     settings = sweep_settings(inputs.config)
     if settings is None:
         raise RuntimeError(f"model {inputs.name}: its sweep does not fine-tune (no [fine_tune] settings)")
@@ -68,7 +66,7 @@ def fine_tune_threshold(runtime: Runtime, model_id: int, threshold: Threshold) -
             save_fine_tune(session, model_id, FineTuneRow(threshold.key, recorded, settings.seed))
         return
     pruned = [int(channel) for channel in order[: selection.step]]
-    loaded = _loaded(runtime, inputs)
+    loaded = loaded_model(runtime, inputs)
     clean_images, clean_labels = _read(loaded, inputs, "clean_valid")[""]
     result = fine_tune(
         loaded.split.model, inputs.prune_layer, pruned, clean_images, clean_labels,
@@ -87,15 +85,7 @@ def fine_tune_threshold(runtime: Runtime, model_id: int, threshold: Threshold) -
         )
         with session_scope(runtime.engine) as session:
             save_fine_tune(session, model_id, row)
-            for entry in evaluations:
-                save_evaluation(
-                    session, model_id, network=entry.network, threshold=entry.threshold, role=entry.test_set.role,
-                    poison_name=entry.test_set.poison_name, accuracy=entry.accuracy, image_count=entry.image_count,
-                    flagged=entry.flagged,
-                )
-            for kind, path, provenance in written:
-                save_artifact(session, model_id, threshold=threshold.key, kind=kind, path=path,
-                              sha256=sha256_file(path), provenance=provenance)
+            save_test_results(session, model_id, threshold, evaluations, written)
     except BaseException:
         remove_artifacts([path for _, path, _ in written])
         raise

@@ -40,12 +40,12 @@ from worker.loaded import LoadedData, LoadedModel, ModelKey, labeled_set
 from worker.runtime import Runtime
 
 
-def _inputs(runtime: Runtime, model_id: int) -> ModelInputs:
+def read_inputs(runtime: Runtime, model_id: int) -> ModelInputs:
     with session_scope(runtime.engine) as session:
         return model_inputs(session, model_id)
 
 
-def _loaded(runtime: Runtime, inputs: ModelInputs) -> LoadedModel:
+def loaded_model(runtime: Runtime, inputs: ModelInputs) -> LoadedModel:
     key = ModelKey(
         path=inputs.path,
         sha256=inputs.sha256,
@@ -71,8 +71,8 @@ def set_key(role: str, poison_name: str = "") -> str:
 
 def rank_model(runtime: Runtime, model_id: int) -> None:
     """Rank the prune layer's channels on clean validation data and record B's accuracy there (acc0)."""
-    inputs = _inputs(runtime, model_id)
-    loaded = _loaded(runtime, inputs)
+    inputs = read_inputs(runtime, model_id)
+    loaded = loaded_model(runtime, inputs)
     split = loaded.split
     clean = _data(runtime, loaded, inputs, "clean_valid")[""]
     if split.rank_from_input is not None:
@@ -98,10 +98,10 @@ def rank_model(runtime: Runtime, model_id: int) -> None:
 
 def prune_steps(runtime: Runtime, model_id: int, start: int, stop: int) -> None:
     """Steps [start, stop): clean validation accuracy and every poisoned set's ASR."""
-    inputs = _inputs(runtime, model_id)
+    inputs = read_inputs(runtime, model_id)
     with session_scope(runtime.engine) as session:
         order = [channel for channel, _, _ in read_ranking(session, model_id)]
-    loaded = _loaded(runtime, inputs)
+    loaded = loaded_model(runtime, inputs)
     clean = _data(runtime, loaded, inputs, "clean_valid")[""]
     poisoned = _data(runtime, loaded, inputs, "poisoned_valid")
     clean_key = set_key("clean_valid")
@@ -126,7 +126,7 @@ def prune_steps(runtime: Runtime, model_id: int, start: int, stop: int) -> None:
 
 def evaluate_threshold(runtime: Runtime, model_id: int, threshold: Threshold) -> None:
     """Select B'_t, write B'_t and G_t, and evaluate B, B'_t and G_t on the test files."""
-    inputs = _inputs(runtime, model_id)
+    inputs = read_inputs(runtime, model_id)
     if threshold not in inputs.thresholds:
         raise RuntimeError(f"model {inputs.name}: threshold {threshold} is not one of its sweep's")
     with session_scope(runtime.engine) as session:
@@ -139,7 +139,7 @@ def evaluate_threshold(runtime: Runtime, model_id: int, threshold: Threshold) ->
     accuracies = [s.clean_accuracy for s in steps]
     values = [t.value for t in inputs.thresholds]
     step = select_steps(inputs.acc0, accuracies, values, inputs.policy)[threshold.value]
-    loaded = _loaded(runtime, inputs)
+    loaded = loaded_model(runtime, inputs)
     pruned = order[:step] if step is not None else None
     # B'_t and G_t are built and saved on a thread while TensorFlow labels the test data here
     writing = None
@@ -172,17 +172,22 @@ def _record_threshold(runtime: Runtime, model_id: int, threshold: Threshold, ste
     with session_scope(runtime.engine) as session:
         valid_accuracy = None if step is None else steps[step].clean_accuracy
         save_selection(session, model_id, threshold.key, step, valid_accuracy)
-        for row in evaluations:
-            save_evaluation(
-                session, model_id, network=row.network, threshold=row.threshold, role=row.test_set.role,
-                poison_name=row.test_set.poison_name, accuracy=row.accuracy, image_count=row.image_count,
-                flagged=row.flagged,
-            )
-        for kind, path, provenance in artifacts:
-            save_artifact(
-                session, model_id, threshold=threshold.key, kind=kind, path=path, sha256=sha256_file(path),
-                provenance=provenance,
-            )
+        save_test_results(session, model_id, threshold, evaluations, artifacts)
+
+
+def save_test_results(session, model_id: int, threshold: Threshold, evaluations, artifacts) -> None:
+    """A threshold's networks on the test files, and the model files written for it (kind, path, provenance)."""
+    for row in evaluations:
+        save_evaluation(
+            session, model_id, network=row.network, threshold=row.threshold, role=row.test_set.role,
+            poison_name=row.test_set.poison_name, accuracy=row.accuracy, image_count=row.image_count,
+            flagged=row.flagged,
+        )
+    for kind, path, provenance in artifacts:
+        save_artifact(
+            session, model_id, threshold=threshold.key, kind=kind, path=path, sha256=sha256_file(path),
+            provenance=provenance,
+        )
 
 
 def artifact_folder(inputs: ModelInputs) -> Path:
