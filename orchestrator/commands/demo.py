@@ -30,6 +30,9 @@ def demo(
     from orchestrator.commands.synth import synth
 
     console = Console(stderr=True)
+    console.print("the demo's BadNet carries the lab's sunglasses backdoor (`badnet-prune synth --attack "
+                  "pruning-aware` makes one that pruning alone leaves in place; `defend --fine-tune` removes it)",
+                  soft_wrap=True)
     badnet = out / "badnet"
     if (badnet / "synth.json").exists() and (badnet / "models" / "bd_net.h5").exists():
         console.print(f"reusing the synthetic BadNet in {badnet} (delete it to train a new one)")
@@ -52,3 +55,8 @@ def demo(
         db=db_url,
     )
     report(sweep_id=sweep_id, out=out / "report", db=db_url)
+    database = (out / "badnet-prune.db").resolve()
+    console.print(f"the demo's results are sweep {sweep_id} in {database}; to see them again:", soft_wrap=True)
+    for command in (f"status {sweep_id}", f"steps {sweep_id}", f"report {sweep_id} --out {out / 'report'}",
+                    f"sql \"SELECT model, network, threshold, dataset, accuracy FROM evaluation_results\""):
+        console.print(f"  .venv/bin/badnet-prune {command} --db {database}", soft_wrap=True, markup=False)
