@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -145,7 +146,10 @@ class Model(Base):
     name: Mapped[str]
     path: Mapped[str]
     sha256: Mapped[str]
+    # what every task feeds the model: 1 (raw pixels) or 255 (pixels / 255); 0 (auto) until the rank stage chose it
     input_scale: Mapped[float]
+    input_scale_auto: Mapped[bool] = mapped_column(default=False, server_default=false())  # the rank stage chose it
+    input_scale_note: Mapped[str | None] = mapped_column(Text)  # the rank stage's one line on the scale
     status: Mapped[str] = mapped_column(default="pending")
     error: Mapped[str | None] = mapped_column(Text)
     acc0: Mapped[float | None]  # clean validation accuracy before pruning, percent
