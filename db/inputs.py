@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from badnet_prune.thresholds import Threshold, parse_threshold
@@ -25,7 +25,8 @@ class ModelInputs:
     name: str
     path: str
     sha256: str
-    input_scale: float
+    input_scale: float  # AUTO_INPUT_SCALE (0) until the rank stage has chosen it
+    input_scale_auto: bool  # the rank stage chooses the scale (the sweep asked for "auto")
     status: str
     acc0: float | None
     channel_count: int | None
@@ -60,6 +61,7 @@ def model_inputs(session: Session, model_id: int) -> ModelInputs:
         path=model.path,
         sha256=model.sha256,
         input_scale=model.input_scale,
+        input_scale_auto=model.input_scale_auto,
         status=model.status,
         acc0=model.acc0,
         channel_count=model.channel_count,
@@ -71,3 +73,19 @@ def model_inputs(session: Session, model_id: int) -> ModelInputs:
         config=dict(sweep.config),
         data=data,
     )
+
+
+def save_input_scale(session: Session, model_id: int, scale: float, *, auto: bool, note: str) -> None:
+    """Record the scale the rank stage chose or checked, and its one line; later tasks re-read it."""
+    values = {"input_scale": scale, "input_scale_auto": auto, "input_scale_note": note}
+    session.execute(update(Model).where(Model.id == model_id).values(values))
+
+
+def input_scale_notes(session: Session, sweep_id: int) -> dict[str, str]:
+    """Each model's line on its input scale (models whose rank stage has written one), by model name."""
+    query = (
+        select(Model.name, Model.input_scale_note)
+        .where(Model.sweep_id == sweep_id, Model.input_scale_note.is_not(None))
+        .order_by(Model.name)
+    )
+    return {name: note for name, note in session.execute(query)}

@@ -26,11 +26,25 @@ ModelOption = Annotated[
     typer.Option("--model", help="The BadNet: a full Keras model (.h5 legacy HDF5 or .keras) or a weights-only "
                  ".h5 file with DeepID layer names (like the lab's bd_weights.h5)."),
 ]
+class InputScaleChoice(StrEnum):
+    """--input-scale's choices; `value` as the sweep spec takes it ("auto" or a number)."""
+
+    auto = "auto"
+    raw = "1"
+    divided = "255"
+
+    @property
+    def setting(self) -> float | str:
+        return "auto" if self is InputScaleChoice.auto else float(self.value)
+
+
 InputScaleOption = Annotated[
-    float,
-    typer.Option("--input-scale", callback=check_scale,
+    InputScaleChoice,
+    typer.Option("--input-scale",
                  help="What the model expects: 1 = raw 0..255 pixels (the lab's convention), "
-                 "255 = pixels divided by 255 (the 2020 competition's)."),
+                 "255 = pixels divided by 255 (the 2020 competition's), auto = the scale at which the model is "
+                 "accurate on the first 512 clean images (said in one line; a given scale that looks wrong "
+                 "gets a warning)."),
 ]
 TrustCodeOption = Annotated[
     bool,

@@ -33,6 +33,7 @@ from pydantic import (
 
 from badnet_prune.errors import BadInputError
 from badnet_prune.fine_tune_settings import FineTuneSettings
+from badnet_prune.input_scale import AUTO_INPUT_SCALE, SCALES
 from badnet_prune.names import Name
 from badnet_prune.selection import validate_policy
 from badnet_prune.thresholds import Threshold, parse_thresholds
@@ -50,15 +51,27 @@ def _resolve(value: object, info: ValidationInfo) -> Path:
     return path if path.is_absolute() else (info.context["base"] / path).resolve()
 
 
+SCALE_EXPECTED = 'expected 1 (raw 0..255 pixels) or 255 (pixels divided by 255), or "auto" (the default)'
+
+
+def _auto_scale(value: object) -> object:
+    """"auto" as AUTO_INPUT_SCALE (the rank stage then chooses); a number 0 is refused, never read as auto."""
+    if value == "auto":
+        return AUTO_INPUT_SCALE
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == AUTO_INPUT_SCALE:
+        raise ValueError(SCALE_EXPECTED)
+    return value
+
+
 def _input_scale(value: float) -> float:
-    if value not in (1.0, 255.0):
-        raise ValueError("expected 1 (raw 0..255 pixels) or 255 (pixels divided by 255)")
+    if value not in (AUTO_INPUT_SCALE, *SCALES):
+        raise ValueError(SCALE_EXPECTED)
     return float(value)
 
 
 FilePath = Annotated[Path, BeforeValidator(_resolve)]
 Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
-InputScale = Annotated[float, AfterValidator(_input_scale)]
+InputScale = Annotated[float, BeforeValidator(_auto_scale), AfterValidator(_input_scale)]
 
 
 class _Spec(BaseModel):
@@ -76,7 +89,7 @@ class PoisonedSpec(_Spec):
 class ModelSpec(_Spec):
     name: Name
     path: FilePath
-    input_scale: InputScale = 1.0
+    input_scale: InputScale = AUTO_INPUT_SCALE  # "auto" (the default): chosen by the rank stage
     clean_valid: FilePath
     clean_test: FilePath
     poisoned: tuple[PoisonedSpec, ...] = ()

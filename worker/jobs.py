@@ -7,9 +7,12 @@ results written in another, as upserts keyed by what they describe.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 from badnet_prune.activations import channel_means, cut_activations, rank_activation_batches
@@ -17,13 +20,14 @@ from badnet_prune.data import open_data_file
 from badnet_prune.evaluation import CLEAN_TEST, EvaluationSet, evaluate_networks, poisoned_test
 from badnet_prune.hashing import sha256_file
 from badnet_prune.inference import accuracy_percent, compiled_forward
+from badnet_prune.input_scale import AUTO_INPUT_SCALE, SAMPLE_SIZE, SCALES, choose_input_scale
 from badnet_prune.pruned_model import build_pruned_model
 from badnet_prune.pruning import prune_range, pruned_labels
 from badnet_prune.ranking import rank_channels
 from badnet_prune.repair import build_repaired_net
 from badnet_prune.selection import select_steps
 from badnet_prune.thresholds import Threshold
-from db.inputs import ModelInputs, model_inputs
+from db.inputs import ModelInputs, model_inputs, save_input_scale
 from db.repository import set_model_status
 from db.results import (
     StepRow,
@@ -38,6 +42,8 @@ from db.results import (
 from db.session import session_scope
 from worker.loaded import LoadedData, LoadedModel, ModelKey, labeled_set
 from worker.runtime import Runtime
+
+LOG = logging.getLogger(__name__)
 
 
 def read_inputs(runtime: Runtime, model_id: int) -> ModelInputs:
@@ -70,8 +76,12 @@ def set_key(role: str, poison_name: str = "") -> str:
 
 
 def rank_model(runtime: Runtime, model_id: int) -> None:
-    """Rank the prune layer's channels on clean validation data and record B's accuracy there (acc0)."""
-    inputs = read_inputs(runtime, model_id)
+    """Rank the prune layer's channels on clean validation data and record B's accuracy there (acc0).
+
+    The input scale is settled first (chosen, or the given one checked), so that the ranking, acc0 and
+    every later task (which re-reads the model row) use it.
+    """
+    inputs = settle_input_scale(runtime, read_inputs(runtime, model_id))
     loaded = loaded_model(runtime, inputs)
     split = loaded.split
     clean = _data(runtime, loaded, inputs, "clean_valid")[""]
@@ -94,6 +104,28 @@ def rank_model(runtime: Runtime, model_id: int) -> None:
             session, model_id, "running", acc0=accuracy_percent(labels, clean.labels),
             channel_count=split.channel_count,
         )
+
+
+def settle_input_scale(runtime: Runtime, inputs: ModelInputs) -> ModelInputs:
+    """Choose the model's input scale (auto) or check the given one on the first images of its clean
+    validation file, store the scale and its one line, and return the inputs with that scale.
+
+    A model registered for auto is loaded at scale 1 to measure; when it expects 255 the ranking loads it
+    again under that scale, since the scale is part of the worker's model key and activation cache names.
+    """
+    auto = inputs.input_scale_auto or inputs.input_scale == AUTO_INPUT_SCALE
+    measured_at = SCALES[0] if inputs.input_scale == AUTO_INPUT_SCALE else inputs.input_scale
+    loaded = loaded_model(runtime, replace(inputs, input_scale=measured_at))
+    # no hash check here: the ranking reads the same file next, under its registered sha256
+    sample = open_data_file(inputs.data["clean_valid"][""].path, loaded.image_shape)
+    with closing(sample.batches(SAMPLE_SIZE)) as batches:
+        images = next(batches)
+    choice = choose_input_scale(compiled_forward(loaded.split.model), images, sample.labels[: len(images)],
+                                loaded.num_classes, given=None if auto else inputs.input_scale)
+    (LOG.warning if choice.warning else LOG.info)("model %s: %s", inputs.name, choice.note)
+    with session_scope(runtime.engine) as session:
+        save_input_scale(session, inputs.model_id, choice.scale, auto=auto, note=choice.note)
+    return replace(inputs, input_scale=choice.scale, input_scale_auto=auto)
 
 
 def prune_steps(runtime: Runtime, model_id: int, start: int, stop: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.options import InputScaleOption, ModelOption, TrustCodeOption
+from orchestrator.options import InputScaleChoice, InputScaleOption, ModelOption, TrustCodeOption
 
 
 def evaluate(
@@ -20,11 +21,14 @@ def evaluate(
         typer.Option("--data", help="An HDF5 data file (`data`, `label`); repeat for several. "
                      "On a poisoned file the accuracy is the attack success rate."),
     ],
-    input_scale: InputScaleOption = 1.0,
+    input_scale: InputScaleOption = InputScaleChoice.auto,
     trust_model_code: TrustCodeOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Accuracy of MODEL on each data file, in percent of the file's own labels.
+
+    The input scale (auto by default) is chosen, or the given one checked, on the first 512 images of the
+    first --data file, and said in one line on stderr; labels outside the model's classes get a warning.
 
     Example: badnet-prune evaluate --model lab3/models/bd_net.h5 --data lab3/data/cl/test.h5 --json
     """
@@ -34,22 +38,37 @@ def evaluate(
         open_data_file(path)
 
     from badnet_prune.inference import accuracy_percent, compiled_forward, predict_labels
+    from badnet_prune.input_scale import SAMPLE_SIZE, choose_input_scale, outside_classes
     from badnet_prune.model_io import image_shape, load_model, num_classes
 
     network = load_model(model, trust_code=trust_model_code)
-    files = [open_data_file(path, image_shape(network), num_classes(network)) for path in data]
+    classes = num_classes(network)
+    # labels outside the model's classes are counted wrong and warned of, as the lab's eval.py counts them
+    files = [open_data_file(path, image_shape(network)) for path in data]
     forward = compiled_forward(network)
+    with closing(files[0].batches(SAMPLE_SIZE)) as batches:
+        sample = next(batches)
+    given = None if input_scale is InputScaleChoice.auto else float(input_scale.value)
+    choice = choose_input_scale(forward, sample, files[0].labels[: len(sample)], classes, given=given,
+                                data_name=str(files[0].path))
+    others = [f"warning: {problem}" for data_file in files[1:]
+              if (problem := outside_classes(data_file.labels, classes, str(data_file.path)))]
+    warnings = [choice.note] * choice.warning + others
+    stderr = Console(stderr=True)
+    for line, warning in [(choice.note, choice.warning), *((other, True) for other in others)]:
+        stderr.print(f"{model}: {line}", soft_wrap=True, markup=False, style="yellow" if warning else None)
     results = []
     for data_file in files:
-        predicted = predict_labels(forward, data_file.batches(), input_scale)
+        predicted = predict_labels(forward, data_file.batches(), choice.scale)
         results.append(
             {"file": str(data_file.path), "images": data_file.count,
              "accuracy": accuracy_percent(predicted, data_file.labels)}
         )
     if as_json:
-        print(json.dumps({"model": str(model), "input_scale": input_scale, "results": results}, indent=2))
+        print(json.dumps({"model": str(model), "input_scale": choice.scale, "input_scale_note": choice.note,
+                          "warnings": warnings, "results": results}, indent=2))
         return
-    table = Table(title=f"{model} (input scale {input_scale:g})")
+    table = Table(title=f"{model} (input scale {choice.scale:g})")
     table.add_column("data file")
     table.add_column("images", justify="right")
     table.add_column("accuracy %", justify="right")
