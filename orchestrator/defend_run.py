@@ -74,7 +74,7 @@ def defense_spec(
     policy: str,
     prune_layer: str,
     rank_layer: str,
-    input_scale: float,
+    input_scale: float | str,
     trust_model_code: bool,
     fine_tune: Mapping[str, object] | None = None,
 ) -> SweepSpec:

@@ -12,7 +12,15 @@ from rich.table import Table
 from badnet_prune.errors import BadInputError
 from badnet_prune.fine_tune_settings import FineTuneSettings
 from badnet_prune.names import check_name
-from orchestrator.options import DbOption, InputScaleOption, ModelOption, Policy, PolicyOption, TrustCodeOption
+from orchestrator.options import (
+    DbOption,
+    InputScaleChoice,
+    InputScaleOption,
+    ModelOption,
+    Policy,
+    PolicyOption,
+    TrustCodeOption,
+)
 
 if TYPE_CHECKING:
     from orchestrator.defend_run import Defended
@@ -49,7 +57,7 @@ def defend(
     prune_layer: Annotated[str, typer.Option("--prune-layer", help="The Conv2D whose channels are pruned.")] = "conv_3",
     rank_layer: Annotated[str, typer.Option("--rank-layer", help="The layer whose mean activation per channel on "
                           "clean validation data ranks the channels.")] = "pool_3",
-    input_scale: InputScaleOption = 1.0,
+    input_scale: InputScaleOption = InputScaleChoice.auto,
     trust_model_code: TrustCodeOption = False,
     db: DbOption = None,
     fine_tune: Annotated[bool, typer.Option("--fine-tune", help="Fine-pruning: fine-tune each B'_t on part of "
@@ -81,7 +89,7 @@ def defend(
     spec = defense_spec(
         model, clean_valid, clean_test, poisoned=_poisoned(poisoned or []),
         thresholds=[t for t in thresholds.split(",") if t.strip()], policy=policy, prune_layer=prune_layer,
-        rank_layer=rank_layer, input_scale=input_scale, trust_model_code=trust_model_code, fine_tune=tuning,
+        rank_layer=rank_layer, input_scale=input_scale.setting, trust_model_code=trust_model_code, fine_tune=tuning,
     )
     console = Console(stderr=True)
     try:
