@@ -36,6 +36,7 @@ class Defended:
     sweep_id: int
     db_url: str
     results: ModelResults
+    input_scale_note: str | None = None  # the rank stage's line on the scale it chose or checked
 
 
 FINE_TUNE_OPTIONS = {"epochs": "--epochs", "learning_rate": "--learning-rate", "optimizer": "--optimizer",
@@ -123,7 +124,21 @@ def defend_model(spec: SweepSpec, out: Path, *, db: str | None, console: Console
         db = str(out / "badnet-prune.db")  # the results' database goes with the results, not into the cwd
     settings = load_settings(db=db, artifact_dir=out / "models").without_broker()
     sweep_id = submit_sweep(settings, spec, wait=True, console=console, extra_config={"flat_artifacts": True})
-    return Defended(sweep_id, settings.db_url, write_results(settings.db_url, sweep_id, out))
+    results = write_results(settings.db_url, sweep_id, out)
+    return Defended(sweep_id, settings.db_url, results, input_scale_note(settings.db_url, sweep_id))
+
+
+def input_scale_note(db_url: str, sweep_id: int) -> str | None:
+    """The one model's line on its input scale, as its rank stage stored it."""
+    from db.inputs import input_scale_notes
+    from db.session import make_engine, session_scope
+
+    engine = make_engine(db_url)
+    try:
+        with session_scope(engine) as session:
+            return next(iter(input_scale_notes(session, sweep_id).values()), None)
+    finally:
+        engine.dispose()
 
 
 def write_results(db_url: str, sweep_id: int, out: Path) -> ModelResults:

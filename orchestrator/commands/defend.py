@@ -113,6 +113,9 @@ def _print_results(defended: Defended, out: Path, console: Console) -> None:
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
     for row in table_rows:
         table.add_row(*row)
+    if defended.input_scale_note is not None:
+        Console().print(f"{results.name}: {defended.input_scale_note}", soft_wrap=True, markup=False,
+                        style="yellow" if defended.input_scale_note.startswith("warning:") else None)
     Console().print(table)
     console.print(f"wrote {out / 'steps.csv'}, {out / 'summary.json'} and {out / 'models'}/ "
                   f"(sweep {defended.sweep_id} in {display_url(defended.db_url)})", soft_wrap=True)
