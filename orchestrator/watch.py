@@ -4,7 +4,8 @@ model state, and the models running or failed.
 Redrawn from grouped queries (db.repository.sweep_overview), so the first frame of a 1,000-model
 sweep costs what a 1-model one does. Each stage is shown by its declared description (ranking,
 the pruning sweep, each threshold's evaluation and model files...). On a terminal it is a live
-display; piped, it prints a line when a stage starts or ends and when a model fails. A database
+display; piped, it prints a line when a stage starts or ends, when a model fails, and each model's
+input-scale line (the rank stage's choice or check) once. A database
 that is away for a few seconds (a PostgreSQL restart) is waited for; a broker that no worker
 consumes from is said once.
 """
@@ -23,6 +24,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from db.errors import DatabaseUnavailable
+from db.inputs import input_scale_notes
 from db.repository import SweepOverview, sweep_overview
 from db.session import session_scope
 from worker.dispatch import Dispatcher
@@ -65,6 +67,7 @@ class _View:
         self.ended = False
         self._last: tuple | None = None
         self._said_failed: set[int] = set()
+        self._said_scale: set[str] = set()
         self._phase: tuple[str, ...] = ()
         self._started = time.monotonic()
         self._last_draw = 0.0
@@ -97,6 +100,7 @@ class _View:
         try:
             with session_scope(engine) as session:
                 overview = sweep_overview(session, self.sweep_id)
+                notes = input_scale_notes(session, self.sweep_id)
         except (DatabaseUnavailable, OperationalError):
             self.say("database unavailable; waiting for it")
             return False
@@ -111,7 +115,7 @@ class _View:
         self._progress.update(self._bar, completed=done, total=total)
         summary = ", ".join(f"{by_status.get(state, 0)} {state}" for state in MODEL_STATES)
         if self._live is not None:
-            self._details = _details(overview, f"{phase}; models: {summary}")
+            self._details = _details(overview, f"{phase}; models: {summary}", notes)
             self._live.update(Group(self._progress, self._details), refresh=True)
         elif busy != self._phase or (self.ended and changed):
             elapsed = time.monotonic() - self._started
@@ -119,6 +123,10 @@ class _View:
                                f"{overview.status} ({elapsed:.0f} s)", soft_wrap=True, markup=False)
         self._phase = busy
         if self._live is None:
+            for name, note in notes.items():
+                if name not in self._said_scale:  # once per model: the rank stage writes it once
+                    self._said_scale.add(name)
+                    self.console.print(f"{name}: {note}", soft_wrap=True, markup=False)
             for model_id, name, _, error, _ in _failed(overview.models):
                 if model_id not in self._said_failed:
                     self._said_failed.add(model_id)
@@ -158,9 +166,16 @@ def _failed(models: Iterable[tuple]) -> list[tuple]:
     return [model for model in models if model[2] == "failed"]
 
 
-def _details(overview: SweepOverview, summary: str) -> Table:
+def _details(overview: SweepOverview, summary: str, notes: dict[str, str]) -> Table:
     table = Table.grid(padding=(0, 2))
     table.add_row(summary)
+    # the input-scale lines, warnings first: a wrong scale is what a user must see before the numbers
+    ordered = sorted(notes.items(), key=lambda item: not item[1].startswith("warning:"))
+    for name, note in ordered[:SHOWN_MODELS]:
+        colour = "yellow" if note.startswith("warning:") else "dim"
+        table.add_row(f"  [{colour}]{escape(name)}: {escape(note)}[/{colour}]")
+    if len(notes) > SHOWN_MODELS:
+        table.add_row(f"  ... and {len(notes) - SHOWN_MODELS} more input-scale lines (`badnet-prune status` has them)")
     running = [model for model in overview.models if model[2] == "running"]
     failed = _failed(overview.models)
     for _, name, _, _, tasks in running[:SHOWN_MODELS]:
