@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.options import BrokerOption, DbOption, load_settings
@@ -19,13 +20,15 @@ def status(
     broker: BrokerOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Per model: status, steps stored of steps expected, tasks done per stage, and the reason of a failure.
+    """Per model: status, steps stored of steps expected, tasks done per stage, the reason of a failure, and
+    the input scale (the line of the rank stage that chose or checked it).
 
     With a broker, also how many queued or running tasks no queue holds any more (lost with a broker
     that kept nothing): `badnet-prune sweep resume ID` sends them again.
 
     Example: badnet-prune status 1 --json
     """
+    from db.inputs import input_scale_notes
     from db.repository import sweep_progress
     from db.session import prepare_database, session_scope
     from orchestrator.submit import lost_task_count
@@ -41,13 +44,14 @@ def status(
             from badnet_prune.errors import BadInputError
 
             raise BadInputError(f"sweep {sweep_id}", "no such sweep in this database") from None
+        notes = input_scale_notes(session, sweep_id)
     lost = lost_task_count(settings, engine, sweep_id)
     if as_json:
-        print(json.dumps({**asdict(progress), "lost_tasks": lost}, indent=2))
+        print(json.dumps({**asdict(progress), "lost_tasks": lost, "input_scale_notes": notes}, indent=2))
         return
     names = [stage.name for stage in stages()]
     table = Table(title=f"sweep {progress.sweep_id}: {progress.status}")
-    for column in ("model", "status", "steps", "tasks done", "error"):
+    for column in ("model", "status", "steps", "tasks done", "error", "input scale"):
         table.add_column(column, overflow="fold")
     for model in progress.models:
         expected = "?" if model.steps_expected is None else str(model.steps_expected)
@@ -55,7 +59,9 @@ def status(
             f"{name} {counts.get('done', 0)}/{sum(counts.values())}"
             for name in names if (counts := model.stages.get(name))
         )
-        table.add_row(model.name, model.status, f"{model.steps_stored}/{expected}", per_stage, model.error or "")
+        note = notes.get(model.name, "")
+        table.add_row(model.name, model.status, f"{model.steps_stored}/{expected}", per_stage, model.error or "",
+                      f"[yellow]{escape(note)}[/yellow]" if note.startswith("warning:") else escape(note))
     Console().print(table)
     if lost:
         Console(stderr=True).print(f"{lost} task(s) are queued or running but no queue holds them (lost with the "
