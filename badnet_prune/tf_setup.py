@@ -8,6 +8,7 @@ bench/engine.py can measure a GPU machine that has JAX but no TensorFlow.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -36,6 +37,17 @@ with _stderr_silenced():
         import tensorflow as tf
 
 __all__ = ["configure_tensorflow", "keras", "tf"]
+
+
+class _ExpectedRetracing(logging.Filter):
+    """compiled_forward traces one tf.function per model by design (a worker or a report holds many
+    models), which TensorFlow reports as excessive retracing of the same lambda: drop only that hint."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+logging.getLogger("tensorflow").addFilter(_ExpectedRetracing())
 
 _configured = False
 
