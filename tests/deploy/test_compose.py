@@ -88,12 +88,15 @@ def test_compose_config(compose_config, env_example, repo):
             "redis": "service_healthy",
             "postgres": "service_healthy",
             "migrate": "service_completed_successfully",
-        } | ({"db-roles": "service_completed_successfully"} if name == "orchestrator" else {})
+            "db-roles": "service_completed_successfully",
+        }
     # The sql command's role gets its password after the migrations created it; the orchestrator hands it
     # to libpq, which uses it for the connection that has none in its URL (sql's).
     assert depends_on(services["db-roles"]) == {"migrate": "service_completed_successfully"}
     assert services["db-roles"]["environment"]["READER_PASSWORD"] == env_example["POSTGRES_READER_PASSWORD"]
-    assert "READER_PASSWORD" not in " ".join(services["db-roles"]["command"]).replace("getenv password READER", "")
+    assert services["db-roles"]["environment"]["APP_PASSWORD"] == env_example["POSTGRES_APP_PASSWORD"]
+    script = " ".join(services["db-roles"]["command"])
+    assert env_example["POSTGRES_READER_PASSWORD"] not in script and env_example["POSTGRES_APP_PASSWORD"] not in script
     assert services["orchestrator"]["environment"]["PGPASSWORD"] == env_example["POSTGRES_READER_PASSWORD"]
     assert depends_on(services["flower"]) == {"redis": "service_healthy"}
 
@@ -107,14 +110,17 @@ def test_compose_config(compose_config, env_example, repo):
     assert mounts(services["orchestrator"])["/reports"]["type"] == "volume"
     assert "gpu-locks" in compose_config["volumes"]
 
-    # The three badnet-prune services talk to these containers, with the passwords of the env file.
+    # The three badnet-prune services talk to these containers, with the passwords of the env file: the
+    # migrations as the schema's owner, workers and orchestrator as the unprivileged application role.
     for name in ("migrate", "worker", "orchestrator"):
         environment = services[name]["environment"]
         db, broker = urlsplit(environment["BADNET_PRUNE_DB"]), urlsplit(environment["BADNET_PRUNE_BROKER"])
-        assert (db.scheme, db.hostname, db.password) == (
+        role = ("POSTGRES_USER", "POSTGRES_PASSWORD") if name == "migrate" else ("badnet_app", "POSTGRES_APP_PASSWORD")
+        assert (db.scheme, db.hostname, db.username, db.password) == (
             "postgresql+psycopg",
             "postgres",
-            env_example["POSTGRES_PASSWORD"],
+            env_example.get(role[0], role[0]),
+            env_example[role[1]],
         )
         assert (broker.scheme, broker.hostname, broker.password) == ("redis", "redis", env_example["REDIS_PASSWORD"])
         assert environment["BADNET_PRUNE_ARTIFACTS"] == "/artifacts"
@@ -189,7 +195,8 @@ def run_preflight(compose_config, passwords: dict[str, str]) -> subprocess.Compl
 
 def test_preflight_refuses_the_placeholder_passwords_with_one_line(compose_config, env_example):
     """The attacker's test: .env.example copied as it is (or a password left empty) must not start anything."""
-    names = ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "POSTGRES_READER_PASSWORD", "FLOWER_PASSWORD")
+    names = ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "POSTGRES_APP_PASSWORD", "POSTGRES_READER_PASSWORD",
+             "FLOWER_PASSWORD")
     assert all(env_example[name].startswith("change-me") for name in names)
     assert compose_config["services"]["preflight"]["environment"] == {name: env_example[name] for name in names}
     fresh = {name: f"{index}f3a9c0d7e1b2" for index, name in enumerate(names)}
