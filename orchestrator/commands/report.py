@@ -20,14 +20,14 @@ def _folder(text: str) -> Path:
 def report(
     sweep_id: Annotated[int, typer.Argument(metavar="SWEEP", help="The sweep's id, as `sweep` printed it.")],
     out: Annotated[Path, typer.Option("--out", parser=_folder,
-                                      help="Folder for index.html, report.md, figures/ and csv/.")],
+                                      help="Folder for index.html, models/, report.md, figures/ and csv/.")],
     db: DbOption = None,
     asr_bound: Annotated[float, typer.Option("--asr-bound", min=0, max=100, help="A backdoor counts as removed "
                          "when the ASR of G on its poisoned test set is at most this percentage.")] = 5.0,
     samples: Annotated[int, typer.Option("--samples", min=0, help="Test images per data set in each model's "
                        "sample grid, labelled by B and G (loads the model files); 0 skips the grid.")] = 6,
 ) -> None:
-    """Write a report of a sweep: one self-contained HTML page, report.md and the tables as CSV.
+    """Write a report of a sweep: index.html (across models), a page per model, report.md and CSV tables.
 
     Example: badnet-prune report 1 --out report --db demo/badnet-prune.db
     """

@@ -14,7 +14,7 @@ import re
 from urllib.parse import quote
 
 from orchestrator.report.pages import ModelPage, ReportPages
-from orchestrator.report.tables import Table
+from orchestrator.report.tables import Table, label
 
 # Characters that start Markdown markup which could make a link, an image, code or emphasis of a name.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]!|])")
@@ -31,8 +31,10 @@ def render_markdown(pages: ReportPages, figure_names: dict[int, dict[str, str]])
     """figure_names: per model id, {'curve': 'figures/...png', 'samples': ...} as written."""
     report = pages.report
     unfinished = ", ".join(f"{escape(m.name)} ({escape(m.status)})" for m in report.unfinished_models)
-    lines = [f"# Sweep {report.id}: {escape(report.name)}", "", escape(pages.description()), "", "## Across models",
-             "", escape(pages.summary_caption()), "", *table_markdown(pages.tables["summary"]), ""]
+    lines = [f"# Sweep {report.id}: {escape(report.name)}", "", escape(pages.description()), "",
+             "## Verdict: which backdoors were removed, at what cost", "", escape(pages.verdict_caption()), "",
+             *table_markdown(pages.verdict), "", "## Across models", "", escape(pages.summary_caption()), "",
+             *table_markdown(pages.overview), ""]
     if report.failed_models:
         lines += ["### Failed models", "", *table_markdown(pages.failed_table()), ""]
     if report.unfinished_models:
@@ -72,4 +74,5 @@ def table_markdown(table: Table) -> list[str]:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(escape(cell) for cell in cells) + " |"
 
-    return [line(table.columns), line(["---"] * len(table.columns)), *(line(cells) for cells in table.cells())]
+    return [line([label(column) for column in table.columns]), line(["---"] * len(table.columns)),
+            *(line(cells) for cells in table.cells())]

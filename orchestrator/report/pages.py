@@ -3,12 +3,15 @@ so both say the same thing with the same numbers."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from orchestrator.report.data import ModelReport, SweepReport
 from orchestrator.report.figures import curve_png, fine_tune_png, sample_grid_png
-from orchestrator.report.samples import Samples, label_samples
-from orchestrator.report.tables import Table, model_ranking_table, model_steps_table, sweep_tables
+from orchestrator.report.samples import POOL, Samples, label_samples
+from orchestrator.report.tables import Table, model_rows, overview_table, sweep_tables, verdict_table
+
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -16,6 +19,9 @@ class ModelPage:
     """A complete model's section: its tables, curve and labelled samples."""
 
     model: ModelReport
+    file: str  # the model's page, relative to index.html
+    verdict: Table
+    overview: Table
     steps: Table
     ranking: Table
     curve_png: bytes
@@ -36,9 +42,21 @@ class ModelPage:
 
     def samples_caption(self) -> str:
         thresholds = ", ".join(t.percent for t in self.samples.thresholds) or "none"
-        return (f"Evenly spaced clean and poisoned test images; label is the file's label (on poisoned files the "
-                f"attacker's target), B and G (thresholds {thresholds}) as labelled now by the stored model "
-                f"files; N = {self.samples.num_classes} means G flagged a backdoor.")
+        return (f"Clean and poisoned test images, picked from {POOL} evenly spaced ones of each file: up to half are "
+                f"G's misses (poisoned images some G did not flag, clean images some G flagged), the rest evenly "
+                f"spaced. label is the file's label (on poisoned files the attacker's target); B and G (thresholds "
+                f"{thresholds}) as labelled now by the stored model files. Red: the attack succeeded (a poisoned "
+                f"image given the attacker's target); blue: flagged (N = {self.samples.num_classes}, G detected a "
+                f"backdoor).")
+
+    def sample_marks(self) -> list[dict[str, str]]:
+        """Per row of samples_table, the cells to colour: column -> 'attack' or 'flagged'."""
+        marks = []
+        for sample in self.samples.samples:
+            labels = {"B": sample.b, **{f"G {t.percent}": sample.g[t] for t in self.samples.thresholds}}
+            marks.append({column: mark for column, value in labels.items()
+                          if (mark := self.samples.mark(sample, value)) is not None})
+        return marks
 
     def samples_table(self) -> Table:
         thresholds = self.samples.thresholds
@@ -54,8 +72,12 @@ class ModelPage:
 
 @dataclass(frozen=True)
 class ReportPages:
+    """tables: what csv/ holds (machine column names); verdict and overview: the across-models view."""
+
     report: SweepReport
     tables: dict[str, Table]
+    verdict: Table
+    overview: Table
     models: list[ModelPage]
 
     def description(self) -> str:
@@ -65,14 +87,21 @@ class ReportPages:
                 f"{len(r.failed_models)} failed. Thresholds {thresholds}, policy {r.policy}, "
                 f"pruned layer {r.prune_layer}, ranked on {r.rank_layer}. All figures read from the database.")
 
+    def verdict_caption(self) -> str:
+        caption = (f"Per model and poison: a backdoor counts as removed when the ASR of G (pruning alone) on its "
+                   f"poisoned test set is at most {self.report.asr_bound:g}%. Removed: the smallest threshold that "
+                   f"removed it; kept: the threshold where G's ASR was lowest. Clean drop = B's clean test accuracy "
+                   f"minus G's, in points.")
+        if "G_fine_verdict" in self.verdict.columns:
+            caption += " Fine-pruning: the same for G'' (the repaired net of B and the fine-tuned B'')."
+        return caption
+
     def summary_caption(self) -> str:
-        caption = (f"One row per model and threshold. Accuracies and ASRs are on test data, in percent; "
-                   f"clean_drop = B_clean_accuracy - G_clean_accuracy (points). removed: poisons whose ASR under G "
-                   f"(pruning alone) is at most {self.report.asr_bound:g}%; kept: the others.")
-        if "fine_removed" in self.tables["summary"].columns:
-            caption += (" Fine-pruning: G_fine is G'' (the repaired net of B and the fine-tuned B''), fine_clean_drop "
-                        "= B_clean_accuracy - G_fine_clean_accuracy; fine_removed and fine_kept as removed and kept, "
-                        "under G''.")
+        caption = ("One row per model, threshold and poison. Accuracies and ASRs are on test data, in percent; G clean "
+                   "drop = B clean accuracy - G clean accuracy (points); false alarms: clean test images G flagged. "
+                   "csv/summary.csv has the same figures, one row per model and threshold, at full precision.")
+        if "G_fine_verdict" in self.overview.columns:
+            caption += " G'' clean drop = B clean accuracy - G'' clean accuracy."
         return caption
 
     def failed_table(self) -> Table:
@@ -83,8 +112,9 @@ class ReportPages:
 def build_pages(report: SweepReport, samples_per_set: int) -> ReportPages:
     """Draw every figure and label the samples (loading B and G) for the complete models."""
     tables = {table.name: table for table in sweep_tables(report)}
+    verdict, overview = verdict_table(report), overview_table(report)
     pages = []
-    for model in report.complete_models:
+    for position, model in enumerate(report.complete_models, start=1):
         if samples_per_set > 0:
             samples = label_samples(model, samples_per_set, report.trust_model_code)
         else:
@@ -94,11 +124,22 @@ def build_pages(report: SweepReport, samples_per_set: int) -> ReportPages:
             samples_png = sample_grid_png(samples.images, [samples.caption(s) for s in samples.samples])
         pages.append(ModelPage(
             model=model,
-            steps=model_steps_table(tables["steps"], model),
-            ranking=model_ranking_table(tables["rankings"], model),
+            file=f"models/{page_stem(position, model.name)}.html",
+            verdict=model_rows(verdict, model),
+            overview=model_rows(overview, model),
+            steps=model_rows(tables["steps"], model),
+            ranking=model_rows(tables["rankings"], model),
             curve_png=curve_png(model),
             samples=samples,
             samples_png=samples_png,
             fine_tune_png=fine_tune_png(model),
         ))
-    return ReportPages(report, tables, pages)
+    return ReportPages(report, tables, verdict, overview, pages)
+
+
+def page_stem(position: int, name: str) -> str:
+    """A model's file name: its name where it is an identifier (as sweep files require), else the position and
+    the name with every other character replaced, so that no name reaches outside models/ or clashes."""
+    if _IDENTIFIER.fullmatch(name):
+        return name
+    return f"{position:02d}-{re.sub(r'[^A-Za-z0-9_-]+', '_', name)}"

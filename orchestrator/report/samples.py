@@ -17,6 +17,8 @@ from badnet_prune.thresholds import Threshold
 from orchestrator.report.data import ModelReport
 
 CLEAN = "clean"
+POOL = 240  # images labelled per test file, from which the shown ones are picked
+ATTACK, FLAGGED = "attack", "flagged"  # what the page colours: the attacker's label, and N
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,23 @@ class Samples:
     def name(self, label: int) -> str:
         return "N" if label == self.num_classes else str(label)
 
-    def caption(self, sample: Sample) -> str:
-        g = " ".join(f"{t.percent}:{self.name(sample.g[t])}" for t in self.thresholds if t in sample.g)
-        return f"{sample.dataset} #{sample.index}\nlabel {sample.label}  B {self.name(sample.b)}\nG {g}"
+    def mark(self, sample: Sample, label: int) -> str | None:
+        """'flagged' when a network said N, 'attack' when it gave a poisoned image the attacker's target."""
+        if label == self.num_classes:
+            return FLAGGED
+        return ATTACK if sample.dataset != CLEAN and label == sample.label else None
+
+    def caption(self, sample: Sample) -> list[tuple[str, str | None]]:
+        """The lines under a sample's image, each with its mark (None: plain)."""
+        lines = [(f"{sample.dataset} #{sample.index}", None), (f"label {sample.label}", None),
+                 (f"B {self.name(sample.b)}", self.mark(sample, sample.b))]
+        lines += [(f"G {t.percent}: {self.name(sample.g[t])}", self.mark(sample, sample.g[t]))
+                  for t in self.thresholds if t in sample.g]
+        return lines
 
 
 def label_samples(model: ModelReport, per_set: int, trust_code: bool) -> Samples:
-    """Label `per_set` evenly spaced images of the clean test file and of each poisoned test file."""
+    """Label `per_set` images of the clean test file and of each poisoned test file, G's misses among them."""
     sets = {CLEAN: model.data_paths.get("clean_test", {}).get("")}
     sets.update(model.data_paths.get("poisoned_test", {}))
     missing = [f"{path} ({name} test data) is missing" for name, path in sets.items() if not path or
@@ -78,15 +90,39 @@ def _label(model: ModelReport, sets: dict[str, str | None], per_set: int, trust_
     samples, images = [], []
     for dataset, path in sets.items():
         assert path is not None
-        chosen, labels = _read(Path(path), per_set)
-        scaled = scale_images(chosen, model.input_scale)
+        pool, labels = _read(Path(path), POOL)
+        scaled = scale_images(pool, model.input_scale)
         labels_b = forward_labels(forward_b, scaled)
-        labels_g = {t: forward_labels(forward, scaled) for t, forward in g_forwards.items()}
-        for position, (index, label) in enumerate(labels):
+        labels_g = {t: np.asarray(forward_labels(forward, scaled)) for t, forward in g_forwards.items()}
+        flagged = [values == classes for values in labels_g.values()]
+        misses = np.zeros(len(labels), dtype=bool)
+        for said_n in flagged:  # poisoned: some G did not flag it; clean: some G flagged it
+            misses |= said_n if dataset == CLEAN else ~said_n
+        for position in pick_samples(misses, per_set):
+            index, label = labels[position]
             g_labels = {t: int(values[position]) for t, values in labels_g.items()}
             samples.append(Sample(dataset, index, label, int(labels_b[position]), g_labels))
-            images.append(chosen[position])
+            images.append(pool[position])
     return Samples(samples, images, sorted(g_forwards), classes, missing)
+
+
+def pick_samples(misses: np.ndarray, count: int) -> list[int]:
+    """Positions of `count` images of a pool, in order: up to half (at least one) of G's misses, evenly spaced
+    among them, and the rest evenly spaced among the others, so that a reader sees where G fails as well as
+    what it usually does; more misses where there are too few others."""
+    missed = np.flatnonzero(misses)
+    others = np.flatnonzero(~misses)
+    count = min(count, len(misses))
+    wanted = min(len(missed), max(1, count // 2)) if count else 0
+    wanted = max(wanted, count - len(others))
+    chosen = [*_spread(missed, wanted), *_spread(others, count - wanted)]
+    return sorted(int(position) for position in chosen)
+
+
+def _spread(positions: np.ndarray, count: int) -> np.ndarray:
+    if count <= 0:
+        return positions[:0]
+    return positions[np.round(np.linspace(0, len(positions) - 1, count)).astype(int)]
 
 
 def _read(path: Path, count: int) -> tuple[np.ndarray, list[tuple[int, int]]]:

@@ -9,12 +9,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from db.model_results import FineTuneOutcome
+from badnet_prune.thresholds import Threshold
+from db.model_results import FineTuneOutcome, Metrics
 from orchestrator.report.data import ModelReport, SweepReport
 
 PERCENT_DECIMALS = 2
 FRACTION_DECIMALS = 4
 FRACTION_COLUMNS = frozenset({"fraction_pruned", "mean_activation"})
+
+# What a reader sees above a column in the page and report.md; the CSV files keep the machine names.
+LABELS = {
+    "fraction_pruned": "fraction pruned", "clean_accuracy": "clean accuracy %", "mean_activation": "mean activation",
+    "clean_valid_accuracy": "clean validation accuracy %", "B_clean_accuracy": "B clean accuracy %",
+    "G_clean_accuracy": "G clean accuracy %", "clean_drop": "G clean drop (points)",
+    "G_false_alarms": "G false alarms %", "B_asr": "B ASR %", "G_asr": "G ASR %", "G_verdict": "pruning alone (G)",
+    "G_threshold": "G threshold", "G_clean_drop": "G clean drop (points)", "fine_kept_epoch": "epoch kept",
+    "G_fine_clean_accuracy": "G'' clean accuracy %", "fine_clean_drop": "G'' clean drop (points)",
+    "G_fine_false_alarms": "G'' false alarms %", "G_fine_asr": "G'' ASR %", "G_fine_verdict": "fine-pruning (G'')",
+    "G_fine_threshold": "G'' threshold", "G_fine_clean_drop": "G'' clean drop (points)",
+}
+_PREFIXED = (("G_fine_asr_", "G'' ASR {} %"), ("B_asr_", "B ASR {} %"), ("G_asr_", "G ASR {} %"), ("asr_", "ASR {} %"))
+REMOVED, KEPT = "removed", "kept"
 
 
 @dataclass(frozen=True)
@@ -36,11 +51,21 @@ def display(column: str, value: Any) -> str:
         return ""
     if isinstance(value, bool) or not isinstance(value, float):
         return str(value)
-    if column == "threshold":
+    if column == "threshold" or column.endswith("_threshold"):
         return f"{value * 100:g}%"
     if column in FRACTION_COLUMNS:
         return f"{value:.{FRACTION_DECIMALS}f}"
     return f"{value:.{PERCENT_DECIMALS}f}"
+
+
+def label(column: str) -> str:
+    """A column's header for people: `B_clean_accuracy` -> 'B clean accuracy %', `asr_x` -> 'ASR x %'."""
+    if column in LABELS:
+        return LABELS[column]
+    for prefix, text in _PREFIXED:
+        if column.startswith(prefix):
+            return text.format(column.removeprefix(prefix))
+    return column
 
 
 def sweep_tables(report: SweepReport) -> list[Table]:
@@ -88,7 +113,7 @@ def summary_table(report: SweepReport) -> Table:
     for poison in poisons:
         columns += [f"B_asr_{poison}", f"G_asr_{poison}"]
     columns += ["removed", "kept"]
-    if any(entry.fine is not None for model in report.complete_models for entry in model.results.thresholds):
+    if _fine_tuned(report):
         columns += ["fine_kept_epoch", "G_fine_clean_accuracy", "fine_clean_drop", "G_fine_false_alarms",
                     *(f"G_fine_asr_{poison}" for poison in poisons), "fine_removed", "fine_kept"]
     columns += ["note"]
@@ -158,12 +183,67 @@ def models_table(report: SweepReport) -> Table:
     return Table("models", ["model", "status", "acc0", "path", "error"], rows)
 
 
-def model_steps_table(steps: Table, model: ModelReport) -> Table:
-    """One model's rows of the steps table, without the model column."""
-    return Table(f"steps {model.name}", steps.columns[1:], [r for r in steps.rows if r["model"] == model.name])
+def verdict_table(report: SweepReport) -> Table:
+    """The report's lead, one row per model and poison: did pruning alone (G) remove the backdoor, at the
+    smallest threshold that did and at what clean cost; where none did, the threshold with G's lowest ASR.
+    The same for fine-pruning (G'') where the sweep fine-tuned."""
+    fine = _fine_tuned(report)
+    columns = ["model", "poison", "B_asr", "G_verdict", "G_threshold", "G_asr", "G_clean_drop"]
+    if fine:
+        columns += ["G_fine_verdict", "G_fine_threshold", "G_fine_asr", "G_fine_clean_drop"]
+    rows = []
+    for model in report.complete_models:
+        b = model.results.b
+        for poison in model.poisons:
+            row: dict[str, Any] = {"model": model.name, "poison": poison, "B_asr": b.asr.get(poison)}
+            reached = [entry for entry in model.results.thresholds if entry.step is not None]
+            g = [(entry.threshold, entry.g) for entry in reached]
+            row.update(_verdict("G", g, poison, b.clean_accuracy, report.asr_bound))
+            if fine:
+                g_fine = [(entry.threshold, entry.fine.g_fine) for entry in reached if entry.fine is not None]
+                row.update(_verdict("G_fine", g_fine, poison, b.clean_accuracy, report.asr_bound))
+            rows.append(row)
+    return Table("verdict", columns, rows)
 
 
-def model_ranking_table(rankings: Table, model: ModelReport) -> Table:
-    rows = [r for r in rankings.rows if r["model"] == model.name]
-    return Table(f"ranking {model.name}", rankings.columns[1:], rows)
+def _verdict(prefix: str, measured: list[tuple[Threshold, Metrics]], poison: str, b_clean: float | None,
+             bound: float) -> dict[str, Any]:
+    """One network's verdict on one poison, over thresholds in ascending order."""
+    rates = [(t, m) for t, m in measured if poison in m.asr and m.clean_accuracy is not None]
+    if not rates or b_clean is None:
+        return {f"{prefix}_verdict": "not measured"}
+    removed = [(t, m) for t, m in rates if m.asr[poison] <= bound]
+    threshold, metrics = removed[0] if removed else min(rates, key=lambda pair: (pair[1].asr[poison], pair[0]))
+    return {f"{prefix}_verdict": REMOVED if removed else KEPT, f"{prefix}_threshold": threshold.value,
+            f"{prefix}_asr": metrics.asr[poison], f"{prefix}_clean_drop": b_clean - metrics.clean_accuracy}
 
+
+def overview_table(report: SweepReport) -> Table:
+    """The across-models table of the page: one row per model, threshold and poison, so that its width does
+    not grow with the number of poisons (summary.csv keeps one wide row per model and threshold)."""
+    columns = ["model", "threshold", "step", "fraction_pruned", "B_clean_accuracy", "G_clean_accuracy", "clean_drop",
+               "G_false_alarms", "poison", "B_asr", "G_asr", "G_verdict"]
+    if _fine_tuned(report):
+        columns += ["G_fine_clean_accuracy", "fine_clean_drop", "G_fine_asr", "G_fine_verdict"]
+    columns += ["note"]
+    poisons = {model.name: model.poisons or [""] for model in report.complete_models}
+    rows = []
+    for wide in summary_table(report).rows:
+        for poison in poisons[wide["model"]]:
+            row = {key: wide.get(key) for key in columns if key in wide}
+            row.update(poison=poison, B_asr=wide.get(f"B_asr_{poison}"), G_asr=wide.get(f"G_asr_{poison}"),
+                       G_fine_asr=wide.get(f"G_fine_asr_{poison}"))
+            for prefix, asr in (("G", row["G_asr"]), ("G_fine", row["G_fine_asr"])):
+                if asr is not None:
+                    row[f"{prefix}_verdict"] = REMOVED if asr <= report.asr_bound else KEPT
+            rows.append(row)
+    return Table("overview", columns, rows)
+
+
+def _fine_tuned(report: SweepReport) -> bool:
+    return any(entry.fine is not None for model in report.complete_models for entry in model.results.thresholds)
+
+
+def model_rows(table: Table, model: ModelReport) -> Table:
+    """One model's rows of a table with a `model` column, without that column."""
+    return Table(f"{table.name} {model.name}", table.columns[1:], [r for r in table.rows if r["model"] == model.name])

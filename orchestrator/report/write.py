@@ -1,4 +1,4 @@
-"""Write a sweep's report folder: index.html, report.md, figures/ and csv/."""
+"""Write a sweep's report folder: index.html, models/ (a page per model), report.md, figures/ and csv/."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from db.session import session_scope
 from orchestrator.exports import to_csv
 from orchestrator.report.data import read_report
-from orchestrator.report.html import render_html
+from orchestrator.report.html import render_index, render_model
 from orchestrator.report.markdown import render_markdown
 from orchestrator.report.pages import ReportPages, build_pages
 
@@ -26,8 +26,11 @@ def write_report(engine: Engine, sweep_id: int, out: Path, *, asr_bound: float =
         (out / "csv" / f"{table.name}.csv").write_text(to_csv(table.columns, table.rows), encoding="utf-8")
     figures = _write_figures(pages, out / "figures")
     (out / "report.md").write_text(render_markdown(pages, figures), encoding="utf-8")
+    (out / "models").mkdir(exist_ok=True)
+    for page in pages.models:
+        (out / page.file).write_text(render_model(pages, page), encoding="utf-8")
     index = out / "index.html"
-    index.write_text(render_html(pages), encoding="utf-8")
+    index.write_text(render_index(pages), encoding="utf-8")
     return index
 
 

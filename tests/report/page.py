@@ -21,6 +21,8 @@ class HtmlTable:
 class Page:
     tables: list[HtmlTable]
     images: list[tuple[dict[str, str], str | None]]  # (attrs, section)
+    links: list[str] = field(default_factory=list)  # every <a href>
+    classes: list[list[list[str]]] = field(default_factory=list)  # per table, per body row, each cell's class
 
     def tables_of(self, css_class: str, section: str | None = None) -> list[HtmlTable]:
         return [t for t in self.tables if css_class in t.attrs.get("class", "").split()
@@ -40,6 +42,9 @@ class _Parser(HTMLParser):
         self.row: list[str] | None = None
         self.cell: list[str] | None = None
         self.in_head = False
+        self.links: list[str] = []
+        self.classes: list[list[list[str]]] = []
+        self.row_classes: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = {key: value or "" for key, value in attrs}
@@ -47,14 +52,18 @@ class _Parser(HTMLParser):
             self.section = values["data-model"]
         elif tag == "table":
             self.table = HtmlTable(values, section=self.section)
+            self.classes.append([])
         elif tag == "thead":
             self.in_head = True
         elif tag == "tr":
-            self.row = []
+            self.row, self.row_classes = [], []
         elif tag in ("td", "th"):
             self.cell = []
+            self.row_classes.append(values.get("class", ""))
         elif tag == "img":
             self.images.append((values, self.section))
+        elif tag == "a" and "href" in values:
+            self.links.append(values["href"])
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "section":
@@ -72,6 +81,7 @@ class _Parser(HTMLParser):
                 self.table.header = self.row
             else:
                 self.table.rows.append(self.row)
+                self.classes[-1].append(self.row_classes)
             self.row = None
 
     def handle_data(self, data: str) -> None:
@@ -82,7 +92,19 @@ class _Parser(HTMLParser):
 def parse_page(text: str) -> Page:
     parser = _Parser()
     parser.feed(text)
-    return Page(parser.tables, parser.images)
+    return Page(parser.tables, parser.images, parser.links, parser.classes)
+
+
+def cell_classes(page: Page, table: HtmlTable) -> list[list[str]]:
+    """Each body cell's class attribute of one of the page's tables."""
+    return page.classes[next(i for i, t in enumerate(page.tables) if t is table)]
+
+
+def model_page(out: Path, name: str) -> Page:
+    """A model's own page, found through index.html's link to it."""
+    index = parse_page((out / "index.html").read_text(encoding="utf-8"))
+    [href] = [link for link in set(index.links) if link.startswith("models/") and link.endswith(f"/{name}.html")]
+    return parse_page((out / href).read_text(encoding="utf-8"))
 
 
 def markdown_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:

@@ -9,7 +9,16 @@ from db.repository import list_models
 from db.results import read_evaluations, read_ranking, read_selections, read_steps
 from db.session import session_scope
 from tests.report.conftest import ASR_BOUND, ReportedSweep
-from tests.report.page import exact, fraction, markdown_tables, parse_page, percent, read_csv, threshold
+from tests.report.page import (
+    exact,
+    fraction,
+    markdown_tables,
+    model_page,
+    parse_page,
+    percent,
+    read_csv,
+    threshold,
+)
 
 
 def _database(engine: Engine, sweep_id: int):
@@ -72,19 +81,6 @@ def expected_summary(engine: Engine, sweep_id: int) -> list[dict]:
     return rows
 
 
-def _printed(row: dict, column: str) -> str:
-    value = row.get(column)
-    if column == "threshold":
-        return threshold(value)
-    if column in ("removed", "kept"):
-        return " ".join(sorted(value)) if value else ""
-    if column == "fraction_pruned":
-        return fraction(value)
-    if isinstance(value, float):
-        return percent(value)
-    return "" if value is None else str(value)
-
-
 def test_csv_tables_equal_the_database_exactly(reported: ReportedSweep, engine: Engine) -> None:
     models, steps, evaluations, selections, rankings = _database(engine, reported.sweep_id)
     csv = reported.out / "csv"
@@ -121,26 +117,81 @@ def test_csv_tables_equal_the_database_exactly(reported: ReportedSweep, engine: 
                 assert row[column] == ("" if value is None else str(value)), column
 
 
+# The page's headers, restated here rather than read from the report's code.
+OVERVIEW_HEADERS = {"model": "model", "threshold": "threshold", "step": "step", "fraction_pruned": "fraction pruned",
+                    "B_clean_accuracy": "B clean accuracy %", "G_clean_accuracy": "G clean accuracy %",
+                    "clean_drop": "G clean drop (points)", "G_false_alarms": "G false alarms %", "poison": "poison",
+                    "B_asr": "B ASR %", "G_asr": "G ASR %", "G_verdict": "pruning alone (G)", "note": "note"}
+VERDICT_HEADERS = {"model": "model", "poison": "poison", "B_asr": "B ASR %", "G_verdict": "pruning alone (G)",
+                   "G_threshold": "G threshold", "G_asr": "G ASR %", "G_clean_drop": "G clean drop (points)"}
+
+
+def expected_overview(wanted: list[dict]) -> list[dict]:
+    """The page's across-models rows: the summary's rows, one per poison the model was measured on."""
+    poisons: dict[str, set[str]] = {}
+    for row in wanted:
+        poisons.setdefault(row["model"], set()).update(k.removeprefix("B_asr_") for k in row if k.startswith("B_asr_"))
+    rows = []
+    for row in wanted:
+        for poison in sorted(poisons[row["model"]]):
+            g = row.get(f"G_asr_{poison}")
+            b = next(r[f"B_asr_{poison}"] for r in wanted if r["model"] == row["model"] and f"B_asr_{poison}" in r)
+            rows.append({**{k: v for k, v in row.items() if k in OVERVIEW_HEADERS}, "poison": poison,
+                         "B_asr": b, "G_asr": g,
+                         "G_verdict": "" if g is None else "removed" if g <= ASR_BOUND else "kept"})
+    return rows
+
+
+def expected_verdict(wanted: list[dict]) -> list[dict]:
+    """Per model and poison: the smallest threshold whose G has ASR <= the bound, else the one with G's lowest ASR."""
+    rows = []
+    for model in dict.fromkeys(row["model"] for row in wanted):
+        mine = sorted((row for row in wanted if row["model"] == model), key=lambda row: row["threshold"])
+        for poison in sorted(key.removeprefix("B_asr_") for key in mine[0] if key.startswith("B_asr_")):
+            reached = [row for row in mine if f"G_asr_{poison}" in row]
+            removed = [row for row in reached if row[f"G_asr_{poison}"] <= ASR_BOUND]
+            best = removed[0] if removed else min(reached, key=lambda row: (row[f"G_asr_{poison}"], row["threshold"]))
+            rows.append({"model": model, "poison": poison, "B_asr": mine[0][f"B_asr_{poison}"],
+                         "G_verdict": "removed" if removed else "kept", "G_threshold": best["threshold"],
+                         "G_asr": best[f"G_asr_{poison}"], "G_clean_drop": best["clean_drop"]})
+    return rows
+
+
+def _shown(value, column: str) -> str:
+    if column.endswith("threshold"):
+        return threshold(value)
+    return fraction(value) if column == "fraction_pruned" else percent(value) if isinstance(value, float) else (
+        "" if value is None else str(value))
+
+
 def test_page_and_markdown_tables_equal_the_database(reported: ReportedSweep, engine: Engine) -> None:
     page = parse_page((reported.out / "index.html").read_text(encoding="utf-8"))
     markdown = markdown_tables((reported.out / "report.md").read_text(encoding="utf-8"))
     wanted = expected_summary(engine, reported.sweep_id)
-    summary = page.by_id("summary")
-    assert markdown[0] == (summary.header, summary.rows)
-    assert len(summary.rows) == len(wanted)
-    for cells, want in zip(summary.rows, wanted, strict=True):
-        printed = dict(zip(summary.header, cells, strict=True))
-        assert {c: printed[c] for c in want} == {c: _printed(want, c) for c in want}
+    verdict, summary = page.by_id("verdict"), page.by_id("summary")
+    assert markdown[0] == (verdict.header, verdict.rows) and markdown[1] == (summary.header, summary.rows)
+    assert verdict.header == list(VERDICT_HEADERS.values()) and summary.header == list(OVERVIEW_HEADERS.values())
+    for table, expected, headers in ((verdict, expected_verdict(wanted), VERDICT_HEADERS),
+                                     (summary, expected_overview(wanted), OVERVIEW_HEADERS)):
+        assert len(table.rows) == len(expected) > 0
+        for cells, want in zip(table.rows, expected, strict=True):
+            printed = dict(zip(table.header, cells, strict=True))
+            assert {c: printed[headers[c]] for c in want} == {c: _shown(v, c) for c, v in want.items()}, cells
     models, _, evaluations, selections, rankings = _database(engine, reported.sweep_id)
     failed = page.by_id("failed")
     assert [row[0] for row in failed.rows] == [m.name for m in models if m.status == "failed"]
     assert [row[2] for row in failed.rows] == [m.error for m in models if m.status == "failed"]
     for model in (m for m in models if m.status == "done"):
-        [lab] = page.tables_of("lab", model.name)
+        own = model_page(reported.out, model.name)
+        [lab] = own.tables_of("lab", model.name)
         assert (lab.header, lab.rows) in markdown
         assert lab.rows == _lab_rows(lab.header, evaluations[model.name], selections[model.name], lab.rows)
-        [ranking] = page.tables_of("ranking", model.name)
+        [ranking] = own.tables_of("ranking", model.name)
         assert ranking.rows == [[str(p), str(c), fraction(mean)] for c, p, mean in rankings[model.name]]
+        [mine] = own.tables_of("summary", model.name)
+        assert mine.rows == [row[1:] for row in summary.rows if row[0] == model.name]
+        [verdicts] = own.tables_of("verdict", model.name)
+        assert verdicts.rows == [row[1:] for row in verdict.rows if row[0] == model.name]
 
 
 def _lab_rows(header: list[str], evaluations, selections, printed: list[list[str]]) -> list[list[str]]:
@@ -167,3 +218,30 @@ def _lab_rows(header: list[str], evaluations, selections, printed: list[list[str
             cells.append(percent(value))
         rows.append(cells)
     return rows
+
+
+def test_thresholds_that_select_the_same_step_each_show_their_marker(tmp_path) -> None:
+    """2% and 2.1% select one step of the synthetic curve: both markers are drawn there, the later one a larger
+    ring around the first, each with its legend entry."""
+    from bench.report_scale import synthetic_sweep
+    from db.session import prepare_database
+    from orchestrator.report.data import read_report
+    from orchestrator.report.figures import curve_figure
+
+    engine = prepare_database(f"sqlite:///{tmp_path / 'same.db'}")
+    sweep_id = synthetic_sweep(engine, 1, thresholds=("0.02", "0.021", "0.1"))
+    with session_scope(engine) as session:
+        [model] = read_report(session, sweep_id, ASR_BOUND).models
+    engine.dispose()
+    steps = {entry.threshold.key: entry.step for entry in model.results.thresholds}
+    assert steps["0.02"] == steps["0.021"] != steps["0.1"]
+    figure = curve_figure(model)
+    axes = figure.axes[0]
+    markers = {line.get_label(): line for line in axes.get_lines() if line.get_marker() == "o"}
+    first, second = markers[f"B' 2%: step {steps['0.02']}"], markers[f"B' 2.1%: step {steps['0.021']}"]
+    assert list(first.get_xydata()[0]) == list(second.get_xydata()[0])
+    assert first.get_fillstyle() == "full" and second.get_fillstyle() == "none"
+    assert second.get_markersize() > first.get_markersize() + 2 * second.get_markeredgewidth()
+    assert first.get_color() != second.get_color()
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert {first.get_label(), second.get_label()} <= set(legend)

@@ -7,23 +7,39 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import numpy as np
+
+from orchestrator.report.samples import pick_samples
 from tests.report.conftest import CLI, ReportedSweep, run_cli
-from tests.report.page import parse_page
+from tests.report.page import cell_classes, model_page, parse_page
 
 
 def test_samples_are_labelled_by_b_and_each_g(reported: ReportedSweep) -> None:
-    page = parse_page((reported.out / "index.html").read_text(encoding="utf-8"))
-    sections = {table.section for table in page.tables_of("lab")}
-    assert sections == {"quick", "scaled"}
-    for model in sections:
+    for model in ("quick", "scaled"):
+        page = model_page(reported.out, model)
         [samples] = page.tables_of("samples", model)
         assert samples.header[:4] == ["dataset", "index", "label", "B"] and len(samples.header) == 7
         datasets = {row[0] for row in samples.rows}
         assert datasets == ({"clean", "sunglasses", "copy"} if model == "quick" else {"clean", "sunglasses"})
         assert len(samples.rows) == 6 * len(datasets)
-        for row in samples.rows:  # G gives B's label, or N where B and B' disagree
-            assert all(label in (row[3], "N") for label in row[4:]), row
+        for row, classes in zip(samples.rows, cell_classes(page, samples), strict=True):
+            assert all(label in (row[3], "N") for label in row[4:]), row  # G gives B's label, or N
+            for label, css in zip(row[3:], classes[3:], strict=True):  # B and each G, coloured by what they said
+                attack = row[0] != "clean" and label == row[2]
+                assert css == ("flagged" if label == "N" else "attack" if attack else "num"), (row, classes)
         assert any(attrs.get("class") == "samples" and section == model for attrs, section in page.images)
+
+
+def test_samples_show_gs_misses_not_only_evenly_spaced_images() -> None:
+    misses = np.zeros(240, dtype=bool)
+    misses[[7, 100, 101, 239]] = True
+    picked = pick_samples(misses, 6)
+    assert picked == sorted(picked) and len(set(picked)) == 6
+    assert sum(misses[picked]) == 3, "half of the shown images are misses where there are enough"
+    assert pick_samples(np.zeros(240, dtype=bool), 6) == [0, 48, 96, 143, 191, 239], "no misses: evenly spaced"
+    assert pick_samples(np.ones(5, dtype=bool), 6) == [0, 1, 2, 3, 4], "never more than there are"
+    assert sum(p >= 200 for p in pick_samples(np.array([True] * 200 + [False] * 2), 6)) == 2, "misses fill in"
+    assert pick_samples(misses, 0) == []
 
 
 def test_missing_model_files_are_reported_not_fatal(reported: ReportedSweep, tmp_path: Path) -> None:
@@ -35,12 +51,14 @@ def test_missing_model_files_are_reported_not_fatal(reported: ReportedSweep, tmp
     out = tmp_path / "report"
     run_cli("report", str(reported.sweep_id), "--out", str(out), "--db", f"sqlite:///{database}", env=reported.env)
     text = (out / "index.html").read_text(encoding="utf-8")
-    page = parse_page(text)
-    [quick] = page.tables_of("samples", "quick")
-    assert "G 4%" not in quick.header and "G 10%" in quick.header
-    assert "G_0.04.keras.moved (G for 4%) is missing" in text
-    assert page.tables_of("samples", "scaled") == [] and "(the model B) is missing" in text
-    assert len(page.tables_of("lab")) == 2, "the tables come from the database, not the files"
+    quick, scaled = model_page(out, "quick"), model_page(out, "scaled")
+    [samples] = quick.tables_of("samples", "quick")
+    assert "G 4%" not in samples.header and "G 10%" in samples.header
+    pages = {name: (out / "models" / f"{name}.html").read_text(encoding="utf-8") for name in ("quick", "scaled")}
+    assert "G_0.04.keras.moved (G for 4%) is missing" in pages["quick"]
+    assert scaled.tables_of("samples", "scaled") == [] and "(the model B) is missing" in pages["scaled"]
+    assert len(quick.tables_of("lab") + scaled.tables_of("lab")) == 2, "the tables come from the database"
+    assert parse_page(text).by_id("verdict").rows, "the main page needs no file"
     assert "is missing" in (out / "report.md").read_text(encoding="utf-8")
 
 
