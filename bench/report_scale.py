@@ -5,7 +5,8 @@ db.results writers, as the workers would have stored them: a ranking, 61 pruning
 ASR per poison, a selection per threshold and the test evaluations of B, B'_t and G_t. No
 TensorFlow, no model files: the report without samples reads only the database, so this measures
 the report itself (reading, drawing the curves, writing the pages). It prints, per size, the time
-of write_report and the size of index.html and of the whole folder.
+of write_report, the size of index.html, of the largest model page and of the whole folder, and where
+Chromium is installed, how long headless Chromium takes to load index.html (and a blank page, its floor).
 
     .venv/bin/python bench/report_scale.py [--models 150 1000] [--work /tmp/badnet-prune-report-scale]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -128,8 +130,24 @@ def measure(work: Path, models: int) -> dict[str, float]:
     engine.dispose()
     total = sum(path.stat().st_size for path in (folder / "report").rglob("*") if path.is_file())
     pages = list((folder / "report" / "models").iterdir())
-    return {"models": models, "rows_s": built, "report_s": seconds, "index_mb": index.stat().st_size / 1e6,
-            "largest_model_page_mb": max(p.stat().st_size for p in pages) / 1e6, "folder_mb": total / 1e6}
+    result = {"models": models, "rows_s": built, "report_s": seconds, "index_mb": index.stat().st_size / 1e6,
+              "largest_model_page_mb": max(p.stat().st_size for p in pages) / 1e6, "folder_mb": total / 1e6}
+    browser = shutil.which("chromium")
+    if browser:
+        blank = folder / "blank.html"
+        blank.write_text("<!DOCTYPE html><title>blank</title>", encoding="utf-8")
+        result["chromium_blank_s"] = _load_seconds(browser, blank, folder)
+        result["chromium_index_s"] = _load_seconds(browser, index, folder)
+    return result
+
+
+def _load_seconds(browser: str, page: Path, folder: Path) -> float:
+    """Wall time of headless Chromium loading `page`, running its scripts and printing its DOM."""
+    started = time.perf_counter()
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    f"--user-data-dir={folder / 'chromium-profile'}", "--dump-dom", page.resolve().as_uri()],
+                   capture_output=True, check=True, timeout=300)
+    return time.perf_counter() - started
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -67,3 +68,33 @@ def test_an_unknown_sweep_is_a_one_line_error(reported: ReportedSweep, tmp_path:
                             capture_output=True, text=True, env=reported.env, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: sweep 999: no such sweep in this database"
+
+
+HOSTILE = ["<script>alert(1)</script>", "../../escape", "a\"onmouseover=\"alert(1)", "x/../../y?z#w", "ok_name-1"]
+
+
+def test_hostile_model_names_stay_text_and_their_pages_stay_in_models(tmp_path: Path) -> None:
+    """The attacker's test: names that are markup, paths or attribute breakers are printed as text, and each
+    model's page is a plain file under models/ that the main page links to."""
+    from bench.report_scale import synthetic_sweep
+    from db.session import prepare_database
+    from orchestrator.report.write import write_report
+
+    engine = prepare_database(f"sqlite:///{tmp_path / 'hostile.db'}")
+    sweep_id = synthetic_sweep(engine, len(HOSTILE), names=HOSTILE)
+    index = write_report(engine, sweep_id, tmp_path / "report", samples_per_set=0)
+    engine.dispose()
+    text = index.read_text(encoding="utf-8")
+    assert "<script>alert" not in text and 'onmouseover="' not in text
+    page = parse_page(text)
+    verdict = page.by_id("verdict")
+    assert {row[0] for row in verdict.rows} == set(HOSTILE)
+    pages = sorted(link for link in set(page.links) if link != "../index.html")
+    assert len(pages) == len(HOSTILE)
+    folder = (tmp_path / "report" / "models").resolve()
+    for link in pages:
+        target = (tmp_path / "report" / unquote(link)).resolve()
+        assert target.parent == folder and target.is_file(), link
+    assert sorted(p.name for p in folder.iterdir())[-1] == "ok_name-1.html", "an identifier is its own file name"
+    for target in folder.iterdir():
+        assert "<script>alert" not in target.read_text(encoding="utf-8")
