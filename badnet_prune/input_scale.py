@@ -6,7 +6,9 @@ simply wrong (45% instead of 100%, or a sweep at 0.6% clean accuracy that writes
 The two conventions differ by a factor of 255, so a model is accurate at one and near chance at the
 other: B's accuracy on a small sample of clean data at both scales tells which one it expects.
 
-Pure numerics: images and labels in, a ScaleChoice out (no files, no database).
+Pure numerics: images and labels in, a ScaleChoice out (no files, no database). The module imports no
+TensorFlow (the inference helpers are imported by the function), so that reading a sweep file, which
+needs AUTO_INPUT_SCALE and SCALES, never starts it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from badnet_prune.inference import accuracy_percent, forward_labels, scale_images
 
 SCALES = (1.0, 255.0)
 # A sweep spec's and a model row's input_scale before the rank stage has chosen it ("auto"). No real
@@ -48,17 +48,32 @@ def scale_text(scale: float) -> str:
     return f"{scale:g}"
 
 
+def outside_classes(labels: np.ndarray, num_classes: int, data_name: str) -> str | None:
+    """What is wrong with labels outside the model's classes (None if there are none): data of another class
+    count than the model's, whose accuracy means nothing."""
+    labels = np.asarray(labels).reshape(-1)
+    outside = int(np.count_nonzero(labels >= num_classes))
+    if not outside:
+        return None
+    return (f"{outside} of {len(labels)} labels of {data_name} lie outside the model's {num_classes} classes "
+            f"(0..{num_classes - 1}; the largest is {int(labels.max())}): the data seem to be of another class "
+            f"count than the model")
+
+
 def choose_input_scale(
     forward, images: np.ndarray, labels: np.ndarray, num_classes: int, given: float | None = None,
-    data_name: str = "clean validation",
+    data_name: str = "the clean validation file",
 ) -> ScaleChoice:
     """B's accuracy on `images` (raw pixels as stored) at both scales, and the scale to use.
 
-    given None (auto): the scale at which B is more accurate (1 on a tie). A given scale is kept, with a
+    given None (auto): the scale at which B is more accurate (1 on a tie, or where it is accurate at neither:
+    the lab's convention). A given scale is kept, with a
     warning naming the other when that one is accurate and the given one implausibly lower. Either way a
     warning says when B is accurate at neither scale, or when labels lie outside its classes: data of
     another class count than the model's (lab weights on another data set score 0% at both scales).
     """
+    from badnet_prune.inference import accuracy_percent, forward_labels, scale_images
+
     labels = np.asarray(labels).reshape(-1)
     if len(images) == 0 or len(images) != len(labels):
         raise ValueError(f"expected as many labels as images (at least one), got {len(images)} and {len(labels)}")
@@ -68,28 +83,25 @@ def choose_input_scale(
     accuracy = {scale: accuracy_percent(forward_labels(forward, scale_images(raw, scale)), labels) for scale in SCALES}
     better = max(SCALES, key=lambda scale: (accuracy[scale], scale == SCALES[0]))
     other = {SCALES[0]: SCALES[1], SCALES[1]: SCALES[0]}
-    scale = better if given is None else given
     count = len(labels)
-    outside = int(np.count_nonzero(labels >= num_classes))
     chance = 100.0 / num_classes
     floor = chance + ACCURATE_SHARE * (100.0 - chance)
-    measured = (f"{data_name} accuracy {accuracy[scale]:.1f}% on {count} images; "
+    accurate = accuracy[better] >= floor
+    # accurate at neither scale, auto keeps the lab's convention: the accuracies tell nothing then
+    scale = given if given is not None else better if accurate else SCALES[0]
+    measured = (f"accuracy {accuracy[scale]:.1f}% on the first {count} images of {data_name}; "
                 f"{accuracy[other[scale]]:.1f}% at scale {scale_text(other[scale])}")
     how = "" if given is None else " as given"
-    problem = None
-    if outside:
-        problem = (f"{outside} of {count} {data_name} labels lie outside the model's {num_classes} classes "
-                   f"(0..{num_classes - 1}; the largest is {int(labels.max())}): the data seem to be of another "
-                   f"class count than the model")
-    elif accuracy[better] < floor:
+    problem = outside_classes(labels, num_classes, data_name)
+    if problem is None and not accurate:
         problem = (f"the model is accurate at neither scale (chance is {chance:.1f}%): do the model and the data "
                    f"have the same classes?")
-    elif given is not None and given != better and accuracy[given] < accuracy[better] - IMPLAUSIBLE_GAP:
-        problem = f"implausibly low next to scale {scale_text(better)}: the model likely expects input scale " \
-                  f"{scale_text(better)}"
+    if problem is None and given not in (None, better) and accuracy[scale] < accuracy[better] - IMPLAUSIBLE_GAP:
+        problem = (f"implausibly low next to scale {scale_text(better)}: the model likely expects input scale "
+                   f"{scale_text(better)}")
     if problem is None:
         note = f"input scale {scale_text(scale)}{how} ({measured})"
     else:
         note = f"warning: input scale {scale_text(scale)}{how} ({measured}): {problem}"
-    return ScaleChoice(scale=scale, given=given, accuracy=accuracy, image_count=count, outside=outside,
-                       warning=problem is not None, note=note)
+    return ScaleChoice(scale=scale, given=given, accuracy=accuracy, image_count=count,
+                       outside=int(np.count_nonzero(labels >= num_classes)), warning=problem is not None, note=note)
