@@ -26,7 +26,7 @@ from orchestrator.planning import register_sweep, sweep_files
 from orchestrator.sweep_file import SweepSpec
 from orchestrator.watch import watch_sweep
 from pipeline.contract import Scope, Stage, TaskContext, get_stage, load_stage_modules, roots, stages
-from worker.dispatch import Dispatcher, LocalDispatcher, import_task_code, make_dispatcher
+from worker.dispatch import Dispatcher, import_task_code, make_dispatcher
 
 # A queued task younger than this may still be on its way to the broker: never called lost.
 IN_FLIGHT_GRACE = timedelta(seconds=30)
@@ -86,7 +86,7 @@ def _send(engine: Engine, dispatcher: Dispatcher, tasks: list[tuple[Stage, int]]
 
 def _run_or_watch(engine: Engine, dispatcher: Dispatcher, sweep_id: int, *, wait: bool, console: Console) -> None:
     """The embedded default runs the sweep here (showing it); with a broker, show it only when asked to wait."""
-    if wait or isinstance(dispatcher, LocalDispatcher):
+    if wait or dispatcher.runs_here:
         watch_sweep(engine, sweep_id, console, dispatcher=dispatcher, follow=wait)
 
 
@@ -104,7 +104,7 @@ def plan_resume(engine: Engine, dispatcher: Dispatcher, sweep_id: int) -> Resume
     """Every task that is not done (or whose results are missing), whose predecessors are done, and
     that nothing holds: neither a message the broker still has nor a live lease."""
     held_ids = dispatcher.held_message_ids()
-    grace = timedelta(0) if isinstance(dispatcher, LocalDispatcher) else IN_FLIGHT_GRACE
+    grace = timedelta(0) if dispatcher.runs_here else IN_FLIGHT_GRACE
     now = utcnow()
     to_send: list[tuple[Stage, int]] = []
     held = 0

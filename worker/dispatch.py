@@ -25,6 +25,8 @@ LOG = logging.getLogger(__name__)
 
 
 class Dispatcher(Protocol):
+    runs_here: bool  # True: what is sent runs in this process (run() does it), so nothing is ever in flight
+
     def send(self, stage: Stage, task_id: int) -> str | None:
         """Send one claimed task; the message id, where the transport has one."""
         ...
@@ -44,6 +46,8 @@ class Dispatcher(Protocol):
 
 class CeleryDispatcher:
     """Messages through the Celery broker: the task id as the only argument."""
+
+    runs_here = False
 
     def __init__(self, app: Any) -> None:
         self._app = app
@@ -88,6 +92,8 @@ class CeleryDispatcher:
 
 class LocalDispatcher:
     """The embedded default: a FIFO of (stage, task id) run in this process; released successors join its end."""
+
+    runs_here = True
 
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self._settings = settings
