@@ -5,8 +5,9 @@ db.results writers, as the workers would have stored them: a ranking, 61 pruning
 ASR per poison, a selection per threshold and the test evaluations of B, B'_t and G_t. No
 TensorFlow, no model files: the report without samples reads only the database, so this measures
 the report itself (reading, drawing the curves, writing the pages). It prints, per size, the time
-of write_report, the size of index.html, of the largest model page and of the whole folder, and where
-Chromium is installed, how long headless Chromium takes to load index.html (and a blank page, its floor).
+of write_report (wall, and this process's CPU time, the steadier on a shared machine), the size of
+index.html, of the largest model page and of the whole folder, and where Chromium is installed, how
+long headless Chromium takes to load index.html (and a blank page, its floor).
 
     .venv/bin/python bench/report_scale.py [--models 150 1000] [--work /tmp/badnet-prune-report-scale]
 """
@@ -124,13 +125,14 @@ def measure(work: Path, models: int) -> dict[str, float]:
     started = time.perf_counter()
     sweep_id = synthetic_sweep(engine, models)
     built = time.perf_counter() - started
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     index = write_report(engine, sweep_id, folder / "report", samples_per_set=0)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     engine.dispose()
     total = sum(path.stat().st_size for path in (folder / "report").rglob("*") if path.is_file())
     pages = list((folder / "report" / "models").iterdir())
-    result = {"models": models, "rows_s": built, "report_s": seconds, "index_mb": index.stat().st_size / 1e6,
+    result = {"models": models, "rows_s": built, "report_s": seconds, "report_cpu_s": cpu,
+              "index_mb": index.stat().st_size / 1e6,
               "largest_model_page_mb": max(p.stat().st_size for p in pages) / 1e6, "folder_mb": total / 1e6}
     browser = shutil.which("chromium")
     if browser:

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from orchestrator.report.data import ModelReport, SweepReport
 from orchestrator.report.figures import curve_png, fine_tune_png, sample_grid_png
 from orchestrator.report.samples import POOL, Samples, label_samples
-from orchestrator.report.tables import Table, model_rows, overview_table, sweep_tables, verdict_table
+from orchestrator.report.tables import Table, overview_table, rows_by_model, sweep_tables, verdict_table
 
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
 class ModelPage:
-    """A complete model's section: its tables, curve and labelled samples."""
+    """A complete model's own page (models/): its rows of the across-models view, tables, curves and samples."""
 
     model: ModelReport
     file: str  # the model's page, relative to index.html
@@ -112,7 +112,10 @@ class ReportPages:
 def build_pages(report: SweepReport, samples_per_set: int) -> ReportPages:
     """Draw every figure and label the samples (loading B and G) for the complete models."""
     tables = {table.name: table for table in sweep_tables(report)}
-    verdict, overview = verdict_table(report), overview_table(report)
+    verdict, overview = verdict_table(report), overview_table(report, tables["summary"])
+    names = [model.name for model in report.complete_models]
+    sources = {"verdict": verdict, "overview": overview, "steps": tables["steps"], "ranking": tables["rankings"]}
+    parts = {part: rows_by_model(table, names) for part, table in sources.items()}
     pages = []
     for position, model in enumerate(report.complete_models, start=1):
         if samples_per_set > 0:
@@ -125,10 +128,10 @@ def build_pages(report: SweepReport, samples_per_set: int) -> ReportPages:
         pages.append(ModelPage(
             model=model,
             file=f"models/{page_stem(position, model.name)}.html",
-            verdict=model_rows(verdict, model),
-            overview=model_rows(overview, model),
-            steps=model_rows(tables["steps"], model),
-            ranking=model_rows(tables["rankings"], model),
+            verdict=parts["verdict"][model.name],
+            overview=parts["overview"][model.name],
+            steps=parts["steps"][model.name],
+            ranking=parts["ranking"][model.name],
             curve_png=curve_png(model),
             samples=samples,
             samples_png=samples_png,

@@ -218,9 +218,10 @@ def _verdict(prefix: str, measured: list[tuple[Threshold, Metrics]], poison: str
             f"{prefix}_asr": metrics.asr[poison], f"{prefix}_clean_drop": b_clean - metrics.clean_accuracy}
 
 
-def overview_table(report: SweepReport) -> Table:
-    """The across-models table of the page: one row per model, threshold and poison, so that its width does
-    not grow with the number of poisons (summary.csv keeps one wide row per model and threshold)."""
+def overview_table(report: SweepReport, summary: Table) -> Table:
+    """The across-models table of the page, from summary_table's rows: one row per model, threshold and poison,
+    so that its width does not grow with the number of poisons (summary.csv keeps one wide row per model and
+    threshold)."""
     columns = ["model", "threshold", "step", "fraction_pruned", "B_clean_accuracy", "G_clean_accuracy", "clean_drop",
                "G_false_alarms", "poison", "B_asr", "G_asr", "G_verdict"]
     if _fine_tuned(report):
@@ -228,7 +229,7 @@ def overview_table(report: SweepReport) -> Table:
     columns += ["note"]
     poisons = {model.name: model.poisons or [""] for model in report.complete_models}
     rows = []
-    for wide in summary_table(report).rows:
+    for wide in summary.rows:
         for poison in poisons[wide["model"]]:
             row = {key: wide.get(key) for key in columns if key in wide}
             row.update(poison=poison, B_asr=wide.get(f"B_asr_{poison}"), G_asr=wide.get(f"G_asr_{poison}"),
@@ -244,6 +245,10 @@ def _fine_tuned(report: SweepReport) -> bool:
     return any(entry.fine is not None for model in report.complete_models for entry in model.results.thresholds)
 
 
-def model_rows(table: Table, model: ModelReport) -> Table:
-    """One model's rows of a table with a `model` column, without that column."""
-    return Table(f"{table.name} {model.name}", table.columns[1:], [r for r in table.rows if r["model"] == model.name])
+def rows_by_model(table: Table, names: list[str]) -> dict[str, Table]:
+    """A table with a `model` column split into one table per model name, without that column, in one pass
+    (a sweep of 1,000 models has a quarter of a million step and ranking rows)."""
+    grouped: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for row in table.rows:
+        grouped.setdefault(row["model"], []).append(row)
+    return {name: Table(f"{table.name} {name}", table.columns[1:], rows) for name, rows in grouped.items()}

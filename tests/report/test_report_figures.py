@@ -245,3 +245,33 @@ def test_thresholds_that_select_the_same_step_each_show_their_marker(tmp_path) -
     assert first.get_color() != second.get_color()
     legend = [text.get_text() for text in axes.get_legend().get_texts()]
     assert {first.get_label(), second.get_label()} <= set(legend)
+
+
+def test_the_verdict_says_what_fine_pruning_removed_and_its_cost(tmp_path) -> None:
+    """On a fine-tuned synthetic sweep the verdict's G'' columns equal the stored G_fine evaluations: the
+    smallest threshold whose G'' ASR is at most the bound, that ASR, and B's clean accuracy minus G'''s."""
+    from bench.report_scale import synthetic_sweep
+    from db.session import prepare_database
+    from orchestrator.report.write import write_report
+
+    engine = prepare_database(f"sqlite:///{tmp_path / 'fine.db'}")
+    sweep_id = synthetic_sweep(engine, 2, poisons=("sunglasses", "lipstick"), fine_tune=True)
+    index = write_report(engine, sweep_id, tmp_path / "report", asr_bound=ASR_BOUND, samples_per_set=0)
+    models, _, evaluations, _, _ = _database(engine, sweep_id)
+    engine.dispose()
+    verdict = parse_page(index.read_text(encoding="utf-8")).by_id("verdict")
+    assert verdict.header[-4:] == ["fine-pruning (G'')", "G'' threshold", "G'' ASR %", "G'' clean drop (points)"]
+    rows = {(row[0], row[1]): dict(zip(verdict.header, row, strict=True)) for row in verdict.rows}
+    assert len(rows) == 4
+    for model in models:
+        metrics = _metrics(evaluations[model.name])
+        for poison in ("sunglasses", "lipstick"):
+            tuned = sorted(t for network, t, dataset in metrics if network == "G_fine" and dataset == poison)
+            removed = [t for t in tuned if metrics[("G_fine", t, poison)][0] <= ASR_BOUND]
+            assert removed, "the synthetic fine-pruning removes every backdoor"
+            t = removed[0]
+            assert rows[(model.name, poison)]["fine-pruning (G'')"] == "removed"
+            assert rows[(model.name, poison)]["G'' threshold"] == threshold(t)
+            assert rows[(model.name, poison)]["G'' ASR %"] == percent(metrics[("G_fine", t, poison)][0])
+            drop = metrics[("B", 0.0, "clean")][0] - metrics[("G_fine", t, "clean")][0]
+            assert rows[(model.name, poison)]["G'' clean drop (points)"] == percent(drop)
