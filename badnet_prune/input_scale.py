@@ -48,7 +48,7 @@ def scale_text(scale: float) -> str:
     return f"{scale:g}"
 
 
-def outside_classes(labels: np.ndarray, num_classes: int, data_name: str) -> str | None:
+def _outside_classes(labels: np.ndarray, num_classes: int, data_name: str) -> str | None:
     """What is wrong with labels outside the model's classes (None if there are none): data of another class
     count than the model's, whose accuracy means nothing."""
     labels = np.asarray(labels).reshape(-1)
@@ -92,7 +92,7 @@ def choose_input_scale(
     measured = (f"accuracy {accuracy[scale]:.1f}% on the first {count} images of {data_name}; "
                 f"{accuracy[other[scale]]:.1f}% at scale {scale_text(other[scale])}")
     how = "" if given is None else " as given"
-    problem = outside_classes(labels, num_classes, data_name)
+    problem = _outside_classes(labels, num_classes, data_name)
     if problem is None and not accurate:
         problem = (f"the model is accurate at neither scale (chance is {chance:.1f}%): do the model and the data "
                    f"have the same classes?")

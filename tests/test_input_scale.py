@@ -170,7 +170,8 @@ def test_evaluate_chooses_scale_1_for_a_raw_pixel_model_and_255_for_one_on_divid
 ) -> None:
     raw, raw_said = evaluate(weights(raw_root), valid(raw_root))
     divided, divided_said = evaluate(weights(divided_root), valid(divided_root))
-    assert raw["input_scale"] == 1 and divided["input_scale"] == 255 and raw["warnings"] == divided["warnings"] == []
+    assert raw["input_scale"] == 1 and divided["input_scale"] == 255
+    assert raw["input_scale_warning"] is divided["input_scale_warning"] is False
     assert raw_said.count("input scale") == 1
     assert f": input scale 1 (accuracy 100.0% on the first 300 images of {valid(raw_root)}; " in raw_said
     assert ": input scale 255 (accuracy" in divided_said
@@ -182,27 +183,28 @@ def test_evaluate_at_255_on_a_raw_pixel_model_warns_naming_scale_1_and_goes_on(r
     report, said = evaluate(weights(raw_root), valid(raw_root), options=("--input-scale", "255"))
     auto, _ = evaluate(weights(raw_root), valid(raw_root))
     assert report["input_scale"] == 255 and report["results"][0]["accuracy"] < auto["results"][0]["accuracy"]
-    assert len(report["warnings"]) == 1 and report["warnings"][0] == report["input_scale_note"]
+    assert report["input_scale_warning"] is True and report["input_scale_note"] in said
     assert "warning: input scale 255 as given" in said
     assert "implausibly low next to scale 1: the model likely expects input scale 1" in said
 
 
-def test_evaluate_warns_of_labels_outside_the_models_classes(raw_root: Path, tmp_path: Path) -> None:
+def relabelled(raw_root: Path, folder: Path) -> Path:
+    """The quick BadNet's clean validation images labelled as classes 1000.. of another data set."""
     from badnet_prune.data import open_data_file, write_data_file
 
     clean = open_data_file(valid(raw_root))
-    other = tmp_path / "other.h5"
-    write_data_file(other, clean.read_all(), clean.labels + 1000)  # the same images, labelled in a 1010-class set
-    report, said = evaluate(weights(raw_root), other)
-    assert report["results"][0]["accuracy"] == 0.0 and len(report["warnings"]) == 1
-    assert f"300 of 300 labels of {other} lie outside the model's 10 classes (0..9; the largest is " in said
-    # such labels in a later file are warned of too (the scale is measured on the first file)
-    both, said_both = evaluate(weights(raw_root), valid(raw_root), other)
-    assert both["input_scale"] == 1 and both["warnings"] == [f"warning: 300 of 300 labels of {other} lie outside "
-                                                             f"the model's 10 classes (0..9; the largest is "
-                                                             f"{int(clean.labels.max()) + 1000}): the data seem to "
-                                                             "be of another class count than the model"]
-    assert said_both.count("warning:") == 1
+    other = folder / "relabelled.h5"
+    write_data_file(other, clean.read_all(), clean.labels + 1000)
+    return other
+
+
+def test_evaluate_refuses_labels_outside_the_models_classes_in_one_line(raw_root: Path, tmp_path: Path) -> None:
+    """Such labels can never be predicted: evaluate refuses the file (as before), the rank stage warns (below)."""
+    other = relabelled(raw_root, tmp_path)
+    done = run_console_script("evaluate", "--model", str(weights(raw_root)), "--data", str(other))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1 and str(other) in lines[0], done.stderr
+    assert "outside the model's 10 classes" in lines[0]
 
 
 def scale_rows(db_url: str) -> dict[str, Model]:
@@ -232,22 +234,30 @@ def test_a_sweep_chooses_each_models_scale_in_the_rank_stage_and_every_later_sta
     raw = model_entry("raw", raw_root)
     divided = model_entry("divided", divided_root) | {"path": str(weights(divided_root))}
     wrong = model_entry("wrong", raw_root, input_scale=255)
+    other = model_entry("other", raw_root) | {"clean_valid": str(relabelled(raw_root, tmp_path))}
     del raw["input_scale"]  # absent: auto
     divided["input_scale"] = "auto"
-    sweep_file = write_sweep_toml(tmp_path / "sweep.toml", [raw, divided, wrong], range_size=100)
+    other["input_scale"] = "auto"
+    sweep_file = write_sweep_toml(tmp_path / "sweep.toml", [raw, divided, wrong, other], range_size=100)
     env = env_for(tmp_path)
     done = run_console_script("sweep", str(sweep_file), env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 1, done.stderr[-3000:]  # the model on data of other classes failed
     sweep_id = done.stdout.split()[0]
     # piped, the watcher says each model's line once
-    for name in ("raw", "divided", "wrong"):
+    for name in ("raw", "divided", "wrong", "other"):
         assert done.stderr.count(f"\n{name}: ") + done.stderr.startswith(f"{name}: ") == 1, done.stderr
     assert "\nwrong: warning: input scale 255 as given" in done.stderr
 
     rows = scale_rows(env["BADNET_PRUNE_DB"])
     assert {name: (row.input_scale, row.input_scale_auto, row.status) for name, row in rows.items()} == {
         "raw": (1.0, True, "done"), "divided": (255.0, True, "done"), "wrong": (255.0, False, "done"),
+        "other": (1.0, True, "failed"),
     }
+    # labels outside the model's classes: the rank stage's line warns, then reading the file fails the model
+    assert rows["other"].input_scale_note.startswith("warning: input scale 1 (accuracy 0.0% ")
+    assert "300 of 300 labels of the clean validation file lie outside the model's 10 classes" in \
+        rows["other"].input_scale_note
+    assert "outside the model's 10 classes" in rows["other"].error
     assert rows["divided"].input_scale_note.startswith("input scale 255 (accuracy ")
     assert rows["wrong"].input_scale_note.endswith("the model likely expects input scale 1")
     # the ranking's acc0 and the pruning stage's step 0 ran at the chosen scale: the folded network computes
@@ -311,4 +321,4 @@ def test_lab_weights_on_a_data_set_of_other_classes_warn(raw_root: Path) -> None
     """The lab's 1283-class BadNet on the quick BadNet's 10-class faces: 0% at both scales, one warning."""
     report, said = evaluate(CSAW / "bd_weights.h5", valid(raw_root))
     assert report["results"][0]["accuracy"] < 5
-    assert "the model is accurate at neither scale" in said and report["warnings"] == [report["input_scale_note"]]
+    assert "the model is accurate at neither scale" in said and report["input_scale_warning"] is True

@@ -28,7 +28,7 @@ def evaluate(
     """Accuracy of MODEL on each data file, in percent of the file's own labels.
 
     The input scale (auto by default) is chosen, or the given one checked, on the first 512 images of the
-    first --data file, and said in one line on stderr; labels outside the model's classes get a warning.
+    first --data file, and said in one line on stderr (a warning where it looks wrong).
 
     Example: badnet-prune evaluate --model lab3/models/bd_net.h5 --data lab3/data/cl/test.h5 --json
     """
@@ -38,25 +38,19 @@ def evaluate(
         open_data_file(path)
 
     from badnet_prune.inference import accuracy_percent, compiled_forward, predict_labels
-    from badnet_prune.input_scale import SAMPLE_SIZE, choose_input_scale, outside_classes
+    from badnet_prune.input_scale import SAMPLE_SIZE, choose_input_scale
     from badnet_prune.model_io import image_shape, load_model, num_classes
 
     network = load_model(model, trust_code=trust_model_code)
-    classes = num_classes(network)
-    # labels outside the model's classes are counted wrong and warned of, as the lab's eval.py counts them
-    files = [open_data_file(path, image_shape(network)) for path in data]
+    files = [open_data_file(path, image_shape(network), num_classes(network)) for path in data]
     forward = compiled_forward(network)
     with closing(files[0].batches(SAMPLE_SIZE)) as batches:
         sample = next(batches)
     given = None if input_scale is InputScaleChoice.auto else float(input_scale.value)
-    choice = choose_input_scale(forward, sample, files[0].labels[: len(sample)], classes, given=given,
+    choice = choose_input_scale(forward, sample, files[0].labels[: len(sample)], num_classes(network), given=given,
                                 data_name=str(files[0].path))
-    others = [f"warning: {problem}" for data_file in files[1:]
-              if (problem := outside_classes(data_file.labels, classes, str(data_file.path)))]
-    warnings = [choice.note] * choice.warning + others
-    stderr = Console(stderr=True)
-    for line, warning in [(choice.note, choice.warning), *((other, True) for other in others)]:
-        stderr.print(f"{model}: {line}", soft_wrap=True, markup=False, style="yellow" if warning else None)
+    Console(stderr=True).print(f"{model}: {choice.note}", soft_wrap=True, markup=False,
+                               style="yellow" if choice.warning else None)
     results = []
     for data_file in files:
         predicted = predict_labels(forward, data_file.batches(), choice.scale)
@@ -66,7 +60,7 @@ def evaluate(
         )
     if as_json:
         print(json.dumps({"model": str(model), "input_scale": choice.scale, "input_scale_note": choice.note,
-                          "warnings": warnings, "results": results}, indent=2))
+                          "input_scale_warning": choice.warning, "results": results}, indent=2))
         return
     table = Table(title=f"{model} (input scale {choice.scale:g})")
     table.add_column("data file")
