@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from badnet_prune.thresholds import Threshold, parse_threshold
 from db.model_results import ModelResults, read_model_results
 from db.repository import get_sweep, list_models, model_data_paths
-from db.results import read_steps
+from db.results import StoredStep, read_steps
 from orchestrator.exports import lab_table, step_rows
 
 
@@ -85,9 +85,12 @@ def read_report(session: Session, sweep_id: int, asr_bound: float) -> SweepRepor
     """Read a sweep for its report; LookupError when there is no such sweep."""
     sweep = get_sweep(session, sweep_id)
     steps = read_steps(session, sweep_id)
+    by_model: dict[str, list[StoredStep]] = {}
+    for step in steps:
+        by_model.setdefault(step.model, []).append(step)
     models = [
         ModelReport(
-            results=read_model_results(session, model.id, [step for step in steps if step.model == model.name]),
+            results=read_model_results(session, model.id, by_model.get(model.name, [])),
             data_paths=model_data_paths(session, model.id),
         )
         for model in list_models(session, sweep_id)
