@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.options import BrokerOption, DbOption, load_settings
@@ -20,8 +19,8 @@ def status(
     broker: BrokerOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Per model: status, steps stored of steps expected, tasks done per stage, the reason of a failure, and
-    the input scale (the line of the rank stage that chose or checked it).
+    """Per model: status, steps stored of steps expected, tasks done per stage, and the reason of a failure;
+    under the table, each model's input scale (the line of the rank stage that chose or checked it).
 
     With a broker, also how many queued or running tasks no queue holds any more (lost with a broker
     that kept nothing): `badnet-prune sweep resume ID` sends them again.
@@ -51,7 +50,7 @@ def status(
         return
     names = [stage.name for stage in stages()]
     table = Table(title=f"sweep {progress.sweep_id}: {progress.status}")
-    for column in ("model", "status", "steps", "tasks done", "error", "input scale"):
+    for column in ("model", "status", "steps", "tasks done", "error"):
         table.add_column(column, overflow="fold")
     for model in progress.models:
         expected = "?" if model.steps_expected is None else str(model.steps_expected)
@@ -59,10 +58,11 @@ def status(
             f"{name} {counts.get('done', 0)}/{sum(counts.values())}"
             for name in names if (counts := model.stages.get(name))
         )
-        note = notes.get(model.name, "")
-        table.add_row(model.name, model.status, f"{model.steps_stored}/{expected}", per_stage, model.error or "",
-                      f"[yellow]{escape(note)}[/yellow]" if note.startswith("warning:") else escape(note))
+        table.add_row(model.name, model.status, f"{model.steps_stored}/{expected}", per_stage, model.error or "")
     Console().print(table)
+    for name, note in notes.items():  # whole lines under the table: a column would fold them into a few words a row
+        Console().print(f"{name}: {note}", soft_wrap=True, markup=False,
+                        style="yellow" if note.startswith("warning:") else None)
     if lost:
         Console(stderr=True).print(f"{lost} task(s) are queued or running but no queue holds them (lost with the "
                                    f"broker?): run `badnet-prune sweep resume {sweep_id}`", soft_wrap=True)
