@@ -479,7 +479,7 @@ compose run --rm --no-deps -T --entrypoint sh orchestrator -c 'test -s /reports/
 say "report written: /reports/stack-test/report.md"
 
 step "sweep 2, one worker killed mid-way"
-timed_compose 900 run --rm -T orchestrator sweep /sweeps/stack-test.toml --wait >"$WORK/sweep-2.out" \
+timed_compose 300 run --rm -T orchestrator sweep /sweeps/stack-test.toml --wait >"$WORK/sweep-2.out" \
     2>"$WORK/sweep-2.log" &
 sweep_pid=$!
 second=""
