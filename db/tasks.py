@@ -65,6 +65,19 @@ def claim_for_sending(session: Session, task_id: int) -> bool:
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
+def claim_unsent(session: Session, task_id: int, older_than: timedelta) -> bool:
+    """Claim again a task that was claimed (queued) longer ago than `older_than` and never sent (no message id):
+    its sender died between the claim and the send. True only for the caller whose update did it."""
+    now = utcnow()
+    result = session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.state == "queued", Task.message_id.is_(None),
+               Task.enqueued_at < now - older_than)
+        .values(enqueued_at=now)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
 def record_message(session: Session, task_id: int, message_id: str | None) -> None:
     """The broker's id of the message just sent for a task (None on the in-process queue)."""
     session.execute(update(Task).where(Task.id == task_id).values(message_id=message_id))

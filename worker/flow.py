@@ -16,6 +16,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy.exc import OperationalError
 
@@ -26,6 +27,7 @@ from db.repository import list_models, set_model_status
 from db.session import session_scope
 from db.tasks import (
     claim_for_sending,
+    claim_unsent,
     end_task,
     fail_open_tasks,
     get_task,
@@ -45,6 +47,8 @@ TERMINAL_MODEL_STATES = ("done", "failed")
 # mid-task (machine gone) releases its tasks this long after its last renewal; a killed pool
 # child on the same machine is recognised at once (its process id no longer exists).
 LEASE_S = 15.0
+# A task claimed for sending this long ago and still without a message id was never sent.
+UNSENT_AFTER = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -70,19 +74,25 @@ def run_planned_task(runtime: Runtime, task_id: object, stage_name: str | None =
             return _refused(f"task {task_id}: {error}")
         if stage_name is not None and stage_name != stage.name:
             return _refused(f"task {task_id} is a {stage.name} task, not {stage_name}")
-        reason = _why_not_startable(session, task, stage)
-        if reason is not None:
-            return _refused(f"task {task_id}: {reason}")
-        if lease_is_live(task) and not _holder_is_dead(task.lease_token):
-            remaining = (task.lease_expires_at - utcnow()).total_seconds() if task.lease_expires_at else 0.0
-            LOG.warning("task %s runs elsewhere (%s): this copy looks again later", task_id, task.worker)
-            return Outcome(False, f"task {task_id} runs elsewhere ({task.worker})", max(1.0, remaining))
-        dead = task.lease_token if task.state == "running" and _holder_is_dead(task.lease_token) else None
-        token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
-        if not take_lease(session, task_id, token, runtime.hostname, LEASE_S, dead_token=dead):
-            return Outcome(False, f"task {task_id} was started by another worker", LEASE_S)
         context = TaskContext(task_id=task.id, sweep_id=task.sweep_id, model_id=task.model_id)
-        raw_arguments = dict(task.arguments)
+        reason = _why_not_startable(session, task, stage)
+        done = task.state == "done"
+        if reason is None:
+            if lease_is_live(task) and not _holder_is_dead(task.lease_token):
+                remaining = (task.lease_expires_at - utcnow()).total_seconds() if task.lease_expires_at else 0.0
+                LOG.warning("task %s runs elsewhere (%s): this copy looks again later", task_id, task.worker)
+                return Outcome(False, f"task {task_id} runs elsewhere ({task.worker})", max(1.0, remaining))
+            dead = task.lease_token if task.state == "running" and _holder_is_dead(task.lease_token) else None
+            token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+            if not take_lease(session, task_id, token, runtime.hostname, LEASE_S, dead_token=dead):
+                return Outcome(False, f"task {task_id} was started by another worker", LEASE_S)
+            raw_arguments = dict(task.arguments)
+    if reason is not None:
+        if done and not runtime.dispatcher.runs_here:
+            # A copy of a done task: its first run may have died after claiming what follows and before
+            # sending it. Send what it claimed and nobody sent (usually nothing: then nothing changes).
+            release_successors(runtime, stage, context)
+        return _refused(f"task {task_id}: {reason}")
     try:
         arguments = stage.parse(raw_arguments)
         with _Heartbeat(runtime, task_id, token):
@@ -222,8 +232,10 @@ def send_claimed(runtime: Runtime, tasks: list[tuple[Stage, int]]) -> None:
 
 
 def _claimed(session, stage: Stage, sweep_id: int, model_id: int | None) -> list[tuple[Stage, int]]:
+    """The stage's tasks this caller claimed for sending: pending ones, and queued ones that a sender claimed
+    but never sent (it died in between: UNSENT_AFTER)."""
     return [(stage, task.id) for task in stage_tasks(session, sweep_id, model_id, stage.name)
-            if claim_for_sending(session, task.id)]
+            if claim_for_sending(session, task.id) or claim_unsent(session, task.id, UNSENT_AFTER)]
 
 
 def _all_done(tasks: list[Task]) -> bool:

@@ -10,13 +10,14 @@ and pool) with killpg, and teardown always kills what is left.
 from __future__ import annotations
 
 import contextlib
-import itertools
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ CLI = [str(Path(sys.executable).with_name("badnet-prune"))]
 REDIS = ("127.0.0.1", 6379)
 POSTGRES = ("127.0.0.1", 5432)
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-REDIS_DBS = itertools.cycle(range(12, 16))  # 11 is tests/deploy's
+REDIS_DBS = (12, 13, 14, 15, *range(1, 11))  # 11 is tests/deploy's; one is claimed per test process
 VISIBILITY_TIMEOUT_S = 20  # a dead worker's task comes back after this long (kill tests)
 WORKER_READY_S = 60
 
@@ -62,13 +63,35 @@ def redis_cli(*args: str, db: int | None = None) -> str:
 
 
 @pytest.fixture
-def broker_url() -> Iterator[str]:
-    if not reachable(REDIS):
-        skip_or_fail(f"Redis is not reachable at {REDIS[0]}:{REDIS[1]}")
-    db = next(REDIS_DBS)
+def broker_url(redis_db: int) -> Iterator[str]:
+    db = redis_db
     redis_cli("flushdb", db=db)
     yield f"redis://{REDIS[0]}:{REDIS[1]}/{db}"
     redis_cli("flushdb", db=db)
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> Iterator[int]:
+    """A Redis database number no other test process on this machine uses while this one runs.
+
+    Workers consume every message of their broker's database: two test runs sharing one would run
+    each other's task ids against their own PostgreSQL databases. A lock file per number decides.
+    """
+    if not reachable(REDIS):
+        skip_or_fail(f"Redis is not reachable at {REDIS[0]}:{REDIS[1]}")
+    for db in REDIS_DBS:
+        handle = open(Path(tempfile.gettempdir()) / f"badnet-prune-tests-redis-{db}.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        try:
+            yield db
+        finally:
+            handle.close()
+        return
+    skip_or_fail(f"every Redis database of {REDIS_DBS} is taken by another test run on this machine")
 
 
 @pytest.fixture

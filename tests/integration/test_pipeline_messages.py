@@ -36,6 +36,15 @@ def celery_app(cluster: Cluster):
     return make_celery(Settings.from_env(cluster.env))
 
 
+def execute(cluster: Cluster, *statements: str) -> None:
+    import psycopg
+
+    with psycopg.connect(cluster.database_url.replace("postgresql+psycopg://", "postgresql://"),
+                         autocommit=True) as connection:
+        for statement in statements:
+            connection.execute(statement)
+
+
 def worker_logs(cluster: Cluster) -> str:
     return "\n".join(worker.log.read_text() for worker in cluster.workers)
 
@@ -137,3 +146,25 @@ def test_a_model_that_fails_in_a_worker_is_a_failed_celery_task(cluster: Cluster
     state = cluster.wait_done(sweep_id, timeout=180)
     assert state["status"] == "failed" and state["models"][0]["status"] == "failed", state
     assert "StageFailed" in worker_logs(cluster), "Celery should record the task as failed"
+
+
+def test_a_copy_of_a_done_task_sends_what_its_first_run_claimed_and_never_sent(cluster: Cluster,
+                                                                               tmp_path: Path) -> None:
+    """The first run of a task died between claiming its successors (queued) and sending them: the broker
+    hands its message out again, and that copy, finding the task done, sends them."""
+    cluster.start_workers(1)
+    sweep_id = cluster.submit(synthetic_sweep(tmp_path, models=1, range_size=20), wait=True)
+    assert_complete(cluster, sweep_id, {"m0"})
+    rank = cluster.query(f"SELECT id FROM tasks WHERE sweep_id = {sweep_id} AND stage = 'rank'")[0]["id"]
+    execute(cluster,  # as left by a worker killed right after claiming the ranges
+            f"UPDATE tasks SET state = CASE WHEN stage = 'prune_range' THEN 'queued' ELSE 'pending' END, "
+            f"message_id = NULL, enqueued_at = now() - interval '1 minute' WHERE sweep_id = {sweep_id} "
+            f"AND stage <> 'rank'",
+            f"UPDATE models SET status = 'running' WHERE sweep_id = {sweep_id}",
+            f"UPDATE sweeps SET status = 'running' WHERE id = {sweep_id}")
+    celery_app(cluster).send_task("badnet_prune.rank", kwargs={"task_id": rank})  # the redelivered copy
+    state = cluster.wait_done(sweep_id, timeout=180)
+    assert state["status"] == "done", state
+    assert_complete(cluster, sweep_id, {"m0"})
+    ranges = cluster.query(f"SELECT attempts FROM tasks WHERE sweep_id = {sweep_id} AND stage = 'prune_range'")
+    assert [row["attempts"] for row in ranges] == [2, 2, 2, 2], "each unsent range ran once more"
