@@ -29,7 +29,7 @@ def defend(
     policy: str = "first",
     prune_layer: str = "conv_3",
     rank_layer: str = "pool_3",
-    input_scale: float = 1.0,
+    input_scale: float | str = "auto",
     trust_model_code: bool = False,
     db: str | None = None,
     fine_tune: bool | Mapping[str, object] = False,
