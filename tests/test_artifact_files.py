@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import cached_quick_badnet, run_console_script
-from worker.jobs import remove_stale_temporaries
+from worker.artifact_files import remove_stale_temporaries
 
 
 @pytest.fixture
@@ -58,5 +58,13 @@ def test_temporaries_of_a_killed_process_are_removed(tmp_path: Path) -> None:
     finished = tmp_path / "B_prime_0.02.keras"
     for path in (dead, dead_json, alive, elsewhere, finished):
         path.write_bytes(b"x")
+    nested = tmp_path / "sweep-1" / "m0"
+    nested.mkdir(parents=True)
+    deep = nested / dead.name
+    deep.write_bytes(b"x")
     remove_stale_temporaries(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (alive, elsewhere, finished))
+    kept = (alive, elsewhere, finished, nested.parent)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
+    assert deep.exists(), "only the folder itself unless recursive"
+    remove_stale_temporaries(tmp_path, recursive=True)  # what a worker does when it starts
+    assert not deep.exists()

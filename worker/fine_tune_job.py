@@ -31,16 +31,13 @@ from db.results import (
 )
 from db.session import session_scope
 from pipeline.stages.fine_tune import sweep_settings
+from worker.artifact_files import remove_artifacts, remove_stale_temporaries, save_atomically, write_text_atomically
 from worker.jobs import (
     artifact_folder,
     loaded_model,
     read_inputs,
-    remove_artifacts,
-    remove_stale_temporaries,
-    save_atomically,
     save_test_results,
     set_key,
-    write_text_atomically,
 )
 from worker.loaded import LoadedModel
 from worker.runtime import Runtime

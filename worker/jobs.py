@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import replace
@@ -40,6 +38,7 @@ from db.results import (
     save_steps,
 )
 from db.session import session_scope
+from worker.artifact_files import remove_artifacts, remove_stale_temporaries, save_atomically, write_text_atomically
 from worker.loaded import LoadedData, LoadedModel, ModelKey, labeled_set
 from worker.runtime import Runtime
 
@@ -266,57 +265,3 @@ def _write_models(loaded: LoadedModel, inputs: ModelInputs, threshold: Threshold
         remove_artifacts([path for _, path, _ in written])  # no half of a threshold's files without its rows
         raise
     return written
-
-
-def remove_artifacts(paths: list[str]) -> None:
-    """Remove model files (and their provenance) of a task that failed before recording them."""
-    for path in paths:
-        Path(path).unlink(missing_ok=True)
-        Path(path).with_suffix(".json").unlink(missing_ok=True)
-
-
-TEMPORARY_SUFFIX = ".tmp.keras"
-
-
-def save_atomically(network, path: Path) -> None:
-    """Save to a temporary file named after this host and process, then rename; a failed save leaves nothing
-    and names the file (a full disk says which file it could not write)."""
-    temporary = path.with_name(f".{path.stem}@{socket.gethostname()}@{os.getpid()}{TEMPORARY_SUFFIX}")
-    try:
-        network.save(temporary)
-        os.replace(temporary, path)
-    except OSError as error:
-        raise OSError(error.errno, error.strerror, str(path)) from error
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}@{socket.gethostname()}@{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    except OSError as error:
-        raise OSError(error.errno, error.strerror, str(path)) from error
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Remove temporary files that a killed process of this host left behind (its process id is gone)."""
-    host = socket.gethostname()
-    for temporary in folder.glob(".*@*@*.tmp*"):
-        _, file_host, rest = temporary.name.rsplit("@", 2)
-        pid = rest.partition(".")[0]
-        if file_host == host and pid.isdigit() and not _process_exists(int(pid)):
-            temporary.unlink(missing_ok=True)
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

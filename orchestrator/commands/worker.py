@@ -30,9 +30,12 @@ def worker(
         raise BadInputError("--broker", "a worker needs a broker: pass --broker or set BADNET_PRUNE_BROKER")
 
     from db.session import prepare_database
+    from worker.artifact_files import remove_stale_temporaries
     from worker.celery_app import serve
 
     prepare_database(settings.db_url).dispose()
+    if settings.artifact_dir.is_dir():  # what killed workers of this machine left half-written
+        remove_stale_temporaries(settings.artifact_dir, recursive=True)
     argv = ["worker", f"--concurrency={concurrency}", f"--queues={queues}", f"--loglevel={loglevel}",
             "--pool=prefork", "--without-gossip", "--without-mingle"]
     if hostname:
