@@ -23,11 +23,20 @@ def steps(
     """
     settings = load_settings(db=db)
 
+    from badnet_prune.errors import BadInputError
+    from db.repository import get_sweep, list_models
     from db.session import prepare_database, session_scope
     from orchestrator.exports import step_rows, to_csv
 
     engine = prepare_database(settings.db_url, create=False)  # reading: a mistyped file is an error, not a new db
     with session_scope(engine) as session:
+        try:
+            get_sweep(session, sweep_id)
+        except LookupError:
+            raise BadInputError(f"sweep {sweep_id}", "no such sweep in this database") from None
+        names = [m.name for m in list_models(session, sweep_id)]
+        if model is not None and model not in names:
+            raise BadInputError("--model", f"sweep {sweep_id} has no model {model!r} (its models: {', '.join(names)})")
         columns, rows = step_rows(session, sweep_id, model)
     if output_format is OutputFormat.json:
         print(json.dumps(rows, indent=2))
