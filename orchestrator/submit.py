@@ -45,8 +45,8 @@ def submit_sweep(
     hashes = hashing.result()
     with session_scope(engine) as session:
         planned = register_sweep(session, spec, settings.artifact_dir, extra_config, hashes)
-    console.print(f"sweep {planned.sweep_id} registered: {len(spec.models)} model(s) in {display_url(settings.db_url)}",
-                  soft_wrap=True)
+    where = f"{display_url(settings.db_url)}; model files under {settings.artifact_dir.resolve()}"
+    console.print(f"sweep {planned.sweep_id} registered: {len(spec.models)} model(s) in {where}", soft_wrap=True)
     for name, reason in planned.failed.items():
         console.print(f"[red]model {escape(name)} failed:[/red] {escape(reason)}", soft_wrap=True)
     with session_scope(engine) as session:
