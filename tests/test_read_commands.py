@@ -40,3 +40,13 @@ def test_a_model_of_the_sweep_prints_its_header(database: str) -> None:
     done = run_console_script("steps", "1", "--model", "m0", "--db", database)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["model,step,channel,fraction_pruned,clean_accuracy"]
+
+
+def test_report_can_say_what_it_wrote_as_json(database: str, tmp_path: Path) -> None:
+    import json
+
+    done = run_console_script("report", "1", "--out", str(tmp_path / "r"), "--samples", "0", "--json", "--db", database)
+    assert done.returncode == 0, done.stderr
+    written = json.loads(done.stdout)
+    assert written["sweep"] == 1 and Path(written["index"]).is_file() and Path(written["report_md"]).is_file()
+    assert written["csv"] and all(Path(path).is_file() for path in written["csv"])

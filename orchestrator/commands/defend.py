@@ -60,6 +60,7 @@ def defend(
     input_scale: InputScaleOption = InputScaleChoice.auto,
     trust_model_code: TrustCodeOption = False,
     db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json on stdout instead of the table.")] = False,
     fine_tune: Annotated[bool, typer.Option("--fine-tune", help="Fine-pruning: fine-tune each B'_t on part of "
                          "the clean validation data (epoch chosen on the rest) into B''_t, and write B_fine_<t> "
                          "and G_fine_<t>.keras.")] = False,
@@ -97,7 +98,10 @@ def defend(
     except DefenseFailed as failed:
         console.print(f"error: {failed}", soft_wrap=True, markup=False)
         raise typer.Exit(2) from None
-    _print_results(defended, out, console)
+    if as_json:
+        print((out / "summary.json").read_text(encoding="utf-8"), end="")
+    else:
+        _print_results(defended, out, console)
     return defended.sweep_id
 
 

@@ -26,6 +26,8 @@ def report(
                          "when the ASR of G on its poisoned test set is at most this percentage.")] = 5.0,
     samples: Annotated[int, typer.Option("--samples", min=0, help="Test images per data set in each model's "
                        "sample grid, labelled by B and G (loads the model files); 0 skips the grid.")] = 6,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was written as JSON (index, model pages, "
+                       "report.md, csv/) instead of the index's path.")] = False,
 ) -> None:
     """Write a report of a sweep: index.html (across models), a page per model, report.md and CSV tables.
 
@@ -44,7 +46,16 @@ def report(
         index = write_report(engine, sweep_id, out, asr_bound=asr_bound, samples_per_set=samples)
     except LookupError:
         raise BadInputError(f"sweep {sweep_id}", "no such sweep in this database") from None
-    print(index.resolve())
+    if as_json:
+        import json
+
+        folder = index.resolve().parent
+        written = {"sweep": sweep_id, "index": str(folder / "index.html"), "report_md": str(folder / "report.md"),
+                   "csv": sorted(str(path) for path in (folder / "csv").glob("*.csv")),
+                   "models": sorted(str(path) for path in (folder / "models").glob("*.html"))}
+        print(json.dumps(written, indent=2))
+    else:
+        print(index.resolve())
 
 
 def check_out_folder(out: Path) -> None:

@@ -142,11 +142,12 @@ def test_thresholds_are_exact_keys_from_the_command_line(tmp_path: Path) -> None
         "defend", "--model", str(root / "models" / "bd_weights.h5"), "--clean-valid", str(root / "data/cl/valid.h5"),
         "--clean-test", str(root / "data/cl/test.h5"), "--out", str(out),
         "--poisoned", f"sunglasses={root / 'data/bd/bd_valid.h5'},{root / 'data/bd/bd_test.h5'}",
-        "--thresholds", "0.0333333333,2%,0.07",
+        "--thresholds", "0.0333333333,2%,0.07", "--json",
         env={key: value for key, value in env_for(tmp_path, plugin=False).items() if key != "BADNET_PRUNE_DB"},
     )
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "summary.json").read_text())
+    assert json.loads(done.stdout) == summary, "--json prints summary.json"
     assert list(summary["thresholds"]) == ["0.02", "0.0333333333", "0.07"]
     assert [t.key for t in parse_thresholds(["2%", "0.0333333333", "0.07"])] == list(summary["thresholds"])
     assert (out / "badnet-prune.db").is_file(), "defend keeps its database with its results"
