@@ -37,7 +37,10 @@ def submit_sweep(
 ) -> int:
     """Register the sweep, send the first stage's tasks, and run (embedded default) or optionally watch it."""
     load_stage_modules(settings.stage_modules)
-    hashing = BackgroundHashes(sweep_files(spec))
+    files = sweep_files(spec)
+    console.print(f"loading: hashing and checking {len(set(files))} input file(s) of {len(spec.models)} model(s)",
+                  soft_wrap=True)
+    hashing = BackgroundHashes(files)
     engine = prepare_database(settings.db_url)
     dispatcher = _dispatcher(settings, engine)
     if not settings.broker_url:

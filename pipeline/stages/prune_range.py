@@ -56,7 +56,7 @@ def stored(session: Session, task: TaskContext, arguments: PruneRangeArguments) 
 
 PRUNE_RANGE = register(Stage(
     name="prune_range",
-    description="prune step by step: clean accuracy and ASR",
+    description="the pruning sweep: clean accuracy and ASR at every step",
     arguments=PruneRangeArguments,
     plan=plan,
     run=run,

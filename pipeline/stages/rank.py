@@ -36,7 +36,7 @@ def stored(session: Session, task: TaskContext, arguments: RankArguments) -> boo
 
 RANK = register(Stage(
     name="rank",
-    description="rank channels on clean validation data",
+    description="input scale, head activations and the ranking on clean validation data",
     arguments=RankArguments,
     plan=plan,
     run=run,
