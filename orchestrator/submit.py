@@ -70,7 +70,9 @@ def _dispatcher(settings: Settings, engine: Engine) -> Dispatcher:
     """The dispatcher, with the broker checked before anything is registered (one line if it does not answer)."""
     dispatcher = make_dispatcher(settings, engine)
     if settings.broker_url and dispatcher.held_message_ids() is None:
-        raise BadInputError("BADNET_PRUNE_BROKER", f"the broker at {display_url(settings.broker_url)} does not answer")
+        reason = dispatcher.last_error or "no answer"
+        raise BadInputError("BADNET_PRUNE_BROKER", f"the broker at {display_url(settings.broker_url)} does not "
+                            f"answer ({reason}); nothing was registered")
     return dispatcher
 
 

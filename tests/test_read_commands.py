@@ -50,3 +50,20 @@ def test_report_can_say_what_it_wrote_as_json(database: str, tmp_path: Path) -> 
     written = json.loads(done.stdout)
     assert written["sweep"] == 1 and Path(written["index"]).is_file() and Path(written["report_md"]).is_file()
     assert written["csv"] and all(Path(path).is_file() for path in written["csv"])
+
+
+def test_a_broker_that_does_not_answer_is_one_line_and_registers_nothing(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    from tests.helpers import synthetic_sweep
+
+    sweep_file = synthetic_sweep(tmp_path / "sw")
+    database = tmp_path / "broker.db"
+    env = {"PATH": "/usr/bin:/bin", "BADNET_PRUNE_BROKER": "redis://127.0.0.1:1/0", "BADNET_PRUNE_DB": str(database)}
+    done = run_console_script("sweep", str(sweep_file), "--wait", env=env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [line for line in done.stderr.splitlines() if "127.0.0.1:1" in line], done.stderr
+    assert len(errors) == 1 and "BADNET_PRUNE_BROKER" in errors[0] and "nothing was registered" in errors[0]
+    with create_engine(f"sqlite:///{database}").connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM sweeps")).scalar() == 0

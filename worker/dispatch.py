@@ -10,7 +10,6 @@ from a lost one.
 from __future__ import annotations
 
 import json
-import logging
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -21,11 +20,11 @@ if TYPE_CHECKING:
     from badnet_prune.settings import Settings
     from pipeline.contract import Stage
 
-LOG = logging.getLogger(__name__)
 
 
 class Dispatcher(Protocol):
     runs_here: bool  # True: what is sent runs in this process (run() does it), so nothing is ever in flight
+    last_error: str | None  # why held_message_ids() could not ask the transport, the last time it could not
 
     def send(self, stage: Stage, task_id: int) -> str | None:
         """Send one claimed task; the message id, where the transport has one."""
@@ -51,6 +50,7 @@ class CeleryDispatcher:
 
     def __init__(self, app: Any) -> None:
         self._app = app
+        self.last_error: str | None = None  # why the broker could not be asked, the last time
 
     def send(self, stage: Stage, task_id: int) -> str | None:
         return self._app.send_task(stage.celery_name, kwargs={"task_id": task_id}).id
@@ -67,7 +67,7 @@ class CeleryDispatcher:
                     return None
                 raw = [*client.lrange(QUEUE, 0, -1), *client.hvals(channel.unacked_key)]
         except Exception as error:  # a broker that cannot be asked: say unknown, never guess "lost"
-            LOG.warning("could not list the broker's messages: %s", error)
+            self.last_error = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             return None
         ids = set()
         for payload in raw:
@@ -94,6 +94,7 @@ class LocalDispatcher:
     """The embedded default: a FIFO of (stage, task id) run in this process; released successors join its end."""
 
     runs_here = True
+    last_error = None
 
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self._settings = settings
