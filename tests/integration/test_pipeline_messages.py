@@ -168,3 +168,25 @@ def test_a_copy_of_a_done_task_sends_what_its_first_run_claimed_and_never_sent(c
     assert_complete(cluster, sweep_id, {"m0"})
     ranges = cluster.query(f"SELECT attempts FROM tasks WHERE sweep_id = {sweep_id} AND stage = 'prune_range'")
     assert [row["attempts"] for row in ranges] == [2, 2, 2, 2], "each unsent range ran once more"
+
+
+def test_waiting_with_no_worker_says_so(cluster: Cluster, tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.integration.conftest import CLI
+
+    sweep_file = synthetic_sweep(tmp_path, models=1)
+    waiting = subprocess.Popen([*CLI, "sweep", str(sweep_file), "--wait"], env=cluster.env, cwd=cluster.folder,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and waiting.stderr is not None:
+            line = waiting.stderr.readline()
+            lines.append(line)
+            if "no worker is consuming the queue" in line:
+                break
+        assert any("no worker is consuming the queue" in line for line in lines), lines
+    finally:
+        waiting.kill()
+        waiting.wait(timeout=30)
