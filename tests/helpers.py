@@ -9,11 +9,29 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "badnet-prune"
+
+# Run as `python -c PLAIN_KERAS IMAGES.npy MODEL OUT.npy [MODEL OUT.npy ...]`: loads each saved model with
+# plain Keras in safe mode, in a process that never imports this project, and saves its outputs.
+PLAIN_KERAS = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import keras
+
+    images = np.load(sys.argv[1])
+    for path, out in zip(sys.argv[2::2], sys.argv[3::2]):
+        model = keras.models.load_model(path, safe_mode=True)
+        np.save(out, model.predict(images, batch_size=64, verbose=0))
+    assert "badnet_prune" not in sys.modules, "the plain-Keras process imported badnet_prune"
+    print("loaded", len(sys.argv[2::2]))
+    """
+)
 
 
 def run_console_script(

@@ -38,8 +38,7 @@ from db.results import FineTuneEpochRow, FineTuneRow, save_fine_tune
 from db.session import make_engine, prepare_database, session_scope
 from pipeline.contract import PlanContext, TaskContext
 from pipeline.stages.fine_tune import FINE_TUNE, FineTuneArguments
-from tests.helpers import cached_pruning_aware_badnet, run_console_script
-from tests.test_fine_tuning import PLAIN_KERAS
+from tests.helpers import PLAIN_KERAS, cached_pruning_aware_badnet, run_console_script
 
 POISON = "sunglasses"
 EPOCHS = 3  # the seed-0 run keeps epoch 3 at 2%: B'' differs from B'_t and the backdoor is gone

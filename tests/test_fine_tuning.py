@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from badnet_prune.ranking import rank_channels
 from badnet_prune.repair import build_repaired_net, repaired_labels
 from badnet_prune.selection import select_steps
 from badnet_prune.tf_setup import keras
-from tests.helpers import cached_pruning_aware_badnet
+from tests.helpers import PLAIN_KERAS, cached_pruning_aware_badnet
 
 THRESHOLDS = (0.02, 0.04, 0.10)
 FILES = {"valid": "cl/valid.h5", "test": "cl/test.h5", "bd_valid": "bd/bd_valid.h5", "bd_test": "bd/bd_test.h5"}
@@ -162,20 +161,6 @@ def test_one_seed_trains_identical_weights_twice_and_another_seed_other_weights(
     assert any(not np.array_equal(a, b) for a, b in zip(first, other, strict=True))
 
 
-PLAIN_KERAS = textwrap.dedent(
-    """
-    import sys
-    import numpy as np
-    import keras
-
-    images = np.load(sys.argv[1])
-    for path, out in zip(sys.argv[2::2], sys.argv[3::2]):
-        model = keras.models.load_model(path, safe_mode=True)
-        np.save(out, model.predict(images, batch_size=64, verbose=0))
-    assert "badnet_prune" not in sys.modules, "the plain-Keras process imported badnet_prune"
-    print("loaded", len(sys.argv[2::2]))
-    """
-)
 
 
 def test_b_fine_and_g_fine_as_keras_files_load_in_plain_keras_and_follow_their_rules(defended: Defended, tmp_path):

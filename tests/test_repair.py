@@ -10,7 +10,6 @@ import gc
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -20,24 +19,11 @@ from badnet_prune.inference import compiled_forward, predict_labels
 from badnet_prune.pruned_model import build_pruned_model
 from badnet_prune.repair import build_repaired_net, repaired_labels
 from badnet_prune.tf_setup import keras
+from tests.helpers import PLAIN_KERAS
 
 NUM_CLASSES = 10
 PRUNED = 40
 
-PLAIN_KERAS = textwrap.dedent(
-    """
-    import sys
-    import numpy as np
-    import keras
-
-    images = np.load(sys.argv[1])
-    for path, out in zip(sys.argv[2::2], sys.argv[3::2]):
-        model = keras.models.load_model(path, safe_mode=True)
-        np.save(out, model.predict(images, batch_size=64, verbose=0))
-    assert "badnet_prune" not in sys.modules, "the plain-Keras process imported badnet_prune"
-    print("loaded", len(sys.argv[2::2]))
-    """
-)
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,7 @@ from worker.artifact_files import remove_artifacts, remove_stale_temporaries, sa
 from worker.jobs import (
     artifact_folder,
     loaded_model,
+    provenance_of,
     read_inputs,
     save_test_results,
     set_key,
@@ -127,16 +128,7 @@ def _write_models(loaded: LoadedModel, inputs: ModelInputs, threshold: Threshold
     remove_stale_temporaries(folder)
     g_fine = build_repaired_net(loaded.split.model, result.model, name="G_fine")
     provenance = {
-        "source_model": inputs.path,
-        "source_sha256": inputs.sha256,
-        "input_scale": inputs.input_scale,
-        "prune_layer": inputs.prune_layer,
-        "rank_layer": inputs.rank_layer,
-        "pruned_channels": pruned,
-        "step": step,
-        "threshold": threshold.value,
-        "threshold_key": threshold.key,
-        "policy": inputs.policy,
+        **provenance_of(inputs, threshold, step, pruned),
         "fine_tune": result.settings.model_dump(mode="json"),
         "seed": result.settings.seed,
         "kept_epoch": result.kept_epoch,

@@ -235,13 +235,9 @@ def artifact_folder(inputs: ModelInputs) -> Path:
     return folder
 
 
-def _write_models(loaded: LoadedModel, inputs: ModelInputs, threshold: Threshold, step: int, pruned: list[int]):
-    folder = artifact_folder(inputs)
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(folder)
-    b_prime = build_pruned_model(loaded.split.model, inputs.prune_layer, pruned)
-    g = build_repaired_net(loaded.split.model, b_prime)
-    provenance = {
+def provenance_of(inputs: ModelInputs, threshold: Threshold, step: int, pruned: list[int]) -> dict:
+    """What a file made from B for a threshold records of its making (beside it as JSON, and in the artifacts table)."""
+    return {
         "source_model": inputs.path,
         "source_sha256": inputs.sha256,
         "input_scale": inputs.input_scale,
@@ -253,6 +249,15 @@ def _write_models(loaded: LoadedModel, inputs: ModelInputs, threshold: Threshold
         "threshold_key": threshold.key,
         "policy": inputs.policy,
     }
+
+
+def _write_models(loaded: LoadedModel, inputs: ModelInputs, threshold: Threshold, step: int, pruned: list[int]):
+    folder = artifact_folder(inputs)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)
+    b_prime = build_pruned_model(loaded.split.model, inputs.prune_layer, pruned)
+    g = build_repaired_net(loaded.split.model, b_prime)
+    provenance = provenance_of(inputs, threshold, step, pruned)
     written: list[tuple[str, str, dict]] = []
     try:
         for kind, network in (("B_prime", b_prime), ("G", g)):
