@@ -190,3 +190,33 @@ def test_waiting_with_no_worker_says_so(cluster: Cluster, tmp_path: Path) -> Non
     finally:
         waiting.kill()
         waiting.wait(timeout=30)
+
+
+def test_the_watcher_rides_out_a_postgresql_restart(cluster: Cluster, slow_badnet: Path, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from tests.integration.conftest import CLI, POSTGRES, reachable, skip_or_fail
+    from tests.integration.test_distributed import wait_running_prune
+
+    versions = sorted(Path("/etc/postgresql").glob("*")) if Path("/etc/postgresql").is_dir() else []
+    if shutil.which("pg_ctlcluster") is None or not versions:
+        skip_or_fail("restarting PostgreSQL needs pg_ctlcluster and /etc/postgresql on this machine")
+    cluster.start_workers(1)
+    sweep_file = slow_sweep(tmp_path, slow_badnet, models=2, range_size=61)
+    waiting = subprocess.Popen([*CLI, "sweep", str(sweep_file), "--wait"], env=cluster.env, cwd=cluster.folder,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_running_prune(cluster)
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1].name, "main", "restart"],
+                       check=True, timeout=120)
+        deadline = time.monotonic() + 60
+        while not reachable(POSTGRES):
+            assert time.monotonic() < deadline, "PostgreSQL did not come back"
+            time.sleep(0.5)
+        out, err = waiting.communicate(timeout=300)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0, err[-3000:]
+    sweep_id = int(out.split()[0])
+    assert_complete(cluster, sweep_id, {"s0", "s1"})
