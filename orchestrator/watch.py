@@ -119,8 +119,9 @@ class _View:
             self._live.update(Group(self._progress, self._details), refresh=True)
         elif busy != self._phase or (self.ended and changed):
             elapsed = time.monotonic() - self._started
+            left = f", about {elapsed / done * (total - done):.0f} s left" if 0 < done < total else ""
             self.console.print(f"sweep {self.sweep_id}: {phase}; {done}/{total} tasks; models: {summary}; "
-                               f"{overview.status} ({elapsed:.0f} s)", soft_wrap=True, markup=False)
+                               f"{overview.status} ({elapsed:.0f} s{left})", soft_wrap=True, markup=False)
         self._phase = busy
         if self._live is None:
             for name, note in notes.items():
