@@ -92,7 +92,15 @@ def _send(engine: Engine, dispatcher: Dispatcher, tasks: list[tuple[Stage, int]]
 def _run_or_watch(engine: Engine, dispatcher: Dispatcher, sweep_id: int, *, wait: bool, console: Console) -> None:
     """The embedded default runs the sweep here (showing it); with a broker, show it only when asked to wait."""
     if wait or dispatcher.runs_here:
-        watch_sweep(engine, sweep_id, console, dispatcher=dispatcher, follow=wait)
+        watch_sweep(engine, sweep_id, console, dispatcher=dispatcher, follow=wait,
+                    on_stall=None if dispatcher.runs_here else lambda: send_lost(engine, dispatcher, sweep_id))
+
+
+def send_lost(engine: Engine, dispatcher: Dispatcher, sweep_id: int) -> int:
+    """When a followed sweep stalls: send again its tasks that nothing holds (what `sweep resume` sends)."""
+    plan = plan_resume(engine, dispatcher, sweep_id)
+    _send(engine, dispatcher, plan.to_send)
+    return len(plan.to_send)
 
 
 @dataclass(frozen=True)

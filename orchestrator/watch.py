@@ -13,7 +13,7 @@ consumes from is said once.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -31,32 +31,47 @@ from worker.dispatch import Dispatcher
 
 POLL_SECONDS = 0.5
 NO_WORKER_AFTER_S = 10.0
+STALL_AFTER_S = 30.0  # beyond the grace in which a queued message may still be on its way to the broker
 SHOWN_MODELS = 8
 MODEL_STATES = ("pending", "running", "done", "failed")
 
 
-def watch_sweep(engine: Engine, sweep_id: int, console: Console, *, dispatcher: Dispatcher, follow: bool) -> str:
-    """Run the sweep here (embedded default) or follow it (follow=True) until it ends; its final status."""
+def watch_sweep(engine: Engine, sweep_id: int, console: Console, *, dispatcher: Dispatcher, follow: bool,
+                on_stall: Callable[[], int] | None = None) -> str:
+    """Run the sweep here (embedded default) or follow it (follow=True) until it ends; its final status.
+
+    on_stall: called when nothing has changed for STALL_AFTER_S; sends again what the broker lost
+    and returns how many (a worker killed while it took a message from Redis can lose that message).
+    """
     view = _View(console, sweep_id)
     with view:
         view.refresh(engine, force=True)
         dispatcher.run(on_task_done=lambda: view.refresh(engine))
         if follow:
-            _follow(engine, dispatcher, view)
+            _follow(engine, dispatcher, view, on_stall)
         view.refresh(engine, force=True)
     return view.status
 
 
-def _follow(engine: Engine, dispatcher: Dispatcher, view: _View) -> None:
+def _follow(engine: Engine, dispatcher: Dispatcher, view: _View, on_stall: Callable[[], int] | None) -> None:
     last_change = time.monotonic()
     warned = False
     while not view.ended:
         time.sleep(POLL_SECONDS)
+        quiet = time.monotonic() - last_change
         if view.refresh(engine):
             last_change = time.monotonic()
-        elif not warned and time.monotonic() - last_change > NO_WORKER_AFTER_S and dispatcher.workers_alive() is False:
+        elif not warned and quiet > NO_WORKER_AFTER_S and dispatcher.workers_alive() is False:
             view.say("[yellow]no worker is consuming the queue: start one with `badnet-prune worker`[/yellow]")
             warned = True
+        elif on_stall is not None and quiet > STALL_AFTER_S:
+            try:
+                sent = on_stall()
+            except (DatabaseUnavailable, OperationalError):
+                sent = 0
+            if sent:
+                view.say(f"{sent} task(s) that no queue held any more were sent again")
+            last_change = time.monotonic()
 
 
 class _View:

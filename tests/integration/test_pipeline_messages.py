@@ -220,3 +220,37 @@ def test_the_watcher_rides_out_a_postgresql_restart(cluster: Cluster, slow_badne
     assert waiting.returncode == 0, err[-3000:]
     sweep_id = int(out.split()[0])
     assert_complete(cluster, sweep_id, {"s0", "s1"})
+
+
+def test_a_waiting_sweep_sends_again_what_the_broker_lost(cluster: Cluster, tmp_path: Path) -> None:
+    """A worker SIGKILLed while it takes a message off Redis can lose that message; `sweep --wait` notices the
+    stall (nothing holds the queued tasks) and sends them again. The loss is made here by flushing Redis."""
+    import subprocess
+
+    from tests.integration.conftest import CLI
+
+    sweep_file = synthetic_sweep(tmp_path, models=2)
+    waiting = subprocess.Popen([*CLI, "sweep", str(sweep_file), "--wait"], env=cluster.env, cwd=cluster.folder,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        import psycopg
+
+        def sent() -> bool:
+            try:
+                return bool(cluster.query("SELECT id FROM tasks WHERE stage = 'rank' AND state = 'queued' "
+                                          "AND message_id IS NOT NULL"))
+            except psycopg.errors.UndefinedTable:  # the sweep command has not made the schema yet
+                return False
+
+        deadline = time.monotonic() + 60
+        while not sent():
+            assert time.monotonic() < deadline, "the rank tasks were never sent"
+            time.sleep(0.5)
+        redis_cli("flushdb", db=int(cluster.broker_url.rsplit("/", 1)[1]))  # the messages are gone
+        cluster.start_workers(1)
+        out, err = waiting.communicate(timeout=240)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0, err[-3000:]
+    assert "task(s) that no queue held any more were sent again" in err, err[-3000:]
+    assert_complete(cluster, int(out.split()[0]), {"m0", "m1"})
