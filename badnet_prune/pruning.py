@@ -1,8 +1,11 @@
 """The pruning sweep: clean accuracy and ASR after each of k = 0..C channels is pruned.
 
-Step k's labels are step k-1's, except for the images on which the newly pruned channel was
-live: only those run through the tail again. Every step is therefore exact (the same labels
-the whole pruned network gives) while most of the work is skipped.
+Two engines give the same rows. The sparse one (prune_range): step k's labels are step k-1's,
+except for the images on which the newly pruned channel was live, and only those run through the
+tail again, so most of the work is skipped (the fastest on CPUs). The dense one
+(prune_range_dense, badnet_prune.dense_engine): every image at every step, many steps per call on
+the device (the fastest on GPUs). Every step is exact either way: the labels the whole pruned
+network gives.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import numpy as np
 
 # labels_at(set name, pruned channels, rows or None for all) -> top-1 labels of those rows
 LabelsAt = Callable[[str, Sequence[int], np.ndarray | None], np.ndarray]
+# step_labels(set name, order, start, stop) -> (stop - start, n) labels of steps start..stop-1
+StepLabels = Callable[[str, Sequence[int], int, int], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -51,12 +56,7 @@ def prune_range(
     stop: int,
 ) -> list[PruneStep]:
     """Steps [start, stop) of the cumulative sweep in `order`; any split into ranges gives the same rows."""
-    channel_count = len(order)
-    if not 0 <= start < stop <= channel_count + 1:
-        raise ValueError(f"step range [{start}, {stop}) is outside 0..{channel_count}")
-    sets = [clean, *poisoned.values()]
-    if len({data.name for data in sets}) != len(sets):
-        raise ValueError(f"data sets share a name: {[data.name for data in sets]}")
+    sets = _checked_sets(clean, poisoned, order, start, stop)
     current = {data.name: labels_at(data.name, list(order[:start]), None).copy() for data in sets}
     steps = [_step_row(start, order, current, clean, poisoned)]
     for step in range(start + 1, stop):
@@ -67,6 +67,35 @@ def prune_range(
                 current[data.name][rows] = labels_at(data.name, list(order[:step]), rows)
         steps.append(_step_row(step, order, current, clean, poisoned))
     return steps
+
+
+def prune_range_dense(
+    step_labels: StepLabels,
+    clean: LabeledSet,
+    poisoned: Mapping[str, LabeledSet],
+    order: Sequence[int],
+    start: int,
+    stop: int,
+) -> list[PruneStep]:
+    """The rows of prune_range, from every image's labels at every step of the range."""
+    sets = _checked_sets(clean, poisoned, order, start, stop)
+    labels = {data.name: step_labels(data.name, order, start, stop) for data in sets}
+    return [
+        _step_row(step, order, {name: per_step[step - start] for name, per_step in labels.items()}, clean, poisoned)
+        for step in range(start, stop)
+    ]
+
+
+def _checked_sets(
+    clean: LabeledSet, poisoned: Mapping[str, LabeledSet], order: Sequence[int], start: int, stop: int
+) -> list[LabeledSet]:
+    channel_count = len(order)
+    if not 0 <= start < stop <= channel_count + 1:
+        raise ValueError(f"step range [{start}, {stop}) is outside 0..{channel_count}")
+    sets = [clean, *poisoned.values()]
+    if len({data.name for data in sets}) != len(sets):
+        raise ValueError(f"data sets share a name: {[data.name for data in sets]}")
+    return sets
 
 
 def pruned_labels(

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import platformdirs
 from pydantic import ByteSize, Field, ValidationError, field_serializer, field_validator
@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     statement_timeout_s: the longest one statement of the `sql` command may run.
     stage_modules: modules that declare extra pipeline stages (pipeline.contract), comma-separated
         in the environment; every process that plans or runs a sweep imports them.
+    engine: how a worker evaluates pruning steps: 'sparse' re-runs only the images a pruned channel
+        changes (fastest on CPUs), 'dense' evaluates every image at every step in a few batched calls
+        on the device (fastest on GPUs), 'auto' picks dense where an accelerator is visible.
+    db_pool_size, db_max_overflow: PostgreSQL connections one process (a worker's pool child, the
+        orchestrator) keeps open, and the extra ones it may open for a moment beyond them; a process
+        opens only what it uses at once (a pool child two: its task's and its lease heartbeat's).
     """
 
     model_config = SettingsConfigDict(
@@ -72,6 +78,9 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(300, gt=0, le=7 * 24 * 3600, validation_alias="BADNET_PRUNE_VISIBILITY_TIMEOUT")
     statement_timeout_s: int = Field(30, gt=0, le=24 * 3600, validation_alias="BADNET_PRUNE_STATEMENT_TIMEOUT")
     stage_modules: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias="BADNET_PRUNE_STAGE_MODULES")
+    engine: Literal["auto", "dense", "sparse"] = Field("auto", validation_alias="BADNET_PRUNE_ENGINE")
+    db_pool_size: int = Field(5, ge=2, le=1000, validation_alias="BADNET_PRUNE_DB_POOL_SIZE")
+    db_max_overflow: int = Field(10, ge=0, le=1000, validation_alias="BADNET_PRUNE_DB_MAX_OVERFLOW")
 
     _expected: ClassVar[dict[str, str]] = {
         "db_url": "a database: a SQLite file path, sqlite:///FILE or postgresql://USER@HOST/DB",
@@ -82,6 +91,9 @@ class Settings(BaseSettings):
         "visibility_timeout_s": "a positive whole number of seconds, at most 604800 (e.g. 300, not 5m)",
         "statement_timeout_s": "a positive whole number of seconds, at most 86400 (e.g. 30, not 30s)",
         "stage_modules": "comma-separated Python module names (e.g. mylab.stages)",
+        "engine": "one of auto, dense, sparse",
+        "db_pool_size": "a whole number of connections from 2 to 1000 (a task and its lease heartbeat use two)",
+        "db_max_overflow": "a whole number of connections from 0 to 1000",
     }
 
     @classmethod
@@ -159,7 +171,7 @@ class Settings(BaseSettings):
             raise ValueError("not a broker URL")
         return value
 
-    @field_validator("visibility_timeout_s", "statement_timeout_s", mode="before")
+    @field_validator("visibility_timeout_s", "statement_timeout_s", "db_pool_size", "db_max_overflow", mode="before")
     @classmethod
     def _whole_seconds(cls, value: object) -> object:
         if isinstance(value, bool | float):

@@ -36,7 +36,7 @@ with _stderr_silenced():
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-__all__ = ["configure_tensorflow", "keras", "tf"]
+__all__ = ["accelerator_present", "configure_tensorflow", "keras", "tf"]
 
 
 class _ExpectedRetracing(logging.Filter):
@@ -72,6 +72,17 @@ def configure_tensorflow() -> None:
         with suppress(RuntimeError):
             tf.config.experimental.set_memory_growth(gpu, True)
     _configured = True
+
+
+def accelerator_present() -> bool:
+    """Whether the backend computes on a GPU (or another accelerator) rather than the CPU."""
+    configure_tensorflow()
+    if tf is not None:
+        with _stderr_silenced():
+            return bool(tf.config.list_physical_devices("GPU"))
+    import jax
+
+    return jax.default_backend() != "cpu"
 
 
 def _configure_jax() -> None:

@@ -29,8 +29,10 @@ THRESHOLDS = (0.02, 0.04, 0.1)
 POISON = "sunglasses"
 
 
-def run_defend(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "BADNET_PRUNE_CACHE": str(cache), "COLUMNS": "100"}
+def run_defend(*args: str, cache: Path, **settings: str) -> subprocess.CompletedProcess:
+    """The console script's defend; `settings` are extra BADNET_PRUNE_* variables (engine="dense")."""
+    env = {**os.environ, "BADNET_PRUNE_CACHE": str(cache), "COLUMNS": "100",
+           **{f"BADNET_PRUNE_{name.upper()}": value for name, value in settings.items()}}
     env.pop("BADNET_PRUNE_BROKER", None)
     return run_console_script("defend", *args, env=env, timeout=600)
 
@@ -269,3 +271,31 @@ def test_several_poisoned_sets_get_one_asr_column_each(synthetic_badnet, tmp_pat
     summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
     g = summary["thresholds"]["0.1"]["G"]
     assert g["detection_again"] == g["detection_glasses"]
+
+
+def without_files(summary: dict) -> dict:
+    """summary.json with the paths of the written files left out (they name each run's own folder)."""
+    thresholds = {key: {name: value for name, value in entry.items() if name != "files"}
+                  for key, entry in summary["thresholds"].items()}
+    return {**summary, "thresholds": thresholds}
+
+
+def test_the_dense_engine_gives_every_step_and_test_figure_of_the_sparse_one(synthetic_badnet, tmp_path, defended):
+    """BADNET_PRUNE_ENGINE=dense forces the device engine, here on the CPU, where auto picks sparse."""
+    arguments = defend_arguments(synthetic_badnet, tmp_path / "out", tmp_path / "d.db")
+    result = run_defend(*arguments, cache=tmp_path / "cache", engine="dense")
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, rows = read_steps_csv(tmp_path / "out" / "steps.csv")
+    assert (header, rows) == (defended.header, defended.steps)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
+    assert without_files(summary) == without_files(defended.summary)
+    assert len({row["clean_accuracy"] for row in rows}) > 1, "pruning never changed the accuracy"
+
+
+def test_an_unknown_engine_is_one_line_naming_the_setting(synthetic_badnet, tmp_path):
+    arguments = defend_arguments(synthetic_badnet, tmp_path / "out", tmp_path / "d.db")
+    result = run_defend(*arguments, cache=tmp_path / "cache", engine="gpu")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "BADNET_PRUNE_ENGINE" in lines[0] and "auto, dense, sparse" in lines[0], lines
+    assert not (tmp_path / "d.db").exists()

@@ -15,13 +15,14 @@ import pytest
 from badnet_prune.activations import channel_means, cut_activations, live_channels, rank_activation_batches
 from badnet_prune.architecture import build_deepid
 from badnet_prune.data import open_data_file
+from badnet_prune.dense_engine import DenseLabeler, step_masks
 from badnet_prune.errors import BadInputError
 from badnet_prune.inference import compiled_forward, predict_labels
 from badnet_prune.labelers import CutLabeler, WholeModelLabeler
 from badnet_prune.model_io import load_model
 from badnet_prune.network_split import split_network
 from badnet_prune.pruned_model import build_pruned_model
-from badnet_prune.pruning import LabeledSet, prune_range, pruned_labels
+from badnet_prune.pruning import LabeledSet, prune_range, prune_range_dense, pruned_labels
 from badnet_prune.ranking import rank_channels
 from badnet_prune.tf_setup import keras
 
@@ -251,3 +252,62 @@ def test_an_unknown_rank_layer_is_refused():
     with pytest.raises(BadInputError, match="no layer 'pool_9'") as caught:
         split_network(build_deepid(10), rank_layer="pool_9")
     assert caught.value.source == "--rank-layer"
+
+
+
+# ---- the dense engine: every image at every step on the device, forced here on the CPU ---------
+
+
+@pytest.fixture(scope="module")
+def dense(sweep, synthetic_badnet) -> DenseLabeler:
+    """The dense engine over the sweep's cut activations, with blocks small enough that each set
+    spans several image blocks (a partial one last) and the sweep several step blocks."""
+    split = split_network(load_model(synthetic_badnet / "models" / "bd_net.h5"))
+    return DenseLabeler(split, sweep.cut_labeler._activations, rows_per_call=7 * 128, image_block=128)
+
+
+def test_the_dense_blocks_cover_partial_blocks(dense, reference):
+    count = len(reference[CLEAN][0])
+    assert dense.step_block == 7 and 61 % dense.step_block and count > dense.image_block and count % 128
+
+
+@pytest.mark.parametrize("key", [CLEAN, POISONED])
+def test_dense_labels_of_every_image_at_every_step_equal_the_whole_pruned_model(sweep, reference, dense, key):
+    labels = dense.step_labels(key, sweep.order, 0, sweep.steps)
+    assert labels.shape == reference[key].shape
+    for step in range(sweep.steps):
+        differ = np.flatnonzero(labels[step] != reference[key][step])
+        assert differ.size == 0, f"step {step}: images {differ[:10].tolist()} differ from the whole model"
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_dense_rows_of_any_split_into_ranges_equal_the_reference_rows(sweep, reference_rows, dense, case):
+    rows = []
+    for start, stop in pairwise(split_points(sweep.steps)[case]):
+        rows += prune_range_dense(dense.step_labels, sweep.clean, sweep.poisoned, sweep.order, start, stop)
+    assert rows == reference_rows
+
+
+@pytest.mark.parametrize("step", [0, 1, 31, 60])
+def test_dense_labels_at_one_step_equal_the_whole_pruned_model(sweep, reference, dense, step):
+    pruned = sweep.order[:step].tolist()
+    for key in (CLEAN, POISONED):
+        assert np.array_equal(dense(key, pruned, None), reference[key][step]), f"{key or 'clean'} at {step}"
+    rows = np.arange(0, len(reference[CLEAN][0]), 5)
+    assert np.array_equal(dense(CLEAN, pruned, rows), reference[CLEAN][step][rows])
+    assert np.array_equal(pruned_labels(dense, sweep.clean, pruned, reference[CLEAN][0]), reference[CLEAN][step])
+
+
+def test_step_masks_mark_the_first_k_channels_of_the_order():
+    order = [4, 0, 3, 1, 2]
+    masks = step_masks(order, 0, 6, 5)
+    assert masks.shape == (6, 5)
+    for step in range(6):
+        assert sorted(np.flatnonzero(masks[step]).tolist()) == sorted(order[:step])
+    assert np.array_equal(step_masks(order, 2, 4, 5), masks[2:4])
+
+
+def test_the_dense_engine_refuses_a_network_with_no_split():
+    split = split_network(deepid_with_bypass())
+    with pytest.raises(ValueError, match="no split"):
+        DenseLabeler(split, {})

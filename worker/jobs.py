@@ -20,7 +20,7 @@ from badnet_prune.hashing import sha256_file
 from badnet_prune.inference import accuracy_percent, compiled_forward
 from badnet_prune.input_scale import AUTO_INPUT_SCALE, SAMPLE_SIZE, SCALES, choose_input_scale
 from badnet_prune.pruned_model import build_pruned_model
-from badnet_prune.pruning import prune_range, pruned_labels
+from badnet_prune.pruning import prune_range, prune_range_dense, pruned_labels
 from badnet_prune.ranking import rank_channels
 from badnet_prune.repair import build_repaired_net
 from badnet_prune.selection import select_steps
@@ -137,13 +137,14 @@ def prune_steps(runtime: Runtime, model_id: int, start: int, stop: int) -> None:
     poisoned = _data(runtime, loaded, inputs, "poisoned_valid")
     clean_key = set_key("clean_valid")
     poisoned_keys = {name: set_key("poisoned_valid", name) for name in poisoned}
-    labels_at = runtime.memory.labels_at(
-        loaded, {clean_key: clean, **{poisoned_keys[name]: data for name, data in poisoned.items()}}
-    )
-    steps = prune_range(
-        labels_at, labeled_set(clean_key, clean),
-        {name: labeled_set(poisoned_keys[name], data) for name, data in poisoned.items()}, order, start, stop,
-    )
+    sets = {clean_key: clean, **{poisoned_keys[name]: data for name, data in poisoned.items()}}
+    clean_set = labeled_set(clean_key, clean)
+    poisoned_sets = {name: labeled_set(poisoned_keys[name], data) for name, data in poisoned.items()}
+    step_labels = runtime.memory.step_labels(loaded, sets)
+    if step_labels is not None:
+        steps = prune_range_dense(step_labels, clean_set, poisoned_sets, order, start, stop)
+    else:
+        steps = prune_range(runtime.memory.labels_at(loaded, sets), clean_set, poisoned_sets, order, start, stop)
     rows = [
         StepRow(
             step=s.step, channel=s.channel, fraction_pruned=s.fraction_pruned, clean_accuracy=s.clean_accuracy,

@@ -25,11 +25,12 @@ import numpy as np
 
 from badnet_prune.activations import cut_activations, live_channels
 from badnet_prune.data import open_data_file
+from badnet_prune.dense_engine import DenseLabeler, chosen_engine
 from badnet_prune.inference import compiled_forward
 from badnet_prune.labelers import CutLabeler, WholeModelLabeler
 from badnet_prune.model_io import image_shape, load_model, num_classes
 from badnet_prune.network_split import SplitNetwork, split_network
-from badnet_prune.pruning import LabeledSet, LabelsAt
+from badnet_prune.pruning import LabeledSet, LabelsAt, StepLabels
 from worker.activation_cache import ActivationCache, cache_file_name
 
 LOG = logging.getLogger(__name__)
@@ -86,17 +87,29 @@ class WorkerMemory:
     larger than the budget still works (it is read again by the next task that needs it). Using a
     data set or B's labels also counts as using their model, so a model in use outlives the rest.
     cache_max_bytes caps the shared activation cache folder (None: no cap; 0: no cache files).
+    engine is the setting BADNET_PRUNE_ENGINE (auto, dense or sparse), resolved when first needed.
     """
 
     def __init__(
-        self, cache_dir: Path, max_bytes: int = DEFAULT_MEMORY_BYTES, cache_max_bytes: int | None = None
+        self, cache_dir: Path, max_bytes: int = DEFAULT_MEMORY_BYTES, cache_max_bytes: int | None = None,
+        engine: str = "auto",
     ) -> None:
+        self._engine_setting = engine
+        self._engine: str | None = None
         self.cache_dir = Path(cache_dir)
         self.max_bytes = int(max_bytes)
         self.activation_cache = ActivationCache(self.cache_dir, cache_max_bytes)
         self._entries: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.RLock()
+
+    @property
+    def engine(self) -> str:
+        """The pruning engine this process uses: 'dense' or 'sparse' (badnet_prune.dense_engine)."""
+        if self._engine is None:
+            self._engine = chosen_engine(self._engine_setting)
+            LOG.info("pruning engine: %s (setting %s)", self._engine, self._engine_setting)
+        return self._engine
 
     @property
     def bytes_held(self) -> int:
@@ -167,7 +180,9 @@ class WorkerMemory:
         the first range and every threshold task ask for them again.
         """
         labeler: LabelsAt
-        if loaded.split.is_split:
+        if loaded.split.is_split and self.engine == "dense":
+            labeler = DenseLabeler(loaded.split, {name: data.cut for name, data in sets.items()})
+        elif loaded.split.is_split:
             labeler = CutLabeler(
                 loaded.split, {name: data.cut for name, data in sets.items()}, loaded.tail_forward,
                 live={name: data.live for name, data in sets.items()},
@@ -191,6 +206,13 @@ class WorkerMemory:
                 return labels.copy()
 
         return labels_at
+
+    def step_labels(self, loaded: LoadedModel, sets: Mapping[str, LoadedData]) -> StepLabels | None:
+        """Every image's labels at a range of steps on the device (the dense engine), or None where
+        this process uses the sparse engine or the network has no split (then prune_range)."""
+        if not loaded.split.is_split or self.engine != "dense":
+            return None
+        return DenseLabeler(loaded.split, {name: data.cut for name, data in sets.items()}).step_labels
 
     def _get(self, key: Hashable):
         """The kept value for `key`, marked as the most recently used; None if not kept."""

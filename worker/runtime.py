@@ -38,9 +38,10 @@ def install_runtime(settings: Settings, dispatcher: Dispatcher, engine: Engine |
     global _current
     _current = Runtime(
         settings=settings,
-        engine=engine if engine is not None else make_engine(settings.db_url),
+        engine=engine if engine is not None else make_engine(
+            settings.db_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow),
         dispatcher=dispatcher,
-        memory=WorkerMemory(settings.cache_dir, cache_max_bytes=int(settings.cache_max_bytes)),
+        memory=WorkerMemory(settings.cache_dir, cache_max_bytes=int(settings.cache_max_bytes), engine=settings.engine),
     )
     return _current
 
