@@ -38,6 +38,7 @@ ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 POSTGRES_DRIVERS = ("postgres", "postgresql", "postgresql+psycopg")  # all mean psycopg 3, the driver we ship
 SQLITE_DRIVERS = ("sqlite", "sqlite+pysqlite")
 MAINTENANCE_DATABASE = "postgres"
+POOL_SIZE, MAX_OVERFLOW = 5, 10  # SQLAlchemy's own defaults, and the settings' (db_pool_size, db_max_overflow)
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
@@ -71,12 +72,15 @@ def normalise_database_url(value: str) -> str:
     raise ValueError(f"{url.drivername} is not supported: use SQLite (a file path) or PostgreSQL")
 
 
-def make_engine(url: str | URL, *, create: bool = True) -> Engine:
+def make_engine(url: str | URL, *, create: bool = True, pool_size: int = POOL_SIZE,
+                max_overflow: int = MAX_OVERFLOW) -> Engine:
     """An engine for a SQLite file (path relative to the cwd) or PostgreSQL through psycopg 3.
 
     create=False (commands that only read): a SQLite file that does not exist is a one-line
     DatabaseUnavailable, and nothing (no file, no folder) is created. Connection failures surface
-    as DatabaseUnavailable when a connection is first needed.
+    as DatabaseUnavailable when a connection is first needed. pool_size and max_overflow bound the
+    PostgreSQL connections this engine holds (settings db_pool_size, db_max_overflow); it opens
+    only as many as are in use at once.
     """
     try:
         parsed = make_url(normalise_database_url(url) if isinstance(url, str) else url)
@@ -89,7 +93,8 @@ def make_engine(url: str | URL, *, create: bool = True) -> Engine:
         if parsed.drivername == "postgresql":  # the bare scheme means psycopg2, which we do not ship
             parsed = parsed.set(drivername="postgresql+psycopg")
         connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
-        engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+        engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, pool_size=pool_size,
+                               max_overflow=max_overflow)
     else:
         raise DatabaseUnavailable(display_url(parsed), "unsupported: use sqlite:///FILE or postgresql+psycopg://...")
     event.listen(engine, "handle_error", _unavailable_on_connect_failure)
@@ -147,16 +152,17 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         yield session
 
 
-def prepare_database(url: str | URL, *, create: bool = True) -> Engine:
+def prepare_database(url: str | URL, *, create: bool = True, pool_size: int = POOL_SIZE,
+                     max_overflow: int = MAX_OVERFLOW) -> Engine:
     """An engine for `url` whose schema has been upgraded to the newest migration.
 
     Call it once per process before any other use; a database already at head costs a
     version check. Safe when several processes call it at once: the upgrade runs in one
     transaction that holds a PostgreSQL advisory lock, or SQLite's write lock (BEGIN
     IMMEDIATE), so the others wait, then find the schema current. create=False for commands that
-    only read: a SQLite file that does not exist is refused instead of created (see make_engine).
+    only read: a SQLite file that does not exist is refused instead of created; the pool as in make_engine.
     """
-    engine = make_engine(url, create=create)
+    engine = make_engine(url, create=create, pool_size=pool_size, max_overflow=max_overflow)
     config = Config(str(ALEMBIC_INI))
     try:
         with engine.begin() as connection:

@@ -115,3 +115,23 @@ def test_urls() -> None:
     with pytest.raises(DatabaseUnavailable, match="mysql is not supported"):
         make_engine("mysql://u@h/d")
     assert make_url(str(make_engine("sqlite:///x.db").url)).database == str(Path("x.db").absolute())
+
+
+def test_the_pool_settings_bound_a_postgres_engine_and_a_bad_one_is_one_line(postgres_url: str) -> None:
+    from badnet_prune.errors import BadInputError
+    from badnet_prune.settings import Settings
+
+    settings = Settings.from_env({"BADNET_PRUNE_DB": postgres_url, "BADNET_PRUNE_DB_POOL_SIZE": "3",
+                                  "BADNET_PRUNE_DB_MAX_OVERFLOW": "0"})
+    engine = prepare_database(settings.db_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+    try:
+        with engine.connect(), engine.connect():  # a task's session and its lease heartbeat's
+            assert engine.pool.checkedout() == 2
+        assert (engine.pool.size(), engine.pool._max_overflow) == (3, 0)  # a fourth would wait for one of them
+    finally:
+        engine.dispose()
+    for name, value in (("BADNET_PRUNE_DB_POOL_SIZE", "1"), ("BADNET_PRUNE_DB_MAX_OVERFLOW", "some")):
+        with pytest.raises(BadInputError) as refused:
+            Settings.from_env({name: value})
+        assert str(refused.value).startswith(f"{name}: expected a whole number of connections")
+        assert "\n" not in str(refused.value)
