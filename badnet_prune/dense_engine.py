@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from badnet_prune.inference import INFERENCE_BATCH
+from badnet_prune.inference import INFERENCE_BATCH, jax_weights, shared_jax_program
 from badnet_prune.network_split import SplitNetwork
 from badnet_prune.tf_setup import accelerator_present, configure_tensorflow, keras, tf
 
@@ -62,10 +62,12 @@ class DenseLabeler:
         self._counts = {name: len(cut) for name, cut in activations.items()}
         self._device = {name: _to_device(_padded(cut, self.image_block)) for name, cut in activations.items()}
         cut_shape = tuple(int(d) for d in split.tail.input_shape[1:])
-        self._programs = {
-            steps: _compile(split.tail, self._pruned_values, cut_shape, self.image_block, steps)
-            for steps in {1, self.step_block}
-        }
+        self._programs = {}
+        for steps in {1, self.step_block}:
+            key = ("dense", self.image_block, steps)
+            if key not in split.programs:
+                split.programs[key] = _compile(split.tail, self._pruned_values, cut_shape, self.image_block, steps)
+            self._programs[steps] = split.programs[key]
 
     def step_labels(self, name: str, order: Sequence[int], start: int, stop: int) -> np.ndarray:
         """(stop - start, n) top-1 labels of data set `name` at steps start..stop-1 of `order`."""
@@ -129,25 +131,27 @@ def _to_device(array: np.ndarray):
 def _compile(tail: keras.Model, pruned_values: np.ndarray, cut_shape: tuple[int, ...], images: int, steps: int):
     """A program (cut block, step masks) -> (steps, images) labels, for exactly these shapes."""
 
-    def labels(call, cut, masks):
-        masked = keras.ops.where(masks[:, None, None, None, :], pruned_values, cut[None])
+    def labels(call, cut, masks, values):
+        masked = keras.ops.where(masks[:, None, None, None, :], values, cut[None])
         outputs = call(keras.ops.reshape(masked, (steps * images, *cut_shape)))
         return keras.ops.reshape(keras.ops.argmax(outputs, axis=-1), (steps, images))
 
     if tf is not None:
         spec = [tf.TensorSpec((images, *cut_shape), tf.float32), tf.TensorSpec((steps, len(pruned_values)), tf.bool)]
-        return tf.function(lambda cut, masks: labels(lambda x: tail(x, training=False), cut, masks),
+        return tf.function(lambda cut, masks: labels(lambda x: tail(x, training=False), cut, masks, pruned_values),
                            input_signature=spec)
     import jax
 
-    def run(trainable, fixed, cut, masks):
-        return labels(lambda x: tail.stateless_call(trainable, fixed, x, training=False)[0], cut, masks)
+    def build(template: keras.Model):
+        def run(trainable, fixed, cut, masks, values):
+            return labels(lambda x: template.stateless_call(trainable, fixed, x, training=False)[0], cut, masks,
+                          values)
 
-    program = jax.jit(run)
+        return jax.jit(run)
+
+    program = shared_jax_program(tail, ("dense", cut_shape, images, steps), build)
 
     def call(cut, masks):
-        trainable = [v.value for v in tail.trainable_variables]
-        fixed = [v.value for v in tail.non_trainable_variables]
-        return program(trainable, fixed, cut, masks)
+        return program(*jax_weights(tail), cut, masks, pruned_values)
 
     return call

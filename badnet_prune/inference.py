@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -25,15 +29,16 @@ def _jax_forward(model: keras.Model):
 
     XLA compiles a program per input shape, and on a GPU each shape may get other kernels and
     so other float32 roundings; every call therefore runs whole padded batches of one shape,
-    whatever its length, and the padding's rows are dropped.
+    whatever its length, and the padding's rows are dropped. The program takes the weights as
+    arguments, so every model of one architecture shares it (shared_jax_program).
     """
     import jax
 
-    run = jax.jit(lambda trainable, fixed, x: model.stateless_call(trainable, fixed, x, training=False)[0])
+    run = shared_jax_program(model, "forward", lambda template: jax.jit(
+        lambda trainable, fixed, x: template.stateless_call(trainable, fixed, x, training=False)[0]))
 
     def forward(inputs: np.ndarray) -> np.ndarray:
-        trainable = [v.value for v in model.trainable_variables]
-        fixed = [v.value for v in model.non_trainable_variables]
+        trainable, fixed = jax_weights(model)
         outputs = []
         for start in range(0, len(inputs), INFERENCE_BATCH):
             batch = np.asarray(inputs[start : start + INFERENCE_BATCH], dtype=np.float32)
@@ -44,6 +49,49 @@ def _jax_forward(model: keras.Model):
         return np.concatenate(outputs)
 
     return forward
+
+
+def jax_weights(model: keras.Model) -> tuple[list, list]:
+    """The model's trainable and other variables' current values, as stateless_call takes them."""
+    return [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables]
+
+
+_jax_programs: OrderedDict[tuple[str, Hashable], Any] = OrderedDict()
+JAX_PROGRAMS_KEPT = 64
+
+
+def shared_jax_program(model: keras.Model, kind: Hashable, build: Callable[[keras.Model], Any]):
+    """build(template), a jitted program of (trainable, fixed, ...), kept per architecture and `kind`.
+
+    XLA compiles a program in about a second, as long as a lab-size model's whole sweep on a GPU:
+    compiling per model would cap a GPU worker's throughput. Models with the same architecture (layer
+    configuration and variable shapes, as the seeds of one recipe or retrained copies have) give the
+    same traced computation once their weights are arguments, so the first model of an architecture
+    is the template of a program every later one reuses. Models whose configuration cannot be
+    serialised get a program of their own.
+    """
+    architecture = _architecture(model)
+    if architecture is None:
+        return build(model)
+    key = (architecture, kind)
+    program = _jax_programs.get(key)
+    if program is None:
+        program = _jax_programs[key] = build(model)
+        while len(_jax_programs) > JAX_PROGRAMS_KEPT:
+            _jax_programs.popitem(last=False)
+    _jax_programs.move_to_end(key)
+    return program
+
+
+def _architecture(model: keras.Model) -> str | None:
+    """A digest of what fixes the computation given the weights: the configuration and variable shapes."""
+    try:
+        config = json.dumps(model.get_config(), sort_keys=True, default=repr)
+    except (NotImplementedError, TypeError, ValueError):
+        return None
+    variables = [(v.path, tuple(v.shape), str(v.dtype), bool(v.trainable)) for v in model.variables]
+    text = json.dumps([type(model).__name__, model.input_shape, config, variables], default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def scale_images(images: np.ndarray, input_scale: float) -> np.ndarray:

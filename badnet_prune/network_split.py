@@ -8,7 +8,7 @@ tail, with the pruned channels of the cut set to the value a zeroed filter produ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,6 +32,8 @@ class SplitNetwork:
     rank_from_cut: cut -> rank layer output, or None when the rank layer is the cut itself.
     rank_from_input: input -> rank layer output, where the rank layer cannot be reached from the
     cut or the network has no split; then rank_from_cut is None.
+    programs: compiled functions of this network kept for its life (the dense engine's), so that
+    every task on a loaded model reuses them instead of tracing again.
     """
 
     model: keras.Model
@@ -44,6 +46,7 @@ class SplitNetwork:
     pruned_values: np.ndarray
     rank_from_cut: keras.Model | None
     rank_from_input: keras.Model | None
+    programs: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def is_split(self) -> bool:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from badnet_prune import inference
+from badnet_prune.architecture import build_deepid
 from badnet_prune.dense_engine import DenseLabeler, chosen_engine
 from badnet_prune.hashing import sha256_file
+from badnet_prune.inference import compiled_forward
 from badnet_prune.labelers import CutLabeler
 from badnet_prune.settings import Settings
-from badnet_prune.tf_setup import accelerator_present
+from badnet_prune.tf_setup import accelerator_present, keras
 from worker.loaded import ModelKey, WorkerMemory
 
 
@@ -53,3 +56,26 @@ def test_a_worker_labels_with_the_engine_it_was_given(synthetic_badnet, tmp_path
     labels = memory.labels_at(loaded, {"": data})("", [3, 5], None)
     reference = CutLabeler(loaded.split, {"": data.cut})("", [3, 5], None)
     assert np.array_equal(labels, reference)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="programs are shared across models on the JAX backend")
+def test_models_of_one_architecture_share_a_program_and_each_keeps_its_own_weights():
+    """XLA compiles once per architecture; a shared program must still compute with the caller's weights."""
+    models = []
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        models.append(build_deepid(10))
+    images = np.random.default_rng(0).uniform(0, 255, (40, 55, 47, 3)).astype(np.float32)
+    before = len(inference._jax_programs)
+    outputs = [np.asarray(compiled_forward(model)(images)) for model in models]
+    assert len(inference._jax_programs) == before + 1, "the second model compiled a program of its own"
+    import jax
+
+    padded = np.concatenate([images, np.zeros((inference.INFERENCE_BATCH - len(images), 55, 47, 3), np.float32)])
+    for model, output in zip(models, outputs, strict=True):
+        own = jax.jit(lambda trainable, fixed, x, model=model: model.stateless_call(trainable, fixed, x)[0])
+        np.testing.assert_array_equal(output, np.asarray(own(*inference.jax_weights(model), padded))[: len(images)])
+    assert not np.array_equal(outputs[0], outputs[1])
+    other = build_deepid(7)
+    compiled_forward(other)(images[:2])
+    assert len(inference._jax_programs) == before + 2, "another architecture must not reuse the program"
