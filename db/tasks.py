@@ -3,8 +3,10 @@
 Every change of state is one conditional UPDATE, so that of two processes racing for the same
 transition exactly one wins: claiming a pending task for sending (so one sender sends each
 successor), taking a task's lease (so a redelivered copy never runs beside the task), and
-ending it (only the lease holder records the outcome). Functions take the caller's Session and
-neither open nor commit one (db.session.session_scope).
+ending it (only the lease holder records the outcome). Claims and message ids are written for
+many tasks in one statement each, not a round trip per task: a worker's coordination is a few
+statements in two transactions per task (bench/coordination.py). Functions take the caller's
+Session and neither open nor commit one (db.session.session_scope).
 """
 
 from __future__ import annotations
@@ -13,31 +15,38 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, literal, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from db.models import Task, utcnow
+from db.models import Model, Task, utcnow
 from db.upsert import upsert_statement
 
 OPEN_STATES = ("pending", "queued", "running", "retrying")
 STARTABLE_STATES = ("pending", "queued", "retrying")
+TERMINAL_MODEL_STATES = ("done", "failed")
 
 
 def plan_tasks(
     session: Session, sweep_id: int, model_id: int | None, stage: str, tasks: Sequence[tuple[str, Mapping[str, Any]]]
 ) -> None:
-    """Plan the tasks (key, arguments) of one stage for a model (None: the sweep's own), created 'pending'
-    where new; an existing task is left as it is. One statement for them all, not a round trip each."""
-    if not tasks:
-        return
-    if model_id is None:
-        index, where = ["sweep_id", "stage", "key"], Task.model_id.is_(None)
-    else:
-        index, where = ["sweep_id", "model_id", "stage", "key"], Task.model_id.is_not(None)
-    statement = upsert_statement(session, Task, key=index, update=[], index_where=where)
-    rows = [{"sweep_id": sweep_id, "model_id": model_id, "stage": stage, "key": key, "arguments": dict(arguments)}
-            for key, arguments in tasks]
-    session.execute(statement, rows)
+    """Plan the tasks (key, arguments) of one stage for a model (None: the sweep's own); see plan_all."""
+    plan_all(session, sweep_id, [(model_id, stage, key, arguments) for key, arguments in tasks])
+
+
+def plan_all(session: Session, sweep_id: int, tasks: Sequence[tuple[int | None, str, str, Mapping[str, Any]]]) -> None:
+    """Plan tasks (model id or None for the sweep's own, stage, key, arguments), created 'pending' where new;
+    an existing task is left as it is. One statement for each scope's tasks, however many models: planning
+    1,000 models is a few round trips, not one per model and stage. Ids follow the order given."""
+    for sweep_scope in (False, True):
+        rows = [{"sweep_id": sweep_id, "model_id": model_id, "stage": stage, "key": key, "arguments": dict(arguments)}
+                for model_id, stage, key, arguments in tasks if (model_id is None) is sweep_scope]
+        if not rows:
+            continue
+        if sweep_scope:
+            index, where = ["sweep_id", "stage", "key"], Task.model_id.is_(None)
+        else:
+            index, where = ["sweep_id", "model_id", "stage", "key"], Task.model_id.is_not(None)
+        session.execute(upsert_statement(session, Task, key=index, update=[], index_where=where), rows)
 
 
 def get_task(session: Session, task_id: int) -> Task | None:
@@ -46,9 +55,14 @@ def get_task(session: Session, task_id: int) -> Task | None:
 
 def stage_tasks(session: Session, sweep_id: int, model_id: int | None, stage: str) -> list[Task]:
     """The tasks of one stage for a model (model_id None: the sweep's own), in planning order."""
-    scope = Task.model_id.is_(None) if model_id is None else Task.model_id == model_id
-    query = select(Task).where(Task.sweep_id == sweep_id, scope, Task.stage == stage).order_by(Task.id)
+    query = select(Task).where(Task.sweep_id == sweep_id, _scope(model_id), Task.stage == stage).order_by(Task.id)
     return list(session.scalars(query.execution_options(populate_existing=True)))
+
+
+def stage_task_ids(session: Session, sweep_id: int, names: Sequence[str]) -> list[tuple[str, int]]:
+    """(stage, id) of every task of the named stages in the sweep (all models, or the sweep's own), in order."""
+    query = select(Task.stage, Task.id).where(Task.sweep_id == sweep_id, Task.stage.in_(names)).order_by(Task.id)
+    return [(stage, task_id) for stage, task_id in session.execute(query)]
 
 
 def sweep_tasks(session: Session, sweep_id: int) -> list[Task]:
@@ -57,30 +71,69 @@ def sweep_tasks(session: Session, sweep_id: int) -> list[Task]:
     return list(session.scalars(query.execution_options(populate_existing=True)))
 
 
-def claim_for_sending(session: Session, task_id: int) -> bool:
-    """Move a pending task to 'queued'; True only for the caller whose update did it."""
-    result = session.execute(
-        update(Task).where(Task.id == task_id, Task.state == "pending").values(state="queued", enqueued_at=utcnow())
-    )
-    return result.rowcount == 1  # type: ignore[attr-defined]
+def unfinished_stages(session: Session, sweep_id: int, model_id: int | None, names: Sequence[str]) -> set[str]:
+    """Which of the named stages of a model (None: the sweep's own) have a task that is not done; one query."""
+    if not names:
+        return set()
+    query = select(Task.stage).where(Task.sweep_id == sweep_id, _scope(model_id), Task.stage.in_(names),
+                                     Task.state != "done")
+    return set(session.scalars(query.distinct()))
 
 
-def claim_unsent(session: Session, task_id: int, older_than: timedelta) -> bool:
-    """Claim again a task that was claimed (queued) longer ago than `older_than` and never sent (no message id):
-    its sender died between the claim and the send. True only for the caller whose update did it."""
+def models_ended(session: Session, sweep_id: int) -> bool:
+    """Whether every model of the sweep has ended (done or failed): one query, whatever the sweep's size."""
+    open_model = select(Model.id).where(Model.sweep_id == sweep_id, Model.status.not_in(TERMINAL_MODEL_STATES))
+    return not session.scalar(select(open_model.exists()))
+
+
+def lock_model(session: Session, model_id: int) -> None:
+    """Hold the model's row until the transaction ends: the ends of one model's tasks then take turns, so
+    that of two last tasks ending at once the second sees the first done and releases what follows."""
+    session.execute(select(Model.id).where(Model.id == model_id).with_for_update())
+
+
+def claim_tasks(session: Session, task_ids: Sequence[int]) -> list[int]:
+    """Move those of the tasks that are pending to 'queued' in one UPDATE; the ids this caller claimed, in order."""
+    if not task_ids:
+        return []
+    statement = (update(Task).where(Task.id.in_(task_ids), Task.state == "pending")
+                 .values(state="queued", enqueued_at=utcnow()).returning(Task.id))
+    return sorted(session.scalars(statement, execution_options={"synchronize_session": False}))
+
+
+def claim_stages(
+    session: Session, sweep_id: int, model_id: int | None, names: Sequence[str], unsent_after: timedelta
+) -> list[tuple[str, int]]:
+    """Claim for sending, in one UPDATE, the named stages' tasks of a model (None: the sweep's own) that are
+    pending, or were claimed (queued) longer ago than `unsent_after` and never sent (no message id: their
+    sender died between the claim and the send). (stage, task id) of those this caller claimed, in order."""
+    if not names:
+        return []
     now = utcnow()
-    result = session.execute(
+    unsent = and_(Task.state == "queued", Task.message_id.is_(None), Task.enqueued_at < now - unsent_after)
+    statement = (
         update(Task)
-        .where(Task.id == task_id, Task.state == "queued", Task.message_id.is_(None),
-               Task.enqueued_at < now - older_than)
-        .values(enqueued_at=now)
+        .where(Task.sweep_id == sweep_id, _scope(model_id), Task.stage.in_(names), or_(Task.state == "pending", unsent))
+        .values(state="queued", enqueued_at=now)
+        .returning(Task.id, Task.stage)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    rows = session.execute(statement, execution_options={"synchronize_session": False})
+    return [(stage, task_id) for task_id, stage in sorted(rows)]
 
 
-def record_message(session: Session, task_id: int, message_id: str | None) -> None:
-    """The broker's id of the message just sent for a task (None on the in-process queue)."""
-    session.execute(update(Task).where(Task.id == task_id).values(message_id=message_id))
+def record_messages(session: Session, sent: Sequence[tuple[int, str]]) -> None:
+    """The broker's ids of the messages just sent, (task id, message id), in one batched statement.
+
+    On PostgreSQL this transaction does not wait for its commit to reach the disk
+    (synchronous_commit off, for this transaction only): a crash of the server can lose only the
+    last fraction of a second of these ids, and a task without one is at worst sent again, which
+    its lease and idempotent results make harmless. That spares a disk flush per sending worker.
+    """
+    if not sent:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+    session.execute(update(Task), [{"id": task_id, "message_id": message_id} for task_id, message_id in sent])
 
 
 def reset_to_pending(session: Session, task_ids: Sequence[int]) -> None:
@@ -123,16 +176,17 @@ def renew_lease(session: Session, task_id: int, token: str, lease_s: float) -> b
 
 
 def end_task(session: Session, task_id: int, token: str, state: str, error: str | None = None) -> bool:
-    """Record a leased task's outcome (done, failed, retrying) and release the lease; False if not the holder."""
-    task = session.get(Task, task_id, with_for_update=True, populate_existing=True)
-    if task is None or task.lease_token != token or task.state != "running":
-        return False
+    """Record a leased task's outcome (done, failed, retrying) and release the lease, in one UPDATE;
+    False if the caller is not the holder."""
     now = utcnow()
-    task.state, task.error, task.finished_at = state, error, now
-    task.seconds = (now - task.started_at).total_seconds() if task.started_at else None
-    task.lease_token, task.lease_expires_at = None, None
-    session.flush()
-    return True
+    statement = (
+        update(Task)
+        .where(Task.id == task_id, Task.lease_token == token, Task.state == "running")
+        .values(state=state, error=error, finished_at=now, seconds=_seconds_since(session, Task.started_at, now),
+                lease_token=None, lease_expires_at=None)
+        .returning(Task.id)
+    )
+    return session.execute(statement, execution_options={"synchronize_session": False}).first() is not None
 
 
 def fail_open_tasks(session: Session, model_id: int, error: str) -> None:
@@ -146,3 +200,15 @@ def fail_open_tasks(session: Session, model_id: int, error: str) -> None:
 
 def lease_is_live(task: Task, now: datetime | None = None) -> bool:
     return task.state == "running" and task.lease_expires_at is not None and task.lease_expires_at > (now or utcnow())
+
+
+def _scope(model_id: int | None) -> ColumnElement[bool]:
+    return Task.model_id.is_(None) if model_id is None else Task.model_id == model_id
+
+
+def _seconds_since(session: Session, column: Any, now: datetime) -> ColumnElement[float]:
+    """now - column in seconds, computed by the database in the UPDATE that ends a task."""
+    moment = literal(now, Task.__table__.c.started_at.type)
+    if session.get_bind().dialect.name == "postgresql":
+        return func.extract("epoch", moment - column)
+    return (func.julianday(moment) - func.julianday(column)) * 86400.0

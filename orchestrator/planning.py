@@ -21,7 +21,7 @@ from badnet_prune.hashing import sha256_file, sha256_files
 from badnet_prune.model_inspect import prune_layer_filters
 from badnet_prune.thresholds import Threshold, parse_thresholds
 from db.repository import add_model, create_sweep, set_model_status, set_sweep_status, upsert_data_file
-from db.tasks import plan_tasks
+from db.tasks import plan_all
 from orchestrator.sweep_file import ModelSpec, SweepSpec
 from pipeline.contract import PlanContext, Scope, stages
 
@@ -60,9 +60,11 @@ def register_sweep(
     failed: dict[str, str] = {}
     if hashes is None:
         hashes = sha256_files(sweep_files(spec))
+    data_ids: dict[tuple[str, str], int] = {}  # (path, sha256) -> id: many models share their data files
+    tasks: list[tuple[int | None, str, str, dict[str, Any]]] = []  # every model's, planned in one statement
     for model in spec.models:
         try:
-            model_id, channels = _register_model(session, sweep_id, spec, model, hashes)
+            model_id, channels = _register_model(session, sweep_id, spec, model, hashes, data_ids)
         except BadInputError as error:
             failed[model.name] = str(error)
             model_id = add_model(session, sweep_id, name=model.name, path=str(model.path), sha256="",
@@ -70,12 +72,13 @@ def register_sweep(
             set_model_status(session, model_id, "failed", error=str(error))
             continue
         context = PlanContext(channels, thresholds, spec.range_size, config)
-        for stage in stages(Scope.MODEL):
-            plan_tasks(session, sweep_id, model_id, stage.name, stage.planned(context))
+        tasks += [(model_id, stage.name, key, arguments)
+                  for stage in stages(Scope.MODEL) for key, arguments in stage.planned(context)]
         planned.append(model_id)
     sweep_context = PlanContext(0, thresholds, spec.range_size, config)
-    for stage in stages(Scope.SWEEP):
-        plan_tasks(session, sweep_id, None, stage.name, stage.planned(sweep_context))
+    tasks += [(None, stage.name, key, arguments)
+              for stage in stages(Scope.SWEEP) for key, arguments in stage.planned(sweep_context)]
+    plan_all(session, sweep_id, tasks)
     set_sweep_status(session, sweep_id, "running")
     return PlannedSweep(sweep_id, planned, failed)
 
@@ -105,16 +108,20 @@ def _model_files(model: ModelSpec) -> list[Path]:
 
 
 def _register_model(
-    session: Session, sweep_id: int, spec: SweepSpec, model: ModelSpec, hashes: dict[str, str]
+    session: Session, sweep_id: int, spec: SweepSpec, model: ModelSpec, hashes: dict[str, str],
+    data_ids: dict[tuple[str, str], int],
 ) -> tuple[int, int]:
+    """The model's id and prune-layer channels; each data file is opened and recorded once per sweep (data_ids)."""
     def sha256(path: Path) -> str:
         return hashes.get(str(path)) or sha256_file(path)
 
     channels = prune_layer_filters(model.path, spec.prune_layer)
     data = []
     for role, poison_name, path in _data_files(model):
-        count = open_data_file(path).count
-        data.append((role, poison_name, upsert_data_file(session, path, sha256(path), count)))
+        known = (str(path), sha256(path))
+        if known not in data_ids:
+            data_ids[known] = upsert_data_file(session, path, known[1], open_data_file(path).count)
+        data.append((role, poison_name, data_ids[known]))
     model_id = add_model(
         session, sweep_id, name=model.name, path=str(model.path), sha256=sha256(model.path),
         input_scale=model.input_scale, data=data,

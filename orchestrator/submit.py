@@ -21,12 +21,12 @@ from badnet_prune.settings import Settings
 from db.models import Task, utcnow
 from db.repository import get_sweep, list_models, set_model_status
 from db.session import display_url, prepare_database, session_scope
-from db.tasks import claim_for_sending, lease_is_live, record_message, reset_to_pending, sweep_tasks
+from db.tasks import claim_tasks, lease_is_live, reset_to_pending, stage_task_ids, sweep_tasks
 from orchestrator.planning import register_sweep, sweep_files
 from orchestrator.sweep_file import SweepSpec
 from orchestrator.watch import watch_sweep
 from pipeline.contract import Scope, Stage, TaskContext, get_stage, load_stage_modules, roots, stages
-from worker.dispatch import Dispatcher, import_task_code, make_dispatcher
+from worker.dispatch import Dispatcher, import_task_code, make_dispatcher, send_recorded
 
 # A queued task younger than this may still be on its way to the broker: never called lost.
 IN_FLIGHT_GRACE = timedelta(seconds=30)
@@ -41,7 +41,7 @@ def submit_sweep(
     console.print(f"loading: hashing and checking {len(set(files))} input file(s) of {len(spec.models)} model(s)",
                   soft_wrap=True)
     hashing = BackgroundHashes(files)
-    engine = prepare_database(settings.db_url)
+    engine = prepare_database(settings.db_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
     dispatcher = _dispatcher(settings, engine)
     if not settings.broker_url:
         import_task_code()  # TensorFlow's import (seconds) overlaps the hashing of the input files
@@ -52,18 +52,13 @@ def submit_sweep(
     console.print(f"sweep {planned.sweep_id} registered: {len(spec.models)} model(s) in {where}", soft_wrap=True)
     for name, reason in planned.failed.items():
         console.print(f"[red]model {escape(name)} failed:[/red] {escape(reason)}", soft_wrap=True)
+    first = roots() if planned.model_ids else stages(Scope.SWEEP)  # no model planned: the sweep's own (finish)
     with session_scope(engine) as session:
-        first = [task for task in sweep_tasks(session, planned.sweep_id) if _is_root(task)]
-        if not planned.model_ids:
-            first = [task for task in sweep_tasks(session, planned.sweep_id) if task.model_id is None]
-        to_send = [(get_stage(task.stage), task.id) for task in first]
+        to_send = [(get_stage(name), task_id) for name, task_id in
+                   stage_task_ids(session, planned.sweep_id, [stage.name for stage in first])]
     _send(engine, dispatcher, to_send)
     _run_or_watch(engine, dispatcher, planned.sweep_id, wait=wait, console=console)
     return planned.sweep_id
-
-
-def _is_root(task: Task) -> bool:
-    return task.model_id is not None and task.stage in {stage.name for stage in roots()}
 
 
 def _dispatcher(settings: Settings, engine: Engine) -> Dispatcher:
@@ -77,16 +72,12 @@ def _dispatcher(settings: Settings, engine: Engine) -> Dispatcher:
 
 
 def _send(engine: Engine, dispatcher: Dispatcher, tasks: list[tuple[Stage, int]]) -> None:
-    """Claim each task (pending -> queued) and send those this caller claimed; record their message ids."""
-    for stage, task_id in tasks:
-        with session_scope(engine) as session:
-            claimed = claim_for_sending(session, task_id)
-        if not claimed:
-            continue
-        message_id = dispatcher.send(stage, task_id)
-        if message_id is not None:
-            with session_scope(engine) as session:
-                record_message(session, task_id, message_id)
+    """Claim the tasks (pending -> queued) in one statement and send those this caller claimed; their
+    message ids are recorded in one more (worker.dispatch.send_recorded)."""
+    stage_of = {task_id: stage for stage, task_id in tasks}
+    with session_scope(engine) as session:
+        claimed = claim_tasks(session, list(stage_of))
+    send_recorded(engine, dispatcher, [(stage_of[task_id], task_id) for task_id in claimed])
 
 
 def _run_or_watch(engine: Engine, dispatcher: Dispatcher, sweep_id: int, *, wait: bool, console: Console) -> None:
@@ -184,7 +175,8 @@ def _held(task: Task, held_ids: set[str] | None, now, grace: timedelta = IN_FLIG
 def resume_sweep(settings: Settings, sweep_id: int, *, wait: bool, console: Console) -> int:
     """Send again what is missing and free to run; returns how many tasks were sent."""
     load_stage_modules(settings.stage_modules)
-    engine = prepare_database(settings.db_url, create=False)
+    engine = prepare_database(settings.db_url, create=False, pool_size=settings.db_pool_size,
+                              max_overflow=settings.db_max_overflow)
     dispatcher = _dispatcher(settings, engine)
     try:
         plan = plan_resume(engine, dispatcher, sweep_id)

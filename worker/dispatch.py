@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from sqlalchemy import Engine
 
     from badnet_prune.settings import Settings
@@ -121,6 +123,24 @@ class LocalDispatcher:
             run_planned_task(runtime, task_id, stage_name)
             if on_task_done is not None:
                 on_task_done()
+
+
+def send_recorded(engine: Engine, dispatcher: Dispatcher, tasks: Sequence[tuple[Stage, int]]) -> None:
+    """Send tasks already claimed (queued), then record their messages' ids in one transaction, also those
+    sent before a send failed (a task without its id may be sent again, which is harmless)."""
+    from db.session import session_scope
+    from db.tasks import record_messages
+
+    sent: list[tuple[int, str]] = []
+    try:
+        for stage, task_id in tasks:
+            message_id = dispatcher.send(stage, task_id)
+            if message_id is not None:
+                sent.append((task_id, message_id))
+    finally:
+        if sent:
+            with session_scope(engine) as session:
+                record_messages(session, sent)
 
 
 def make_dispatcher(settings: Settings, engine: Engine) -> Dispatcher:

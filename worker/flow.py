@@ -6,6 +6,11 @@ work of an existing task whose predecessors are done. A task that is done, faile
 released or running under another live lease is left alone. What follows a finished task is
 read from the stage contract: every stage waiting for it whose predecessors are now all done is
 claimed (pending -> queued, so exactly one finisher sends it) and sent.
+
+Per task the coordination is two transactions: one reads the row, checks its predecessors and
+takes the lease; the other ends the task, claims what it releases and closes the model (the
+model's row locked, so that of two last tasks ending at once one releases what follows). The
+messages those claims send are recorded in one more, only where something was sent.
 """
 
 from __future__ import annotations
@@ -23,26 +28,26 @@ from sqlalchemy.exc import OperationalError
 from badnet_prune.errors import BadInputError
 from db.errors import DatabaseUnavailable
 from db.models import Task, utcnow
-from db.repository import list_models, set_model_status
+from db.repository import set_model_status
 from db.session import session_scope
 from db.tasks import (
-    claim_for_sending,
-    claim_unsent,
+    claim_stages,
     end_task,
     fail_open_tasks,
     get_task,
     lease_is_live,
-    record_message,
+    lock_model,
+    models_ended,
     renew_lease,
-    stage_tasks,
     take_lease,
+    unfinished_stages,
 )
 from pipeline.contract import Scope, Stage, TaskContext, get_stage, stages, waiting_on
+from worker.dispatch import send_recorded
 from worker.runtime import Runtime
 
 LOG = logging.getLogger(__name__)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (DatabaseUnavailable, OperationalError, ConnectionError)
-TERMINAL_MODEL_STATES = ("done", "failed")
 # A running task's lease lasts this long and is renewed every third of it: a worker that died
 # mid-task (machine gone) releases its tasks this long after its last renewal; a killed pool
 # child on the same machine is recognised at once (its process id no longer exists).
@@ -106,9 +111,9 @@ def run_planned_task(runtime: Runtime, task_id: object, stage_name: str | None =
         _fail(runtime, context, token, reason)
         return Outcome(True, f"failed: {reason}")
     with session_scope(runtime.engine) as session:
-        ended = end_task(session, task_id, token, "done")
-    if ended:
-        release_successors(runtime, stage, context)
+        released = _released(session, stage, context) if end_task(session, task_id, token, "done") else None
+    if released is not None:
+        _send_released(runtime, context, *released)
     return Outcome(True, "done")
 
 
@@ -117,10 +122,11 @@ def _why_not_startable(session, task: Task, stage: Stage) -> str | None:
         return "already done"
     if task.state == "failed":
         return f"failed ({task.error})"
+    unfinished = unfinished_stages(session, task.sweep_id, task.model_id, stage.after)
     for waited in stage.after:
-        if not _all_done(stage_tasks(session, task.sweep_id, task.model_id, waited)):
+        if waited in unfinished:
             return f"waits for {waited}, which is not done"
-    if stage.scope is Scope.SWEEP and not _all_models_ended(session, task.sweep_id):
+    if stage.scope is Scope.SWEEP and not models_ended(session, task.sweep_id):
         return "waits for every model of the sweep to end"
     return None
 
@@ -194,21 +200,31 @@ def _fail(runtime: Runtime, context: TaskContext, token: str, reason: str) -> No
 
 def release_successors(runtime: Runtime, stage: Stage, context: TaskContext) -> None:
     """Send every stage that waits for `stage` and is now free to run; close the model when all is done."""
-    if stage.scope is Scope.SWEEP:
-        return
-    to_send: list[tuple[Stage, int]] = []
     with session_scope(runtime.engine) as session:
-        for successor in waiting_on(stage.name):
-            waited = [stage_tasks(session, context.sweep_id, context.model_id, name) for name in successor.after]
-            if all(_all_done(tasks) for tasks in waited):
-                to_send += _claimed(session, successor, context.sweep_id, context.model_id)
-        model_done = all(
-            _all_done(stage_tasks(session, context.sweep_id, context.model_id, model_stage.name))
-            for model_stage in stages(Scope.MODEL)
-        )
-        if model_done and context.model_id is not None:
-            set_model_status(session, context.model_id, "done")
-    send_claimed(runtime, to_send)
+        released = _released(session, stage, context)
+    _send_released(runtime, context, *released)
+
+
+def _released(session, stage: Stage, context: TaskContext) -> tuple[list[tuple[Stage, int]], bool]:
+    """In the caller's transaction, once `stage`'s task is done: claim the tasks of every stage waiting for it
+    whose predecessors are all done, and close the model if all its tasks are; (claimed, model done).
+
+    The model's row is locked first: the ends of two of its tasks take turns here, so the later one sees
+    the earlier done (under READ COMMITTED neither would see the other's uncommitted end)."""
+    if stage.scope is Scope.SWEEP or context.model_id is None:
+        return [], False
+    lock_model(session, context.model_id)
+    unfinished = unfinished_stages(session, context.sweep_id, context.model_id,
+                                   [model_stage.name for model_stage in stages(Scope.MODEL)])
+    ready = [successor.name for successor in waiting_on(stage.name) if not unfinished.intersection(successor.after)]
+    claimed = claim_stages(session, context.sweep_id, context.model_id, ready, UNSENT_AFTER)
+    if not unfinished:
+        set_model_status(session, context.model_id, "done")
+    return [(get_stage(name), task_id) for name, task_id in claimed], not unfinished
+
+
+def _send_released(runtime: Runtime, context: TaskContext, to_send: list[tuple[Stage, int]], model_done: bool) -> None:
+    send_recorded(runtime.engine, runtime.dispatcher, to_send)
     if model_done:
         release_sweep_stages(runtime, context.sweep_id)
 
@@ -216,31 +232,8 @@ def release_successors(runtime: Runtime, stage: Stage, context: TaskContext) -> 
 def release_sweep_stages(runtime: Runtime, sweep_id: int) -> None:
     """Once every model has ended, claim and send the sweep's own stages (finish)."""
     with session_scope(runtime.engine) as session:
-        if not _all_models_ended(session, sweep_id):
+        if not models_ended(session, sweep_id):
             return
-        to_send = [task for stage in stages(Scope.SWEEP) for task in _claimed(session, stage, sweep_id, None)]
-    send_claimed(runtime, to_send)
+        claimed = claim_stages(session, sweep_id, None, [stage.name for stage in stages(Scope.SWEEP)], UNSENT_AFTER)
+    send_recorded(runtime.engine, runtime.dispatcher, [(get_stage(name), task_id) for name, task_id in claimed])
 
-
-def send_claimed(runtime: Runtime, tasks: list[tuple[Stage, int]]) -> None:
-    """Send tasks already claimed (queued) and record each message's id."""
-    for stage, task_id in tasks:
-        message_id = runtime.dispatcher.send(stage, task_id)
-        if message_id is not None:
-            with session_scope(runtime.engine) as session:
-                record_message(session, task_id, message_id)
-
-
-def _claimed(session, stage: Stage, sweep_id: int, model_id: int | None) -> list[tuple[Stage, int]]:
-    """The stage's tasks this caller claimed for sending: pending ones, and queued ones that a sender claimed
-    but never sent (it died in between: UNSENT_AFTER)."""
-    return [(stage, task.id) for task in stage_tasks(session, sweep_id, model_id, stage.name)
-            if claim_for_sending(session, task.id) or claim_unsent(session, task.id, UNSENT_AFTER)]
-
-
-def _all_done(tasks: list[Task]) -> bool:
-    return all(task.state == "done" for task in tasks)
-
-
-def _all_models_ended(session, sweep_id: int) -> bool:
-    return all(model.status in TERMINAL_MODEL_STATES for model in list_models(session, sweep_id))

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Task, utcnow
+from db.repository import set_model_status
 from db.tasks import (
-    claim_for_sending,
+    claim_stages,
+    claim_tasks,
     end_task,
     fail_open_tasks,
     get_task,
     lease_is_live,
+    lock_model,
+    models_ended,
+    record_messages,
     renew_lease,
     reset_to_pending,
+    stage_task_ids,
     stage_tasks,
     take_lease,
+    unfinished_stages,
 )
 from tests.db.conftest import planned_task
 
@@ -43,8 +51,8 @@ def test_planning_again_finds_the_same_rows_and_leaves_their_state(session: Sess
 
 def test_only_one_claim_and_one_lease_win(session: Session, sweep_id: int, model_id: int) -> None:
     task_id = planned_task(session, sweep_id, model_id, "threshold", "0.02", {"threshold": "0.02"})
-    assert claim_for_sending(session, task_id)
-    assert not claim_for_sending(session, task_id), "a second sender must not send it again"
+    assert claim_tasks(session, [task_id]) == [task_id]
+    assert claim_tasks(session, [task_id]) == [], "a second sender must not send it again"
     assert take_lease(session, task_id, "a", "w1", 30)
     assert not take_lease(session, task_id, "b", "w2", 30), "a live lease keeps a second copy out"
     task = get_task(session, task_id)
@@ -56,7 +64,8 @@ def test_only_one_claim_and_one_lease_win(session: Session, sweep_id: int, model
     session.commit()
     task = get_task(session, task_id)
     assert (task.state, task.lease_token, task.lease_expires_at, task.error) == ("done", None, None, None)
-    assert task.seconds is not None and task.finished_at >= task.started_at
+    assert task.finished_at >= task.started_at
+    assert task.seconds == pytest.approx((task.finished_at - task.started_at).total_seconds(), abs=1e-3)
     assert not take_lease(session, task_id, "c", "w3", 30), "a done task never runs again"
 
 
@@ -75,9 +84,72 @@ def test_resume_resets_only_what_no_live_lease_holds(session: Session, sweep_id:
     running = planned_task(session, sweep_id, model_id, "rank", "", {})
     queued = planned_task(session, sweep_id, model_id, "prune_range", "0-10", {"start": 0, "stop": 10})
     take_lease(session, running, "t", "w1", 30)
-    claim_for_sending(session, queued)
+    claim_tasks(session, [queued])
     reset_to_pending(session, [running, queued])
     assert (get_task(session, running).state, get_task(session, queued).state) == ("running", "pending")
+
+
+def test_stages_are_claimed_once_and_again_only_if_never_sent(session: Session, sweep_id: int, model_id: int) -> None:
+    ranges = [planned_task(session, sweep_id, model_id, "prune_range", f"{start}-{start + 10}",
+                           {"start": start, "stop": start + 10}) for start in (0, 10, 20)]
+    threshold = planned_task(session, sweep_id, model_id, "threshold", "0.02", {"threshold": "0.02"})
+    assert stage_task_ids(session, sweep_id, ["prune_range"]) == [("prune_range", task_id) for task_id in ranges]
+    claimed = claim_stages(session, sweep_id, model_id, ["prune_range"], timedelta(seconds=5))
+    assert claimed == [("prune_range", task_id) for task_id in ranges]
+    assert get_task(session, threshold).state == "pending", "only the named stages are claimed"
+    assert claim_stages(session, sweep_id, model_id, ["prune_range"], timedelta(seconds=5)) == []
+    record_messages(session, [(ranges[0], "m0"), (ranges[1], "m1")])
+    assert [get_task(session, task_id).message_id for task_id in ranges] == ["m0", "m1", None]
+    session.execute(update(Task).where(Task.id.in_(ranges)).values(enqueued_at=utcnow() - timedelta(seconds=6)))
+    again = claim_stages(session, sweep_id, model_id, ["prune_range"], timedelta(seconds=5))
+    assert again == [("prune_range", ranges[2])], "claimed long ago and never sent: its sender died"
+
+
+def test_unfinished_stages_and_ended_models(session: Session, sweep_id: int, model_id: int) -> None:
+    rank = planned_task(session, sweep_id, model_id, "rank", "", {})
+    planned_task(session, sweep_id, model_id, "prune_range", "0-10", {"start": 0, "stop": 10})
+    stages = ["rank", "prune_range", "threshold"]
+    assert unfinished_stages(session, sweep_id, model_id, stages) == {"rank", "prune_range"}
+    session.execute(update(Task).where(Task.id == rank).values(state="done"))
+    assert unfinished_stages(session, sweep_id, model_id, stages) == {"prune_range"}
+    assert unfinished_stages(session, sweep_id, model_id, []) == set()
+    assert not models_ended(session, sweep_id)
+    set_model_status(session, model_id, "failed", error="bad file")
+    assert models_ended(session, sweep_id)
+
+
+def test_of_two_last_tasks_ending_at_once_the_later_sees_both_done(engine: Engine, session: Session, sweep_id: int,
+                                                                     model_id: int) -> None:
+    """Under READ COMMITTED neither end would see the other's uncommitted one: the model's lock makes them
+    take turns, so the second to end finds the stage done and releases what follows."""
+    first, second = (planned_task(session, sweep_id, model_id, "prune_range", f"{start}-{start + 10}",
+                                  {"start": start, "stop": start + 10}) for start in (0, 10))
+    assert take_lease(session, first, "a", "w1", 30) and take_lease(session, second, "b", "w2", 30)
+    session.commit()
+    seen: list[set[str]] = []
+    ended, locked = threading.Event(), threading.Event()
+
+    def end_second() -> None:
+        with Session(engine) as other, other.begin():
+            assert end_task(other, second, "b", "done")
+            ended.set()
+            lock_model(other, model_id)
+            locked.set()
+            seen.append(unfinished_stages(other, sweep_id, model_id, ["prune_range"]))
+
+    with Session(engine) as one:
+        one.begin()
+        assert end_task(one, first, "a", "done")
+        lock_model(one, model_id)
+        assert unfinished_stages(one, sweep_id, model_id, ["prune_range"]) == {"prune_range"}
+        thread = threading.Thread(target=end_second)
+        thread.start()
+        if engine.dialect.name == "postgresql":  # SQLite's BEGIN IMMEDIATE already waits for the first end
+            assert ended.wait(30)
+        assert not locked.wait(1.0), "the second end must wait for the model's lock"
+        one.commit()
+    thread.join(30)
+    assert seen == [set()], "the second end must see the first one done"
 
 
 def test_a_failed_model_closes_its_open_tasks(session: Session, sweep_id: int, model_id: int) -> None:
