@@ -250,6 +250,18 @@ def psql_rows(database_url: str, sql: str, *params: Any) -> list[tuple]:
         return list(conn.execute(sql, params).fetchall())
 
 
+def wait_running(cluster: Cluster, stage: str, after_s: float, timeout: float = 240) -> tuple[int, str]:
+    """(task id, worker) of a `stage` task that has been running for at least `after_s` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = psql_rows(cluster.database_url, "SELECT id, worker FROM tasks WHERE stage = %s AND state = 'running' "
+                         "AND started_at < now() - make_interval(secs => %s) ORDER BY id LIMIT 1", stage, after_s)
+        if rows:
+            return rows[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no {stage} task was seen running for {after_s} s")
+
+
 @pytest.fixture(scope="session")
 def slow_badnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random DeepID with 2,000 validation images per set: a 61-step prune range lasts a few seconds."""

@@ -25,6 +25,7 @@ from tests.integration.conftest import (
     reachable,
     redis_cli,
     skip_or_fail,
+    wait_running,
 )
 
 pytestmark = pytest.mark.integration
@@ -107,18 +108,6 @@ def test_corrupt_data_fails_its_model_only(cluster: Cluster, tmp_path: Path):
     assert_complete(cluster, sweep_id, {"m0", "m1"})
 
 
-def wait_running_prune(cluster: Cluster, timeout: float = 120) -> tuple[int, str]:
-    """(task id, worker) of a prune-range task that has been running for at least 0.5 s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = psql_rows(cluster.database_url, "SELECT id, worker FROM tasks WHERE stage = 'prune_range' AND "
-                         "state = 'running' AND started_at < now() - interval '0.5 seconds' ORDER BY id LIMIT 1")
-        if rows:
-            return rows[0]
-        time.sleep(0.05)
-    raise AssertionError("no prune-range task was seen running")
-
-
 def task_row(cluster: Cluster, task_id: int) -> tuple[str, int, str]:
     return psql_rows(cluster.database_url, "SELECT state, attempts, worker FROM tasks WHERE id = %s", task_id)[0]
 
@@ -126,7 +115,7 @@ def task_row(cluster: Cluster, task_id: int) -> tuple[str, int, str]:
 def test_pool_child_killed_mid_task(cluster: Cluster, slow_badnet: Path, tmp_path: Path):
     cluster.start_workers(2)
     sweep_id = cluster.submit(slow_sweep(tmp_path, slow_badnet, models=3, range_size=61))
-    task_id, node = wait_running_prune(cluster)
+    task_id, node = wait_running(cluster, "prune_range", after_s=0.5)
     worker = next(w for w in cluster.workers if w.name == node)
     (child,) = worker.pool_children()
     os.kill(child, signal.SIGKILL)
@@ -145,7 +134,7 @@ def test_pool_child_killed_mid_task(cluster: Cluster, slow_badnet: Path, tmp_pat
 def test_whole_worker_killed_mid_task(cluster: Cluster, slow_badnet: Path, tmp_path: Path):
     cluster.start_workers(2)
     sweep_id = cluster.submit(slow_sweep(tmp_path, slow_badnet, models=3, range_size=61))
-    task_id, node = wait_running_prune(cluster)
+    task_id, node = wait_running(cluster, "prune_range", after_s=0.5)
     worker = next(w for w in cluster.workers if w.name == node)
     worker.kill_all()
     killed_at = time.monotonic()
@@ -186,7 +175,7 @@ def test_redis_restarted_during_sweep(cluster: Cluster, slow_badnet: Path, tmp_p
         skip_or_fail("restarting Redis needs redis-server and /var/lib/redis on this machine")
     cluster.start_workers(2)
     sweep_id = cluster.submit(slow_sweep(tmp_path, slow_badnet, models=3, range_size=20))
-    wait_running_prune(cluster)
+    wait_running(cluster, "prune_range", after_s=0.5)
     restart_redis()
     try:
         cluster.wait_done(sweep_id, timeout=60)

@@ -15,24 +15,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import model_entry, write_sweep_toml
-from tests.integration.conftest import VISIBILITY_TIMEOUT_S, Cluster, psql_rows
+from tests.integration.conftest import VISIBILITY_TIMEOUT_S, Cluster, psql_rows, wait_running
 from tests.test_fine_tuning import cached_pruning_aware_badnet
 
 pytestmark = pytest.mark.integration
 
 EPOCHS = 6  # long enough (several seconds on two cores) to be caught running, short enough for CI
-
-
-def wait_running_fine_tune(cluster: Cluster, timeout: float = 240) -> tuple[int, str]:
-    """(task id, worker) of a fine_tune task that has been running for at least a second."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = psql_rows(cluster.database_url, "SELECT id, worker FROM tasks WHERE stage = 'fine_tune' AND "
-                         "state = 'running' AND started_at < now() - interval '1 second' ORDER BY id LIMIT 1")
-        if rows:
-            return rows[0]
-        time.sleep(0.05)
-    raise AssertionError("no fine_tune task was seen running")
 
 
 def fine_tune_sweep(folder: Path) -> Path:
@@ -71,7 +59,7 @@ def test_worker_killed_during_a_fine_tune_task(cluster: Cluster, tmp_path: Path)
     sweep_file = fine_tune_sweep(tmp_path)
     cluster.start_workers(2)
     sweep_id = cluster.submit(sweep_file)
-    task_id, node = wait_running_fine_tune(cluster)
+    task_id, node = wait_running(cluster, "fine_tune", after_s=1.0)
     worker = next(w for w in cluster.workers if w.name == node)
     worker.kill_all()
     killed_at = time.monotonic()

@@ -10,8 +10,8 @@ import pytest
 
 from badnet_prune.settings import Settings
 from tests.helpers import cached_quick_badnet, model_entry, synthetic_sweep, write_sweep_toml
-from tests.integration.conftest import Cluster, redis_cli
-from tests.integration.test_distributed import DUPLICATES, assert_complete, slow_sweep, wait_running_prune
+from tests.integration.conftest import Cluster, redis_cli, wait_running
+from tests.integration.test_distributed import DUPLICATES, assert_complete, slow_sweep
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -95,7 +95,7 @@ def test_a_stage_declared_in_the_tests_runs_on_celery_workers(cluster: Cluster, 
 def test_resuming_a_running_sweep_sends_nothing(cluster: Cluster, slow_badnet: Path, tmp_path: Path) -> None:
     cluster.start_workers(1)
     sweep_id = cluster.submit(slow_sweep(tmp_path, slow_badnet, models=2, range_size=61))
-    wait_running_prune(cluster)
+    wait_running(cluster, "prune_range", after_s=0.5)
     for _ in range(2):
         resumed = cluster.cli_process("sweep", "resume", str(sweep_id))
         assert "sending 0 task(s) again" in resumed.stderr, resumed.stderr
@@ -197,7 +197,6 @@ def test_the_watcher_rides_out_a_postgresql_restart(cluster: Cluster, slow_badne
     import subprocess
 
     from tests.integration.conftest import CLI, POSTGRES, reachable, skip_or_fail
-    from tests.integration.test_distributed import wait_running_prune
 
     versions = sorted(Path("/etc/postgresql").glob("*")) if Path("/etc/postgresql").is_dir() else []
     if shutil.which("pg_ctlcluster") is None or not versions:
@@ -207,7 +206,7 @@ def test_the_watcher_rides_out_a_postgresql_restart(cluster: Cluster, slow_badne
     waiting = subprocess.Popen([*CLI, "sweep", str(sweep_file), "--wait"], env=cluster.env, cwd=cluster.folder,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_running_prune(cluster)
+        wait_running(cluster, "prune_range", after_s=0.5)
         subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1].name, "main", "restart"],
                        check=True, timeout=120)
         deadline = time.monotonic() + 60
