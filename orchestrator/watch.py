@@ -30,6 +30,11 @@ from db.session import session_scope
 from worker.dispatch import Dispatcher
 
 POLL_SECONDS = 0.5
+# A redraw's queries cost the database a share of a core that grows with the sweep (about 0.1 s at
+# 10,000 tasks on a loaded 2-core machine, bench/coordination.py), taken from the workers beside it:
+# the poll waits long enough that redrawing keeps to this share of the time, and at most MAX_POLL_SECONDS.
+POLL_SHARE = 0.05
+MAX_POLL_SECONDS = 5.0
 NO_WORKER_AFTER_S = 10.0
 STALL_AFTER_S = 30.0  # beyond the grace in which a queued message may still be on its way to the broker
 SHOWN_MODELS = 8
@@ -56,10 +61,14 @@ def watch_sweep(engine: Engine, sweep_id: int, console: Console, *, dispatcher: 
 def _follow(engine: Engine, dispatcher: Dispatcher, view: _View, on_stall: Callable[[], int] | None) -> None:
     last_change = time.monotonic()
     warned = False
+    interval = POLL_SECONDS
     while not view.ended:
-        time.sleep(POLL_SECONDS)
+        time.sleep(interval)
         quiet = time.monotonic() - last_change
-        if view.refresh(engine):
+        started = time.monotonic()
+        changed = view.refresh(engine)
+        interval = poll_interval(time.monotonic() - started)
+        if changed:
             last_change = time.monotonic()
         elif not warned and quiet > NO_WORKER_AFTER_S and dispatcher.workers_alive() is False:
             view.say("[yellow]no worker is consuming the queue: start one with `badnet-prune worker`[/yellow]")
@@ -72,6 +81,11 @@ def _follow(engine: Engine, dispatcher: Dispatcher, view: _View, on_stall: Calla
             if sent:
                 view.say(f"{sent} task(s) that no queue held any more were sent again")
             last_change = time.monotonic()
+
+
+def poll_interval(refresh_s: float) -> float:
+    """How long to wait before the next redraw, after one that took refresh_s (see POLL_SHARE)."""
+    return min(MAX_POLL_SECONDS, max(POLL_SECONDS, refresh_s / POLL_SHARE))
 
 
 class _View:
