@@ -9,6 +9,10 @@ data; the ASR on each poisoned validation set is measured per epoch for the reco
 The pruned filters are held at exactly zero by the training loop itself (their gradients are
 multiplied by a 0/1 mask and the variables re-zeroed after every update), not by a constraint,
 layer or callback class: B'' holds built-in Keras layers only, so plain Keras loads it in safe mode.
+
+It runs on Keras's TensorFlow backend (a tf.function over a GradientTape) and on its JAX backend
+(model.stateless_call under jax.value_and_grad and optimizer.stateless_apply, one jax.jit), with the
+same masks, batches, order and epoch choice; each is seeded and deterministic on a CPU.
 """
 
 from __future__ import annotations
@@ -112,8 +116,6 @@ def fine_tune(
     """
     settings = settings or FineTuneSettings()
     configure_tensorflow()
-    if tf is None:
-        raise RuntimeError("fine-tuning needs Keras's TensorFlow backend")
     clean_labels = np.asarray(clean_labels, dtype=np.int64)
     if len(clean_images) != len(clean_labels):
         raise ValueError(f"{len(clean_images)} clean images but {len(clean_labels)} labels")
@@ -128,22 +130,22 @@ def fine_tune(
             raise ValueError(f"poisoned set {name!r}: {len(x)} images but {len(y)} labels")
     _check_channels(model, prune_layer, pruned_channels)
     keras.utils.set_random_seed(settings.seed)
-    tf.config.experimental.enable_op_determinism()
+    if tf is not None:
+        tf.config.experimental.enable_op_determinism()
 
     tuned = build_pruned_model(model, prune_layer, pruned_channels, name=f"{model.name}_fine_pruned")
     split = split_clean(len(clean_labels), settings.holdout_fraction, settings.seed)
     images = scale_images(np.asarray(clean_images, dtype=np.float32), input_scale)
-    # the training part lives in TensorFlow once; each step gathers its batch inside the compiled graph
-    train_x = tf.convert_to_tensor(images[split.train_indices])
-    train_y = tf.convert_to_tensor(clean_labels[split.train_indices])
+    train_x, train_y = images[split.train_indices], clean_labels[split.train_indices]
     train_count = len(split.train_indices)
     holdout_x, holdout_y = images[split.holdout_indices], clean_labels[split.holdout_indices]
     poisoned = {name: (scale_images(np.asarray(x, dtype=np.float32), input_scale), np.asarray(y, dtype=np.int64))
                 for name, (x, y) in poisoned_sets.items()}
 
     forward = compiled_forward(tuned)
-    train_step, batch_loss = _steps(tuned, prune_masks(tuned, prune_layer, pruned_channels), settings,
-                                    train_x, train_y)
+    make_steps = _tf_steps if tf is not None else _jax_steps
+    train_step, batch_loss = make_steps(tuned, prune_masks(tuned, prune_layer, pruned_channels), settings,
+                                        train_x, train_y)
 
     def record(epoch: int, loss: float, seconds: float = 0.0) -> EpochRecord:
         predicted = forward_labels(forward, holdout_x)
@@ -178,13 +180,19 @@ def _check_channels(model: keras.Model, prune_layer: str, pruned_channels: Seque
         raise ValueError(f"pruned channels of {prune_layer!r} must be distinct, in 0..{filters - 1}: {channels}")
 
 
-def _steps(model: keras.Model, masks: list[np.ndarray | None], settings: FineTuneSettings, train_x, train_y):
+def _optimizer(settings: FineTuneSettings) -> keras.optimizers.Optimizer:
+    if settings.optimizer == "adam":
+        return keras.optimizers.Adam(settings.learning_rate)
+    return keras.optimizers.SGD(settings.learning_rate, momentum=0.9)
+
+
+def _tf_steps(model: keras.Model, masks: list[np.ndarray | None], settings: FineTuneSettings,
+              images: np.ndarray, labels: np.ndarray):
     """The compiled training step (masked update, pruned filters re-zeroed) and a loss-only step,
     both on the rows of the training part they are given (int64 indices)."""
-    if settings.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(settings.learning_rate)
-    else:
-        optimizer = keras.optimizers.SGD(settings.learning_rate, momentum=0.9)
+    optimizer = _optimizer(settings)
+    # the training part lives in TensorFlow once; each step gathers its batch inside the compiled graph
+    train_x, train_y = tf.convert_to_tensor(images), tf.convert_to_tensor(labels)
     variables = list(model.trainable_variables)
     held = [(variable, tf.constant(mask)) for variable, mask in zip(variables, masks, strict=True)
             if mask is not None]
@@ -212,3 +220,95 @@ def _steps(model: keras.Model, masks: list[np.ndarray | None], settings: FineTun
         return mean_loss(rows, False)
 
     return train_step, batch_loss
+
+
+def _jax_steps(model: keras.Model, masks: list[np.ndarray | None], settings: FineTuneSettings,
+               images: np.ndarray, labels: np.ndarray):
+    """_tf_steps on Keras's JAX backend: the same two steps on the same rows, pure functions of the
+    variables' values under one jax.jit each; the training step writes the new values back into the
+    model's variables, so that the measurements and get_weights between steps see them.
+
+    The masks and the training part are arguments, not constants of the program, so that every
+    threshold and model of one architecture compiles to the same program (JAX_COMPILATION_CACHE_DIR
+    keeps it across processes); XLA compiles once per batch length, two per epoch at most.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    optimizer = _optimizer(settings)
+    trainable, fixed = list(model.trainable_variables), list(model.non_trainable_variables)
+    optimizer.build(trainable)
+    data = ([None if mask is None else jnp.asarray(mask) for mask in masks], jnp.asarray(images),
+            jnp.asarray(labels, dtype=jnp.int32))
+    call = _logits_call(model)
+
+    def mean_loss(trainable_values, fixed_values, data, rows, training: bool):
+        _, train_x, train_y = data
+        outputs, from_logits, fixed_values = call(trainable_values, fixed_values, train_x[rows], training)
+        loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(train_y[rows], outputs,
+                                                                           from_logits=from_logits))
+        return loss, fixed_values
+
+    @jax.jit
+    def update(trainable_values, fixed_values, optimizer_values, data, rows):
+        held = data[0]
+        (loss, fixed_values), gradients = jax.value_and_grad(mean_loss, has_aux=True)(
+            trainable_values, fixed_values, data, rows, True)
+        gradients = [g if mask is None else g * mask for g, mask in zip(gradients, held, strict=True)]
+        trainable_values, optimizer_values = optimizer.stateless_apply(optimizer_values, gradients,
+                                                                       trainable_values)
+        # an optimizer with weight decay would move them: keep them exactly zero
+        trainable_values = [v if mask is None else v * mask for v, mask in zip(trainable_values, held, strict=True)]
+        return loss, trainable_values, fixed_values, optimizer_values
+
+    @jax.jit
+    def loss_only(trainable_values, fixed_values, data, rows):
+        return mean_loss(trainable_values, fixed_values, data, rows, False)[0]
+
+    def values(variables) -> list:
+        return [variable.value for variable in variables]
+
+    def train_step(rows: np.ndarray):
+        loss, new_trainable, new_fixed, new_optimizer = update(
+            values(trainable), values(fixed), values(optimizer.variables), data, np.asarray(rows, dtype=np.int32))
+        for variables, new in ((trainable, new_trainable), (fixed, new_fixed), (optimizer.variables, new_optimizer)):
+            for variable, value in zip(variables, new, strict=True):
+                variable.assign(value)
+        return loss
+
+    def batch_loss(rows: np.ndarray):
+        return loss_only(values(trainable), values(fixed), data, np.asarray(rows, dtype=np.int32))
+
+    return train_step, batch_loss
+
+
+def _logits_call(model: keras.Model):
+    """model.stateless_call for the loss, giving the softmax's logits where the output layer is a Dense
+    with a softmax activation (DeepID's): Keras's TensorFlow backend computes the cross-entropy from those
+    logits (it finds them on the softmax's output), its JAX backend from probabilities clipped at 1e-7,
+    whose gradient is zero on a confidently wrong image. Returns (outputs, from_logits, non-trainable values).
+    """
+    last = model.layers[-1]
+    if not (isinstance(last, keras.layers.Dense) and last.trainable and last.activation is keras.activations.softmax
+            and len(model.outputs) == 1 and model.outputs[0] is last.output):
+        def probabilities(trainable_values, fixed_values, x, training: bool):
+            outputs, fixed_values = model.stateless_call(trainable_values, fixed_values, x, training=training)
+            return outputs, False, fixed_values
+        return probabilities
+
+    features = keras.Model(model.inputs, last.input)
+    trainable_at = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    fixed_at = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
+    feature_trainable = [trainable_at[id(v)] for v in features.trainable_variables]
+    feature_fixed = [fixed_at[id(v)] for v in features.non_trainable_variables]
+    kernel, bias = trainable_at[id(last.kernel)], trainable_at[id(last.bias)] if last.use_bias else None
+
+    def logits(trainable_values, fixed_values, x, training: bool):
+        hidden, new_fixed = features.stateless_call([trainable_values[i] for i in feature_trainable],
+                                                    [fixed_values[i] for i in feature_fixed], x, training=training)
+        fixed_values = list(fixed_values)
+        for i, value in zip(feature_fixed, new_fixed, strict=True):
+            fixed_values[i] = value
+        out = keras.ops.matmul(hidden, trainable_values[kernel])
+        return (out if bias is None else out + trainable_values[bias]), True, fixed_values
+    return logits

@@ -1,15 +1,16 @@
 """TensorFlow start-up in one place: quiet logs and GPU memory growth.
 
 Every module imports `tf` and `keras` from here, so these settings apply before TensorFlow
-initialises (they cannot be changed afterwards). TensorFlow is the tool's backend; the engine's
-inference also runs on Keras's JAX backend (KERAS_BACKEND=jax), where `tf` is None, so that
-bench/engine.py can measure a GPU machine that has JAX but no TensorFlow.
+initialises (they cannot be changed afterwards). TensorFlow is the tool's default backend; the
+worker path also runs on Keras's JAX backend (KERAS_BACKEND=jax), where `tf` is None and TensorFlow
+is never imported, so that a GPU machine with JAX but no TensorFlow can run workers.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -35,6 +36,11 @@ with _stderr_silenced():
 
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
+    elif "tensorflow" not in sys.modules:
+        # Keras imports TensorFlow lazily wherever it is installed (its serialisation looks for
+        # tf.TensorShape in every layer config), and TensorFlow would take a GPU's memory and seconds
+        # of start-up: on another backend it is not importable in this process.
+        sys.modules["tensorflow"] = None
 
 __all__ = ["accelerator_present", "configure_tensorflow", "keras", "tf"]
 

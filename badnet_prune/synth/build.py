@@ -17,6 +17,7 @@ import numpy as np
 
 from badnet_prune.architecture import build_deepid
 from badnet_prune.data import write_data_file
+from badnet_prune.errors import BadInputError
 from badnet_prune.model_io import save_legacy_weights
 from badnet_prune.synth.dataset import make_splits, sizes_for
 from badnet_prune.synth.train import (
@@ -133,6 +134,9 @@ def synthesize(out: str | Path, classes: int, seed: int = 0, quick: bool = False
     """Generate, train and write a synthetic BadNet under out; return what synth.json records."""
     if attack not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
+    if keras.backend.backend() != "tensorflow":
+        raise BadInputError("KERAS_BACKEND", f"synth trains with TensorFlow, not {keras.backend.backend()}: "
+                            "run it with KERAS_BACKEND=tensorflow (its files defend on any backend)")
     out = Path(out)
     sizes = sizes_for(classes, quick, attack)
     say = progress or (lambda _text: None)
