@@ -270,8 +270,8 @@ def line(what: str, models: int, seconds: float, cpu: float | None = None) -> fl
     """Print a mode's figures (with its processes' CPU seconds, where counted); return its models per hour."""
     per_hour = models * 3600 / seconds
     used = "" if cpu is None else f" (CPU {cpu / models:.1f} s/model)"
-    print(f"{what}: {models} models in {seconds:.1f} s = {per_hour:.1f} models/hour, {seconds / models:.1f} s/model"
-          + used)
+    print(f"{what}: {models} model{'s' if models != 1 else ''} in {seconds:.1f} s = {per_hour:.1f} models/hour, "
+          f"{seconds / models:.1f} s/model{used}")
     return per_hour
 
 
