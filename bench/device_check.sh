@@ -16,8 +16,10 @@
 #
 # PYTHON and PY_VERSION (default python3, 3.12) let a CPU machine rehearse the check in a venv without
 # TensorFlow, with WORK naming a folder of small data files (throughput.py makes lab-size ones where the
-# folder has none). The time, one call: wheels ~0.5 min, engine.py ~2 min (its faces ~1 min), throughput.py
-# ~5 min at 10 models (writing the lab-size data files, on one core, most of it).
+# folder has none). Rehearsed so on a 2-core VM (Python 3.11, JAX 0.10.2 on CPU): both ran through.
+# One call on the device, estimated (not yet measured there): wheels ~0.5 min, engine.py ~2 min (its
+# faces ~1 min), throughput.py ~5 min at 10 models (most of it writing the lab-size data files, on one
+# core): with the machine's start, most of a session's 15 minutes of device time, so plan one call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HERE=build/device-check
