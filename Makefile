@@ -16,15 +16,18 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,jax]'
 	touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/badnet-prune demo --out $(DEMO_DIR)
 
+# The second pytest run is the JAX pass: the tests of the worker path that also run on Keras's JAX
+# backend (tests/conftest.py JAX_PASS), with XLA's compiled programs kept across its processes.
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	KERAS_BACKEND=jax JAX_COMPILATION_CACHE_DIR=$(VENV)/jax-cache $(BIN)/python -m pytest -m jax_pass $(JAX_PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/engine.py
