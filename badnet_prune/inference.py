@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from badnet_prune.tf_setup import configure_tensorflow, keras, tf
+from badnet_prune.tf_setup import accelerator_present, configure_tensorflow, keras, tf
 
 INFERENCE_BATCH = 1024
 
@@ -25,30 +25,43 @@ def compiled_forward(model: keras.Model):
 
 
 def _jax_forward(model: keras.Model):
-    """The forward pass on Keras's JAX backend, compiled once for INFERENCE_BATCH rows.
+    """The forward pass on Keras's JAX backend, compiled once for jax_rows() rows.
 
     XLA compiles a program per input shape, and on a GPU each shape may get other kernels and
     so other float32 roundings; every call therefore runs whole padded batches of one shape,
     whatever its length, and the padding's rows are dropped. The program takes the weights as
     arguments, so every model of one architecture shares it (shared_jax_program).
+
+    The shape is jax_rows(): one per device, smaller on a CPU, where padding costs its full work.
     """
     import jax
 
     run = shared_jax_program(model, "forward", lambda template: jax.jit(
         lambda trainable, fixed, x: template.stateless_call(trainable, fixed, x, training=False)[0]))
+    padded = jax_rows()
 
     def forward(inputs: np.ndarray) -> np.ndarray:
         trainable, fixed = jax_weights(model)
         outputs = []
-        for start in range(0, len(inputs), INFERENCE_BATCH):
-            batch = np.asarray(inputs[start : start + INFERENCE_BATCH], dtype=np.float32)
+        for start in range(0, len(inputs), padded):
+            batch = np.asarray(inputs[start : start + padded], dtype=np.float32)
             rows = len(batch)
-            if rows < INFERENCE_BATCH:
-                batch = np.concatenate([batch, np.zeros((INFERENCE_BATCH - rows, *batch.shape[1:]), np.float32)])
+            if rows < padded:
+                batch = np.concatenate([batch, np.zeros((padded - rows, *batch.shape[1:]), np.float32)])
             outputs.append(np.asarray(run(trainable, fixed, batch))[:rows])
         return np.concatenate(outputs)
 
     return forward
+
+
+JAX_CPU_ROWS = 64
+
+
+def jax_rows() -> int:
+    """The one batch length of every call of a JAX forward program: INFERENCE_BATCH on an accelerator;
+    JAX_CPU_ROWS on a CPU, which does the padding's work in full: 1024 rows for the 60 images of a
+    fine-tuning hold-out, or for a step's few live images in the sparse engine, cost 16 times 64's."""
+    return INFERENCE_BATCH if accelerator_present() else JAX_CPU_ROWS
 
 
 def jax_weights(model: keras.Model) -> tuple[list, list]:

@@ -71,7 +71,7 @@ def test_models_of_one_architecture_share_a_program_and_each_keeps_its_own_weigh
     assert len(inference._jax_programs) == before + 1, "the second model compiled a program of its own"
     import jax
 
-    padded = np.concatenate([images, np.zeros((inference.INFERENCE_BATCH - len(images), 55, 47, 3), np.float32)])
+    padded = np.concatenate([images, np.zeros((inference.jax_rows() - len(images), 55, 47, 3), np.float32)])
     for model, output in zip(models, outputs, strict=True):
         own = jax.jit(lambda trainable, fixed, x, model=model: model.stateless_call(trainable, fixed, x)[0])
         np.testing.assert_array_equal(output, np.asarray(own(*inference.jax_weights(model), padded))[: len(images)])
