@@ -12,8 +12,9 @@ on every (step, image) row, and only the top-1 labels come back.
 Exactness: a pruned channel's filter gives its pruned value at the cut (network_split), so the
 tail's input at step k is the cut with order[:k] at those values, the same input the sparse
 engine and the whole pruned model give the tail; on a CPU the labels equal the reference's at
-every step (tests/test_dense_engine.py). Every call has one of two fixed shapes (a block of
-steps, or one step) so that a backend that compiles per shape (XLA) compiles twice per model.
+every step (tests/test_pruning_exact.py). Every call has one of a few fixed shapes (a block of
+1, 2, 4, 8 or 16 steps by a fixed block of images; a range is cut into such blocks, the largest
+first), so that a backend that compiles per shape (XLA) compiles each once per architecture.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class DenseLabeler:
     """Labels at pruning steps from device-resident cut activations, many steps per call.
 
     `activations`, per data set name, are the cut activations (n, h, w, C) on the host; each is
-    copied to the device once, padded to whole image blocks. step_labels(name, order, start,
+    copied to the device when the labeler is made, padded to whole image blocks (a worker keeps
+    the labeler, so every task on the same model and data sets finds them there). step_labels(name, order, start,
     stop) gives the (stop - start, n) labels of steps start..stop-1 (step k prunes order[:k]);
     calling the labeler as labels_at(name, pruned, rows) gives one set of pruned channels.
     image_block (default: the largest set's size rounded up to a power of two, at most
@@ -61,13 +63,9 @@ class DenseLabeler:
         self.step_block = max(1, rows_per_call // self.image_block)
         self._counts = {name: len(cut) for name, cut in activations.items()}
         self._device = {name: _to_device(_padded(cut, self.image_block)) for name, cut in activations.items()}
-        cut_shape = tuple(int(d) for d in split.tail.input_shape[1:])
-        self._programs = {}
-        for steps in {1, self.step_block}:
-            key = ("dense", self.image_block, steps)
-            if key not in split.programs:
-                split.programs[key] = _compile(split.tail, self._pruned_values, cut_shape, self.image_block, steps)
-            self._programs[steps] = split.programs[key]
+        self.device_bytes = sum(int(np.prod(cut.shape)) * 4 for cut in self._device.values())
+        self._split = split
+        self._cut_shape = tuple(int(d) for d in split.tail.input_shape[1:])
 
     def step_labels(self, name: str, order: Sequence[int], start: int, stop: int) -> np.ndarray:
         """(stop - start, n) top-1 labels of data set `name` at steps start..stop-1 of `order`."""
@@ -81,21 +79,30 @@ class DenseLabeler:
         return labels if rows is None else labels[rows]
 
     def _labels(self, name: str, masks: np.ndarray) -> np.ndarray:
+        """Labels at each mask's step, in blocks of at most step_block steps, each a power of two or the
+        step block (a 10-step range runs as 8 + 2, so no step is evaluated for nothing)."""
         count = self._counts[name]
         cut = self._device[name]
         out = np.empty((len(masks), count), dtype=np.int64)
-        block = 1 if len(masks) == 1 else self.step_block
-        program = self._programs[block]
-        for first in range(0, len(masks), block):
+        first = 0
+        while first < len(masks):
+            block = min(self.step_block, _power_of_two_at_most(len(masks) - first))
+            program = self._program(block)
             steps = masks[first : first + block]
-            shown = len(steps)
-            if shown < block:  # repeat the last mask: the program has one shape
-                steps = np.concatenate([steps, np.repeat(steps[-1:], block - shown, axis=0)])
             for image in range(0, count, self.image_block):
                 labels = np.asarray(program(cut[image : image + self.image_block], steps))
                 kept = min(self.image_block, count - image)
-                out[first : first + shown, image : image + kept] = labels[:shown, :kept]
+                out[first : first + block, image : image + kept] = labels[:, :kept]
+            first += block
         return out
+
+    def _program(self, steps: int):
+        """The compiled program for blocks of `steps` steps, kept on the network for its other labelers."""
+        key = ("dense", self.image_block, steps)
+        if key not in self._split.programs:
+            self._split.programs[key] = _compile(self._split.tail, self._pruned_values, self._cut_shape,
+                                                 self.image_block, steps)
+        return self._split.programs[key]
 
 
 def step_masks(order: Sequence[int], start: int, stop: int, channels: int) -> np.ndarray:
@@ -106,7 +113,13 @@ def step_masks(order: Sequence[int], start: int, stop: int, channels: int) -> np
     return position[None, :] < np.arange(start, stop)[:, None]
 
 
+def _power_of_two_at_most(count: int) -> int:
+    """The largest power of two <= count (count >= 1)."""
+    return 1 << (int(count).bit_length() - 1)
+
+
 def _power_of_two_at_least(count: int) -> int:
+    """The smallest power of two >= count: block sizes from a few fixed shapes."""
     return 1 << max(0, int(count - 1).bit_length())
 
 

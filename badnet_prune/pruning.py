@@ -89,7 +89,10 @@ def prune_range_dense(
 def _checked_sets(
     clean: LabeledSet, poisoned: Mapping[str, LabeledSet], order: Sequence[int], start: int, stop: int
 ) -> list[LabeledSet]:
+    """The sets of a range, once the range, the order (each channel exactly once) and the names are valid."""
     channel_count = len(order)
+    if sorted(int(c) for c in order) != list(range(channel_count)):
+        raise ValueError(f"the pruning order is not a permutation of the channels 0..{channel_count - 1}")
     if not 0 <= start < stop <= channel_count + 1:
         raise ValueError(f"step range [{start}, {stop}) is outside 0..{channel_count}")
     sets = [clean, *poisoned.values()]

@@ -79,3 +79,23 @@ def test_models_of_one_architecture_share_a_program_and_each_keeps_its_own_weigh
     other = build_deepid(7)
     compiled_forward(other)(images[:2])
     assert len(inference._jax_programs) == before + 2, "another architecture must not reuse the program"
+
+
+def test_a_dense_worker_keeps_the_device_copy_for_the_models_next_tasks(synthetic_badnet, tmp_path):
+    """Each prune range and threshold task asks again; the data sets are copied to the device once."""
+    memory = WorkerMemory(tmp_path / "cache", engine="dense")
+    model_path = synthetic_badnet / "models" / "bd_net.h5"
+    loaded = memory.model(ModelKey(str(model_path), sha256_file(model_path), 1.0, "conv_3", "pool_3", False))
+    data_path = synthetic_badnet / "data" / "cl" / "valid.h5"
+    data = memory.data(loaded, str(data_path), sha256_file(data_path))
+    held = memory.bytes_held
+    first = memory.step_labels(loaded, {"": data})
+    assert memory.step_labels(loaded, {"": data}).__self__ is first.__self__
+    assert memory.bytes_held == held + first.__self__.device_bytes > held
+    order = list(range(loaded.split.channel_count))
+    three = first("", order, 0, 3)
+    assert three.shape == (3, len(data.labels))
+    assert set(loaded.split.programs) == {("dense", first.__self__.image_block, steps) for steps in (1, 2)}, \
+        "3 steps run as blocks of 2 and 1"
+    np.testing.assert_array_equal(three, first("", order, 0, 16)[:3])
+    assert ("dense", first.__self__.image_block, 16) in loaded.split.programs

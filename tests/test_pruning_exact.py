@@ -311,3 +311,11 @@ def test_the_dense_engine_refuses_a_network_with_no_split():
     split = split_network(deepid_with_bypass())
     with pytest.raises(ValueError, match="no split"):
         DenseLabeler(split, {})
+
+
+@pytest.mark.parametrize("order", [[0, 1, 1], [0, 1, -1], [0, 1, 3]])
+def test_an_order_that_is_not_a_permutation_is_refused_by_both_engines(sweep, order):
+    with pytest.raises(ValueError, match="not a permutation"):
+        prune_range(sweep.cut_labeler, sweep.clean, sweep.poisoned, order, 0, 2)
+    with pytest.raises(ValueError, match="not a permutation"):
+        prune_range_dense(lambda *_: None, sweep.clean, sweep.poisoned, order, 0, 2)

@@ -6,7 +6,8 @@ read once per process; its cut activations come from memory, else from the share
 
 What is kept is bounded: every worker may receive every model's tasks, so a worker that kept
 each model for its life grew by a model's size per model (issue 19: 0.96 to 2.75 GB over 150
-models). Models, data sets and B's labels share one byte budget, least recently used first out.
+models). Models, data sets, B's labels and the dense engine's device copies of data sets share one
+byte budget, least recently used first out.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ class WorkerMemory:
         """
         labeler: LabelsAt
         if loaded.split.is_split and self.engine == "dense":
-            labeler = DenseLabeler(loaded.split, {name: data.cut for name, data in sets.items()})
+            labeler = self._dense_labeler(loaded, sets)
         elif loaded.split.is_split:
             labeler = CutLabeler(
                 loaded.split, {name: data.cut for name, data in sets.items()}, loaded.tail_forward,
@@ -212,7 +213,19 @@ class WorkerMemory:
         this process uses the sparse engine or the network has no split (then prune_range)."""
         if not loaded.split.is_split or self.engine != "dense":
             return None
-        return DenseLabeler(loaded.split, {name: data.cut for name, data in sets.items()}).step_labels
+        return self._dense_labeler(loaded, sets).step_labels
+
+    def _dense_labeler(self, loaded: LoadedModel, sets: Mapping[str, LoadedData]) -> DenseLabeler:
+        """The dense engine over these data sets, kept within the budget (by its device copy's bytes), so
+        that the model's next tasks on the same sets find their activations on the device already."""
+        key = ("dense", loaded.key, tuple(sorted((name, data.sha256) for name, data in sets.items())))
+        with self._lock:
+            self._get(("model", loaded.key))
+            labeler = self._get(key)
+            if labeler is None:
+                labeler = DenseLabeler(loaded.split, {name: data.cut for name, data in sets.items()})
+                self._put(key, labeler, labeler.device_bytes)
+            return labeler
 
     def _get(self, key: Hashable):
         """The kept value for `key`, marked as the most recently used; None if not kept."""
