@@ -111,6 +111,8 @@ def run_planned_task(runtime: Runtime, task_id: object, stage_name: str | None =
         _fail(runtime, context, token, reason)
         return Outcome(True, f"failed: {reason}")
     with session_scope(runtime.engine) as session:
+        if stage.scope is Scope.MODEL and context.model_id is not None:
+            lock_model(session, context.model_id)  # model before task, as _fail takes them: no deadlock
         released = _released(session, stage, context) if end_task(session, task_id, token, "done") else None
     if released is not None:
         _send_released(runtime, context, *released)
@@ -190,6 +192,9 @@ def _end_quietly(runtime: Runtime, task_id: int, token: str, state: str, error: 
 
 def _fail(runtime: Runtime, context: TaskContext, token: str, reason: str) -> None:
     with session_scope(runtime.engine) as session:
+        if context.model_id is not None:
+            # the model's row first, then its tasks' (fail_open_tasks): the order a task's end takes them
+            lock_model(session, context.model_id)
         end_task(session, context.task_id, token, "failed", reason)
         if context.model_id is not None:
             set_model_status(session, context.model_id, "failed", error=reason)
