@@ -86,6 +86,10 @@ def models_ended(session: Session, sweep_id: int) -> bool:
     return not session.scalar(select(open_model.exists()))
 
 
+# SQLite binds at most 32,766 parameters a statement: a sweep of more root tasks is claimed in parts.
+IDS_PER_STATEMENT = 10_000
+
+
 def lock_model(session: Session, model_id: int) -> None:
     """Hold the model's row until the transaction ends: the ends of one model's tasks then take turns, so
     that of two last tasks ending at once the second sees the first done and releases what follows."""
@@ -94,11 +98,13 @@ def lock_model(session: Session, model_id: int) -> None:
 
 def claim_tasks(session: Session, task_ids: Sequence[int]) -> list[int]:
     """Move those of the tasks that are pending to 'queued' in one UPDATE; the ids this caller claimed, in order."""
-    if not task_ids:
-        return []
-    statement = (update(Task).where(Task.id.in_(task_ids), Task.state == "pending")
-                 .values(state="queued", enqueued_at=utcnow()).returning(Task.id))
-    return sorted(session.scalars(statement, execution_options={"synchronize_session": False}))
+    claimed: list[int] = []
+    ids = list(task_ids)
+    for first in range(0, len(ids), IDS_PER_STATEMENT):
+        statement = (update(Task).where(Task.id.in_(ids[first : first + IDS_PER_STATEMENT]), Task.state == "pending")
+                     .values(state="queued", enqueued_at=utcnow()).returning(Task.id))
+        claimed += session.scalars(statement, execution_options={"synchronize_session": False})
+    return sorted(claimed)
 
 
 def claim_stages(

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
+from db import tasks as db_tasks
 from db.models import Task, utcnow
 from db.repository import set_model_status
 from db.tasks import (
@@ -170,3 +171,13 @@ def test_an_unknown_state_is_refused_by_the_schema(session: Session, sweep_id: i
     session.add(Task(sweep_id=sweep_id, model_id=model_id, stage="rank", key="", arguments={}, state=state))
     with pytest.raises(IntegrityError):
         session.flush()
+
+
+def test_more_tasks_than_one_statement_binds_are_claimed_in_parts(session: Session, sweep_id: int, model_id: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite binds at most 32,766 parameters a statement; a sweep with more root tasks still claims them all."""
+    monkeypatch.setattr(db_tasks, "IDS_PER_STATEMENT", 2)
+    ids = [planned_task(session, sweep_id, model_id, "prune_range", f"{start}-{start + 1}",
+                        {"start": start, "stop": start + 1}) for start in range(5)]
+    assert claim_tasks(session, ids[::-1]) == sorted(ids)
+    assert claim_tasks(session, ids) == []
