@@ -229,8 +229,9 @@ def _jax_steps(model: keras.Model, masks: list[np.ndarray | None], settings: Fin
     model's variables, so that the measurements and get_weights between steps see them.
 
     The masks and the training part are arguments, not constants of the program, so that every
-    threshold and model of one architecture compiles to the same program (JAX_COMPILATION_CACHE_DIR
-    keeps it across processes); XLA compiles once per batch length, two per epoch at most.
+    threshold and model of one architecture traces to the same program; each call still traces and
+    compiles it anew (JAX_COMPILATION_CACHE_DIR lets XLA reuse the compiled code of programs that took
+    it longer than its minimum, 1 s by default), once per batch length, two per epoch at most.
     """
     import jax
     import jax.numpy as jnp
