@@ -28,6 +28,7 @@ def demo(
     from orchestrator.commands.defend import defend
     from orchestrator.commands.report import report
     from orchestrator.commands.synth import synth
+    from orchestrator.options import InputScaleChoice
 
     console = Console(stderr=True)
     console.print("the demo's BadNet carries the lab's sunglasses backdoor (`badnet-prune synth --attack "
@@ -50,7 +51,7 @@ def demo(
         policy="first",
         prune_layer="conv_3",
         rank_layer="pool_3",
-        input_scale=1.0,
+        input_scale=InputScaleChoice.raw,  # the synthetic BadNet takes raw 0..255 pixels, as the lab's
         trust_model_code=False,
         db=db_url,
     )
