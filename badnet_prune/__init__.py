@@ -1,71 +1,29 @@
-"""The pruning defense against BadNets: pure numerics over arrays and Keras models.
+"""badnet-prune: find, measure and neutralise backdoors in image classifiers.
 
-Nothing in this package talks to Celery or SQL; worker/ and orchestrator/ wrap it. The one exception
-is `defend`, the notebook API, which runs the orchestrator's one-model defense; it imports it (and
-TensorFlow) only when called, so `import badnet_prune` stays cheap.
+One import package, in floors that import only downwards (checked by import-linter, pyproject.toml):
+numerics (arrays and Keras models in, arrays and dataclasses out) < files (reading hostile model and
+data files) < db | synth < settings < pipeline (the stage contract and the stages) < worker <
+orchestrator (CLI, planning, reports) < api. The repository keeps db/, pipeline/, worker/ and
+orchestrator/ as top-level folders; packaging maps them to badnet_prune.db and so on.
+
+`from badnet_prune import defend` is the notebook API (badnet_prune.api); it is imported on first use,
+so that `import badnet_prune` stays cheap (no TensorFlow, no SQLAlchemy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from db.model_results import ModelResults
+    from badnet_prune.api import defend
 
 __version__ = "0.1.0"
 __all__ = ["defend"]
 
 
-def defend(
-    model: str | Path,
-    clean_valid: str | Path,
-    clean_test: str | Path,
-    out: str | Path,
-    *,
-    poisoned: Mapping[str, tuple[str | Path, str | Path]] | None = None,
-    thresholds: Sequence[float | str] = (0.02, 0.04, 0.1),
-    policy: str = "first",
-    prune_layer: str = "conv_3",
-    rank_layer: str = "pool_3",
-    input_scale: float | str = "auto",
-    trust_model_code: bool = False,
-    db: str | None = None,
-    fine_tune: bool | Mapping[str, object] = False,
-) -> ModelResults:
-    """Run the whole defense on one model, as `badnet-prune defend` does, and return its typed results.
+def __getattr__(name: str) -> Any:
+    if name == "defend":
+        from badnet_prune.api import defend
 
-    poisoned maps each poisoned set's name to its (validation file, test file). The results are written
-    to OUT as by the command (steps.csv, summary.json, models/B_prime_<t>.keras and G_<t>.keras, and the
-    database OUT/badnet-prune.db unless `db` or BADNET_PRUNE_DB names one); progress goes to stderr.
-    fine_tune: True, or the settings of `defend --fine-tune` by field name ({"epochs": 5, "optimizer": "sgd"}),
-    fine-tunes each B'_t as that option does.
-    Bad input raises badnet_prune.errors.BadInputError; a model that fails while it is defended raises
-    orchestrator.defend_run.DefenseFailed with the reason.
-
-    Example (a notebook cell)::
-
-        from badnet_prune import defend
-        results = defend("bd_net.h5", "cl/valid.h5", "cl/test.h5", "out",
-                         poisoned={"sunglasses": ("bd/bd_valid.h5", "bd/bd_test.h5")})
-        for t in results.thresholds:
-            print(t.threshold.percent, t.step, t.g.clean_accuracy, t.g.asr)
-    """
-    from rich.console import Console
-
-    from badnet_prune.errors import BadInputError
-    from orchestrator.defend_run import defend_model, defense_spec, fine_tune_table
-
-    sets = {}
-    for name, files in (poisoned or {}).items():
-        if isinstance(files, str | Path) or len(files) != 2:
-            raise BadInputError(f"poisoned[{name!r}]", f"{files!r} is not a (validation file, test file) pair")
-        sets[name] = {"valid": str(files[0]), "test": str(files[1])}
-    spec = defense_spec(
-        Path(model), Path(clean_valid), Path(clean_test), poisoned=sets,
-        thresholds=thresholds if isinstance(thresholds, str) else list(thresholds), policy=policy,
-        prune_layer=prune_layer, rank_layer=rank_layer, input_scale=input_scale, trust_model_code=trust_model_code,
-        fine_tune=fine_tune_table(bool(fine_tune), dict(fine_tune) if isinstance(fine_tune, Mapping) else {}),
-    )
-    return defend_model(spec, Path(out), db=db, console=Console(stderr=True)).results
+        return defend
+    raise AttributeError(f"module 'badnet_prune' has no attribute {name!r}")

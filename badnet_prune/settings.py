@@ -20,7 +20,7 @@ import platformdirs
 from pydantic import ByteSize, Field, ValidationError, field_serializer, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from badnet_prune.errors import BadInputError
+from badnet_prune.numerics.errors import BadInputError
 
 ENV_PREFIX = "BADNET_PRUNE_"
 DEFAULT_DB_URL = "sqlite:///badnet-prune.db"
@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     @field_validator("db_url", mode="before")
     @classmethod
     def _database(cls, value: object) -> object:
-        from db.session import normalise_database_url
+        from badnet_prune.db.session import normalise_database_url
 
         return normalise_database_url(value) if isinstance(value, str) else value
 
@@ -199,7 +199,7 @@ class Settings(BaseSettings):
 
 def _masked(url: str) -> str:
     """`url` with any password replaced by ***."""
-    from db.session import display_url
+    from badnet_prune.db.session import display_url
 
     return display_url(url)
 

@@ -52,14 +52,13 @@ def as_worker(argv: list[str]) -> None:
     import dataclasses
     import threading
 
+    import badnet_prune.db.session as db_session
+    import badnet_prune.pipeline.contract as contract
+    import badnet_prune.worker.flow as flow
+    from badnet_prune.worker.dispatch import CeleryDispatcher
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
     from sqlalchemy.pool import Pool
-
-    import db.session
-    import pipeline.contract as contract
-    import worker.flow as flow
-    from worker.dispatch import CeleryDispatcher
 
     for stage in contract.stages(contract.Scope.MODEL):
         contract._registry[stage.name] = dataclasses.replace(stage, run=lambda runtime, task, arguments: None)
@@ -127,12 +126,12 @@ def as_worker(argv: list[str]) -> None:
         local.ran = True  # the job starts: the next session of run_planned_task ends the task
         return real_heartbeat_enter(self)
 
-    flow.session_scope = db.session.session_scope = timed_scope  # flow's own, and those imported when called
+    flow.session_scope = db_session.session_scope = timed_scope  # flow's own, and those imported when called
     flow.run_planned_task = timed_run
     flow._Heartbeat.__enter__ = heartbeat_enter
     CeleryDispatcher.send = timed_send
     sys.argv = [CLI, *argv]
-    from orchestrator.cli import console_main
+    from badnet_prune.orchestrator.cli import console_main
 
     console_main()
 
@@ -140,7 +139,7 @@ def as_worker(argv: list[str]) -> None:
 def as_submitter(argv: list[str]) -> None:
     """Run `badnet-prune ARGV` (sweep --wait) timing each redraw of its watcher: the share of the time its
     queries keep the database busy, beside the process's own CPU."""
-    import orchestrator.watch as watch
+    import badnet_prune.orchestrator.watch as watch
 
     real_refresh = watch._View.refresh
     spent = {"count": 0, "seconds": 0.0}
@@ -157,7 +156,7 @@ def as_submitter(argv: list[str]) -> None:
 
     watch._View.refresh = timed_refresh
     sys.argv = [CLI, *argv]
-    from orchestrator.cli import console_main
+    from badnet_prune.orchestrator.cli import console_main
 
     console_main()
 
@@ -265,11 +264,11 @@ def run_once(sweep: Path, models: int, workers: int, redis_db: int, folder: Path
 def redis_bytes_per_message(redis_db: int, count: int) -> float:
     """Redis's used_memory grown by `count` queued messages of the real shape (the rank stage's, as sent)."""
     import redis
+    from badnet_prune.pipeline.contract import get_stage
+    from badnet_prune.worker.celery_app import make_celery
+    from badnet_prune.worker.dispatch import CeleryDispatcher
 
     from badnet_prune.settings import Settings
-    from pipeline.contract import get_stage
-    from worker.celery_app import make_celery
-    from worker.dispatch import CeleryDispatcher
 
     url = f"redis://127.0.0.1:6379/{redis_db}"
     client = redis.Redis.from_url(url)

@@ -5,7 +5,7 @@
 (b) the same loop batched: a compiled tf.function over batches of 1024;
 (c) this engine doing more: cut activations once for clean AND poisoned images, the ranking,
     then prune_range over every step with clean accuracy and ASR.
-(d) the dense engine (badnet_prune.dense_engine, what BADNET_PRUNE_ENGINE=auto picks on a GPU):
+(d) the dense engine (badnet_prune.numerics.dense_engine, what BADNET_PRUNE_ENGINE=auto picks on a GPU):
     (c)'s work with the cut activations on the device and every image evaluated at every step,
     many steps per call. Goal on a GPU: (b)/(d) >= 20x.
 (c)'s and (d)'s per-step correct counts must equal (b)'s, or the bench fails.
@@ -37,17 +37,17 @@ from pathlib import Path
 
 import numpy as np
 
-from badnet_prune.activations import channel_means, cut_activations, live_channels, rank_activation_batches
-from badnet_prune.dense_engine import DenseLabeler
-from badnet_prune.inference import INFERENCE_BATCH, compiled_forward, forward_labels
-from badnet_prune.labelers import CutLabeler
-from badnet_prune.model_io import load_model
-from badnet_prune.network_split import split_network
-from badnet_prune.pruned_model import zeroed_filters
-from badnet_prune.pruning import LabeledSet, prune_range, prune_range_dense
-from badnet_prune.ranking import rank_channels
+from badnet_prune.files.model_io import load_model
+from badnet_prune.numerics.activations import channel_means, cut_activations, live_channels, rank_activation_batches
+from badnet_prune.numerics.dense_engine import DenseLabeler
+from badnet_prune.numerics.inference import INFERENCE_BATCH, compiled_forward, forward_labels
+from badnet_prune.numerics.labelers import CutLabeler
+from badnet_prune.numerics.network_split import split_network
+from badnet_prune.numerics.pruned_model import zeroed_filters
+from badnet_prune.numerics.pruning import LabeledSet, prune_range, prune_range_dense
+from badnet_prune.numerics.ranking import rank_channels
+from badnet_prune.numerics.tf_setup import accelerator_present, keras, tf
 from badnet_prune.synth.faces import render, sample_identities, sample_poses
-from badnet_prune.tf_setup import accelerator_present, keras, tf
 
 REPO = Path(__file__).resolve().parents[1]
 LAB_WEIGHTS = REPO.parent / "shared" / "csaw" / "bd_weights.h5"

@@ -1,4 +1,4 @@
-"""Bench: one fine-tuning epoch of badnet_prune.fine_tuning against plain Keras `model.fit`, in one run.
+"""Bench: one fine-tuning epoch of badnet_prune.numerics.fine_tuning against plain Keras `model.fit`, in one run.
 
 Both train the same pruned network (the lab's weights, the `--pruned` channels of conv_3 lowest
 by clean mean activation zeroed) on the same training part of the clean validation images, with
@@ -30,14 +30,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from badnet_prune.activations import channel_means, cut_activations, rank_activation_batches  # noqa: E402
-from badnet_prune.fine_tuning import FineTuneSettings, fine_tune  # noqa: E402
-from badnet_prune.inference import compiled_forward, forward_labels  # noqa: E402
-from badnet_prune.model_io import load_model  # noqa: E402
-from badnet_prune.network_split import split_network  # noqa: E402
-from badnet_prune.pruned_model import build_pruned_model  # noqa: E402
-from badnet_prune.ranking import rank_channels  # noqa: E402
-from badnet_prune.tf_setup import keras  # noqa: E402
+from badnet_prune.files.model_io import load_model  # noqa: E402
+from badnet_prune.numerics.activations import channel_means, cut_activations, rank_activation_batches  # noqa: E402
+from badnet_prune.numerics.fine_tuning import FineTuneSettings, fine_tune  # noqa: E402
+from badnet_prune.numerics.inference import compiled_forward, forward_labels  # noqa: E402
+from badnet_prune.numerics.network_split import split_network  # noqa: E402
+from badnet_prune.numerics.pruned_model import build_pruned_model  # noqa: E402
+from badnet_prune.numerics.ranking import rank_channels  # noqa: E402
+from badnet_prune.numerics.tf_setup import keras  # noqa: E402
 from bench.engine import LAB_VALID_IMAGES, LAB_WEIGHTS, backend_versions, synthetic_faces  # noqa: E402
 
 

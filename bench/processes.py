@@ -40,9 +40,9 @@ def make_files(work: Path) -> None:
     import numpy as np
     from engine import synthetic_faces  # bench/engine.py, beside this script
 
-    from badnet_prune.data import write_data_file
-    from badnet_prune.inference import compiled_forward, forward_labels
-    from badnet_prune.model_io import load_model
+    from badnet_prune.files.data import write_data_file
+    from badnet_prune.files.model_io import load_model
+    from badnet_prune.numerics.inference import compiled_forward, forward_labels
 
     model = load_model(WEIGHTS)
     forward = compiled_forward(model)
@@ -61,8 +61,8 @@ def notebook_job(work: Path, out: Path) -> None:
     import h5py
     import numpy as np
 
-    from badnet_prune.model_io import load_model
-    from badnet_prune.tf_setup import keras
+    from badnet_prune.files.model_io import load_model
+    from badnet_prune.numerics.tf_setup import keras
 
     def load(name: str):
         with h5py.File(work / name, "r") as handle:
@@ -105,11 +105,11 @@ def notebook_job(work: Path, out: Path) -> None:
 
 def floor_job(work: Path) -> None:
     """Import, load the four files, and run the layers before the cut once over each."""
-    from badnet_prune.activations import cut_activations
-    from badnet_prune.data import open_data_file
-    from badnet_prune.inference import compiled_forward
-    from badnet_prune.model_io import load_model
-    from badnet_prune.network_split import split_network
+    from badnet_prune.files.data import open_data_file
+    from badnet_prune.files.model_io import load_model
+    from badnet_prune.numerics.activations import cut_activations
+    from badnet_prune.numerics.inference import compiled_forward
+    from badnet_prune.numerics.network_split import split_network
 
     model = load_model(WEIGHTS)
     head = compiled_forward(split_network(model).head)

@@ -40,8 +40,8 @@ def synthetic_sweep(engine: Engine, models: int, *, poisons: tuple[str, ...] = P
     step); each threshold selects the last step whose validation accuracy is at least acc0 x (1 - t), so two
     thresholds may select the same step. fine_tune adds fine-pruning rows (epoch 0..2, G'' evaluations).
     Returns the sweep's id."""
-    from db.repository import add_model, create_sweep, set_model_status, set_sweep_status, upsert_data_file
-    from db.results import (
+    from badnet_prune.db.repository import add_model, create_sweep, set_model_status, set_sweep_status, upsert_data_file
+    from badnet_prune.db.results import (
         FineTuneEpochRow,
         FineTuneRow,
         StepRow,
@@ -51,7 +51,7 @@ def synthetic_sweep(engine: Engine, models: int, *, poisons: tuple[str, ...] = P
         save_selection,
         save_steps,
     )
-    from db.session import session_scope
+    from badnet_prune.db.session import session_scope
 
     random = np.random.default_rng(seed)
     names = names or [f"model_{index:04d}" for index in range(models)]
@@ -115,8 +115,8 @@ def synthetic_sweep(engine: Engine, models: int, *, poisons: tuple[str, ...] = P
 
 def measure(work: Path, models: int) -> dict[str, float]:
     """Build a sweep of `models` models and time its report (no samples)."""
-    from db.session import prepare_database
-    from orchestrator.report.write import write_report
+    from badnet_prune.db.session import prepare_database
+    from badnet_prune.orchestrator.report.write import write_report
 
     folder = work / f"{models}"
     shutil.rmtree(folder, ignore_errors=True)

@@ -208,11 +208,11 @@ def baseline_job(work: Path, models: list[Path], out: Path) -> None:
     import numpy as np
     from engine import backend_versions, batched_loop  # bench/engine.py, beside this script
 
-    from badnet_prune.data import open_data_file
-    from badnet_prune.inference import INFERENCE_BATCH, compiled_forward, forward_labels
-    from badnet_prune.model_io import load_model
-    from badnet_prune.pruned_model import build_pruned_model
-    from badnet_prune.tf_setup import keras, tf
+    from badnet_prune.files.data import open_data_file
+    from badnet_prune.files.model_io import load_model
+    from badnet_prune.numerics.inference import INFERENCE_BATCH, compiled_forward, forward_labels
+    from badnet_prune.numerics.pruned_model import build_pruned_model
+    from badnet_prune.numerics.tf_setup import keras, tf
 
     (x_valid, y_valid), (x_test, y_test), _, (x_bd_test, y_bd_test) = (
         (data.read_all(), data.labels) for data in (open_data_file(work / name) for name in FILES))
@@ -304,7 +304,7 @@ def main() -> int:
     if not WEIGHTS.exists():
         sys.exit(f"error: {WEIGHTS}: no such file (the lab's bd_weights.h5 is needed)")
 
-    from badnet_prune.hashing import sha256_file
+    from badnet_prune.files.hashing import sha256_file
 
     env = os.environ | {"BADNET_PRUNE_ENGINE": args.engine, "TF_CPP_MIN_LOG_LEVEL": "2"}
     args.work.mkdir(parents=True, exist_ok=True)

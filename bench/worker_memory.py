@@ -38,10 +38,10 @@ def make_files(work: Path, models: int, images: int) -> None:
     """DeepID weight files seeded 0..models-1 and four shared data files of `images` images each."""
     import numpy as np
 
-    from badnet_prune.architecture import build_deepid
-    from badnet_prune.data import write_data_file
-    from badnet_prune.model_io import save_legacy_weights
-    from badnet_prune.tf_setup import keras
+    from badnet_prune.files.data import write_data_file
+    from badnet_prune.files.model_io import save_legacy_weights
+    from badnet_prune.numerics.architecture import build_deepid
+    from badnet_prune.numerics.tf_setup import keras
 
     rng = np.random.default_rng(0)
     for name, relative in SETS.items():
@@ -66,16 +66,17 @@ def rss_mib() -> float:
 
 def run_model(memory, path: Path, work: Path, artifacts: Path) -> None:
     """One model's rank, sweep and threshold tasks, as worker/jobs.py does them."""
-    from badnet_prune.activations import channel_means, rank_activation_batches
-    from badnet_prune.evaluation import CLEAN_TEST, evaluate_networks, poisoned_test
-    from badnet_prune.hashing import sha256_file
-    from badnet_prune.inference import accuracy_percent, compiled_forward
-    from badnet_prune.pruned_model import build_pruned_model
-    from badnet_prune.pruning import prune_range, pruned_labels
-    from badnet_prune.ranking import rank_channels
-    from badnet_prune.repair import build_repaired_net
-    from badnet_prune.selection import select_steps
-    from worker.loaded import ModelKey, labeled_set
+    from badnet_prune.worker.loaded import ModelKey, labeled_set
+
+    from badnet_prune.files.hashing import sha256_file
+    from badnet_prune.numerics.activations import channel_means, rank_activation_batches
+    from badnet_prune.numerics.evaluation import CLEAN_TEST, evaluate_networks, poisoned_test
+    from badnet_prune.numerics.inference import accuracy_percent, compiled_forward
+    from badnet_prune.numerics.pruned_model import build_pruned_model
+    from badnet_prune.numerics.pruning import prune_range, pruned_labels
+    from badnet_prune.numerics.ranking import rank_channels
+    from badnet_prune.numerics.repair import build_repaired_net
+    from badnet_prune.numerics.selection import select_steps
 
     key = ModelKey(str(path), sha256_file(path), 1.0, "conv_3", "pool_3", trust_code=False)
     shas = {name: sha256_file(work / relative) for name, relative in SETS.items()}
@@ -119,9 +120,10 @@ def run_model(memory, path: Path, work: Path, artifacts: Path) -> None:
 
 
 def run(work: Path, models: int, every: int, memory_bytes: int, cache_max_bytes: int | None) -> None:
-    from badnet_prune.tf_setup import configure_tensorflow
-    from worker.activation_cache import cache_usage, clear_cache
-    from worker.loaded import WorkerMemory
+    from badnet_prune.worker.activation_cache import cache_usage, clear_cache
+    from badnet_prune.worker.loaded import WorkerMemory
+
+    from badnet_prune.numerics.tf_setup import configure_tensorflow
 
     configure_tensorflow()
     cache = work / "cache"
@@ -178,8 +180,9 @@ def main() -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     subprocess.run([sys.executable, __file__, "--make-files", "--work", str(args.work), "--models", str(args.models),
                     "--images", str(args.images)], check=True, env=env)
+    from badnet_prune.worker.loaded import DEFAULT_MEMORY_BYTES
+
     from badnet_prune.settings import DEFAULT_CACHE_MAX_BYTES
-    from worker.loaded import DEFAULT_MEMORY_BYTES
 
     memory_bytes = DEFAULT_MEMORY_BYTES if args.memory_bytes is None else int(args.memory_bytes)
     cache_max = DEFAULT_CACHE_MAX_BYTES if args.cache_max_bytes is None else int(args.cache_max_bytes)

@@ -9,12 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.orm import Session
-
-from badnet_prune.thresholds import Threshold, parse_threshold
-from db.models import Evaluation, Model
-from db.repository import get_model
-from db.results import (
+from badnet_prune.db.models import Evaluation, Model
+from badnet_prune.db.repository import get_model
+from badnet_prune.db.results import (
     FineTuneEpochRow,
     StoredStep,
     read_artifacts,
@@ -24,6 +21,9 @@ from db.results import (
     read_selections,
     read_steps,
 )
+from sqlalchemy.orm import Session
+
+from badnet_prune.numerics.thresholds import Threshold, parse_threshold
 
 FINE_KINDS = ("B_fine", "G_fine")
 

@@ -110,7 +110,7 @@ class Sweep(Base):
     name: Mapped[str] = mapped_column(index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     config: Mapped[dict[str, Any]]  # the sweep definition as given, to replay it
-    thresholds: Mapped[list[str]]  # exact keys (badnet_prune.thresholds), ascending
+    thresholds: Mapped[list[str]]  # exact keys (badnet_prune.numerics.thresholds), ascending
     policy: Mapped[str]
     prune_layer: Mapped[str]
     rank_layer: Mapped[str]
@@ -341,7 +341,7 @@ class FineTune(Base):
     model_id: Mapped[int] = mapped_column(_model_fk(), primary_key=True)
     threshold: Mapped[str] = mapped_column(primary_key=True)  # exact key
     kept_epoch: Mapped[int | None]
-    settings: Mapped[dict[str, Any]]  # badnet_prune.fine_tuning.FineTuneSettings as JSON
+    settings: Mapped[dict[str, Any]]  # badnet_prune.numerics.fine_tuning.FineTuneSettings as JSON
     seed: Mapped[int]
     split_sha256: Mapped[str | None]  # CleanSplit.sha256: which clean validation images trained, which chose
     train_count: Mapped[int | None]

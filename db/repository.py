@@ -14,10 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select, tuple_, update
-from sqlalchemy.orm import Session
-
-from db.models import (
+from badnet_prune.db.models import (
     MODEL_STATUSES,
     POLICIES,
     SWEEP_STATUSES,
@@ -30,7 +27,9 @@ from db.models import (
     Task,
     utcnow,
 )
-from db.upsert import upsert_statement
+from badnet_prune.db.upsert import upsert_statement
+from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.orm import Session
 
 MODEL_FIELDS = frozenset({"acc0", "channel_count"})
 

@@ -13,10 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session
-
-from db.models import (
+from badnet_prune.db.models import (
     ARTIFACT_KINDS,
     NETWORKS,
     TEST_ROLES,
@@ -31,8 +28,10 @@ from db.models import (
     Step,
     StepAsr,
 )
-from db.repository import check_choice
-from db.upsert import upsert_rows
+from badnet_prune.db.repository import check_choice
+from badnet_prune.db.upsert import upsert_rows
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
 
 
 @dataclass(frozen=True)
@@ -161,7 +160,7 @@ def selection_stored(session: Session, model_id: int, threshold: str) -> bool:
 
 
 def read_selections(session: Session, model_id: int) -> list[Selection]:
-    """By threshold key; callers that order by value sort by badnet_prune.thresholds.Threshold."""
+    """By threshold key; callers that order by value sort by badnet_prune.numerics.thresholds.Threshold."""
     return _read(session, select(Selection).where(Selection.model_id == model_id).order_by(Selection.threshold))
 
 

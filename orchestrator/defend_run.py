@@ -13,16 +13,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from badnet_prune.db.model_results import ModelResults
+from badnet_prune.orchestrator.sweep_file import SweepSpec
 from pydantic import ValidationError
 from rich.console import Console
 
-from badnet_prune.errors import BadInputError
-from badnet_prune.fine_tune_settings import FineTuneSettings
-from badnet_prune.names import RESERVED_NAMES
-from badnet_prune.selection import validate_policy
-from badnet_prune.thresholds import parse_thresholds
-from db.model_results import ModelResults
-from orchestrator.sweep_file import SweepSpec
+from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.numerics.fine_tune_settings import FineTuneSettings
+from badnet_prune.numerics.names import RESERVED_NAMES
+from badnet_prune.numerics.selection import validate_policy
+from badnet_prune.numerics.thresholds import parse_thresholds
 
 
 class DefenseFailed(Exception):
@@ -84,7 +84,7 @@ def defense_spec(
     Thresholds and policy are checked here as well as in parse_sweep, so that the error names the
     option, not the sweep.
     """
-    from orchestrator.sweep_file import parse_sweep
+    from badnet_prune.orchestrator.sweep_file import parse_sweep
 
     try:
         threshold_keys = [t.key for t in parse_thresholds(thresholds)]
@@ -116,9 +116,10 @@ def defense_spec(
 def defend_model(spec: SweepSpec, out: Path, *, db: str | None, console: Console) -> Defended:
     """Run the spec here, results in OUT: models in OUT/models, steps.csv and summary.json, and the
     database in OUT/badnet-prune.db unless --db or BADNET_PRUNE_DB names one. DefenseFailed if the model failed."""
+    from badnet_prune.orchestrator.options import load_settings
+    from badnet_prune.orchestrator.submit import submit_sweep
+
     from badnet_prune.settings import Settings
-    from orchestrator.options import load_settings
-    from orchestrator.submit import submit_sweep
 
     if db is None and "db_url" not in Settings.from_env().model_fields_set:
         db = str(out / "badnet-prune.db")  # the results' database goes with the results, not into the cwd
@@ -130,8 +131,8 @@ def defend_model(spec: SweepSpec, out: Path, *, db: str | None, console: Console
 
 def input_scale_note(db_url: str, sweep_id: int) -> str | None:
     """The one model's line on its input scale, as its rank stage stored it."""
-    from db.inputs import input_scale_notes
-    from db.session import make_engine, session_scope
+    from badnet_prune.db.inputs import input_scale_notes
+    from badnet_prune.db.session import make_engine, session_scope
 
     engine = make_engine(db_url)
     try:
@@ -143,10 +144,10 @@ def input_scale_note(db_url: str, sweep_id: int) -> str | None:
 
 def write_results(db_url: str, sweep_id: int, out: Path) -> ModelResults:
     """Read the one model's results back and write OUT/steps.csv and OUT/summary.json from them."""
-    from db.model_results import read_model_results
-    from db.repository import list_models
-    from db.session import make_engine, session_scope
-    from orchestrator.exports import model_summary, step_rows, to_csv
+    from badnet_prune.db.model_results import read_model_results
+    from badnet_prune.db.repository import list_models
+    from badnet_prune.db.session import make_engine, session_scope
+    from badnet_prune.orchestrator.exports import model_summary, step_rows, to_csv
 
     engine = make_engine(db_url)
     with session_scope(engine) as session:

@@ -7,10 +7,9 @@ import io
 import re
 from typing import Any
 
+from badnet_prune.db.model_results import FineTuneOutcome, Metrics, ModelResults
+from badnet_prune.db.results import read_steps
 from sqlalchemy.orm import Session
-
-from db.model_results import FineTuneOutcome, Metrics, ModelResults
-from db.results import read_steps
 
 STEP_COLUMNS = ["step", "channel", "fraction_pruned", "clean_accuracy"]
 

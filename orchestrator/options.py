@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from badnet_prune.selection import POLICIES
+from badnet_prune.numerics.selection import POLICIES
 
 if TYPE_CHECKING:
     from badnet_prune.settings import Settings

@@ -2,7 +2,7 @@
 
 The file is validated once, here, by strict pydantic models: a boolean is a TOML boolean (the
 string "false" is refused, not read as true), numbers are numbers within their ranges, names are
-identifiers (badnet_prune.names), and unknown keys are an error that names them, so a typo never
+identifiers (badnet_prune.numerics.names), and unknown keys are an error that names them, so a typo never
 silently falls back to a default. Every problem is one BadInputError line:
 `FILE: key path: what was expected, got what` (list positions counted from 1: model #1).
 Relative paths are relative to the sweep file.
@@ -31,12 +31,12 @@ from pydantic import (
     model_validator,
 )
 
-from badnet_prune.errors import BadInputError
-from badnet_prune.fine_tune_settings import FineTuneSettings
-from badnet_prune.input_scale import AUTO_INPUT_SCALE, SCALES
-from badnet_prune.names import Name
-from badnet_prune.selection import validate_policy
-from badnet_prune.thresholds import Threshold, parse_thresholds
+from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.numerics.fine_tune_settings import FineTuneSettings
+from badnet_prune.numerics.input_scale import AUTO_INPUT_SCALE, SCALES
+from badnet_prune.numerics.names import Name
+from badnet_prune.numerics.selection import validate_policy
+from badnet_prune.numerics.thresholds import Threshold, parse_thresholds
 
 DEFAULT_THRESHOLDS = parse_thresholds(("0.02", "0.04", "0.1"))
 MAX_RANGE_SIZE = 100_000

@@ -15,6 +15,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
+from badnet_prune.db.errors import DatabaseUnavailable
+from badnet_prune.db.inputs import input_scale_notes
+from badnet_prune.db.repository import SweepOverview, sweep_overview
+from badnet_prune.db.session import session_scope
+from badnet_prune.worker.dispatch import Dispatcher
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
@@ -22,12 +27,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
-
-from db.errors import DatabaseUnavailable
-from db.inputs import input_scale_notes
-from db.repository import SweepOverview, sweep_overview
-from db.session import session_scope
-from worker.dispatch import Dispatcher
 
 POLL_SECONDS = 0.5
 # A redraw's queries cost the database a share of a core that grows with the sweep (about 0.1 s at
@@ -166,7 +165,7 @@ class _View:
 
 def _phase(overview: SweepOverview) -> tuple[str, tuple[str, ...]]:
     """The stages at work now, by their declared descriptions with their tasks done of planned; and their names."""
-    from pipeline.contract import stages
+    from badnet_prune.pipeline.contract import stages
 
     busy, names = [], []
     for stage in stages():

@@ -21,12 +21,11 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from badnet_prune.thresholds import Threshold
+from badnet_prune.numerics.thresholds import Threshold
 
 if TYPE_CHECKING:
+    from badnet_prune.worker.runtime import Runtime
     from sqlalchemy.orm import Session
-
-    from worker.runtime import Runtime
 
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 CELERY_PREFIX = "badnet_prune."
@@ -154,7 +153,7 @@ def roots() -> list[Stage[Any]]:
 
 
 def _load_builtin() -> None:
-    import pipeline.stages  # noqa: F401  (declares the built-in stages on import)
+    import badnet_prune.pipeline.stages  # noqa: F401  (declares the built-in stages on import)
 
 
 def load_stage_modules(modules: Sequence[str]) -> None:

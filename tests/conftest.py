@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from badnet_prune.tf_setup import keras
+from badnet_prune.numerics.tf_setup import keras
 from tests.helpers import build_quick_badnet
 
 ON_JAX = keras.backend.backend() == "jax"

@@ -50,10 +50,10 @@ def random_badnet(out: Path, seed: int = 0, classes: int = 10, valid: int = 300,
 
     Cheap to make with many validation images, for tasks that must last long enough to be interrupted.
     """
-    from badnet_prune.architecture import build_deepid
-    from badnet_prune.data import write_data_file
-    from badnet_prune.model_io import save_legacy_weights
-    from badnet_prune.tf_setup import keras
+    from badnet_prune.files.data import write_data_file
+    from badnet_prune.files.model_io import save_legacy_weights
+    from badnet_prune.numerics.architecture import build_deepid
+    from badnet_prune.numerics.tf_setup import keras
 
     keras.utils.set_random_seed(seed)
     save_legacy_weights(build_deepid(classes), out / "models" / "bd_weights.h5")

@@ -54,10 +54,10 @@ def plain_labels(model, images: np.ndarray) -> list[int]:
 
 @pytest.fixture(scope="module")
 def fixture(tmp_path_factory) -> Fixture:
-    from badnet_prune.data import open_data_file, write_data_file
-    from badnet_prune.pruned_model import build_pruned_model
-    from badnet_prune.repair import build_repaired_net
-    from badnet_prune.tf_setup import keras
+    from badnet_prune.files.data import open_data_file, write_data_file
+    from badnet_prune.numerics.pruned_model import build_pruned_model
+    from badnet_prune.numerics.repair import build_repaired_net
+    from badnet_prune.numerics.tf_setup import keras
 
     root = cached_quick_badnet(0, CLASSES)
     work = tmp_path_factory.mktemp("classify")

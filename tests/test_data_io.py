@@ -12,10 +12,10 @@ import h5py
 import numpy as np
 import pytest
 
-from badnet_prune.architecture import build_deepid
-from badnet_prune.data import read_ahead, write_data_file
-from badnet_prune.model_io import save_legacy_weights
-from badnet_prune.tf_setup import keras
+from badnet_prune.files.data import read_ahead, write_data_file
+from badnet_prune.files.model_io import save_legacy_weights
+from badnet_prune.numerics.architecture import build_deepid
+from badnet_prune.numerics.tf_setup import keras
 from tests.helpers import run_console_script
 
 NUM_CLASSES = 10
@@ -181,8 +181,8 @@ def assert_one_line_error(code: int, stdout: str, stderr: str, path: Path, probl
 
 
 def run_main(monkeypatch, capfd, *args: str) -> tuple[int, str, str]:
-    """orchestrator.cli.main as the console script calls it, in this process; (exit code, stdout, stderr)."""
-    from orchestrator.cli import main
+    """The CLI's main as the console script calls it, in this process; (exit code, stdout, stderr)."""
+    from badnet_prune.orchestrator.cli import main
 
     monkeypatch.setattr(sys, "argv", ["badnet-prune", *args])
     with pytest.raises(SystemExit) as exited:
@@ -267,7 +267,7 @@ def test_evaluate_accuracy_equals_a_plain_argmax_comparison(model_file, good_fil
 def test_background_hashes_equal_hashlib_and_leave_out_unreadable_files(tmp_path):
     import hashlib
 
-    from badnet_prune.hashing import BackgroundHashes, sha256_file
+    from badnet_prune.files.hashing import BackgroundHashes, sha256_file
 
     payloads = {tmp_path / f"file{i}.bin": bytes(range(256)) * (1000 * (i + 1)) for i in range(3)}
     for path, payload in payloads.items():
@@ -319,8 +319,8 @@ def test_read_ahead_keeps_order_raises_where_the_reader_failed_and_stops_early()
 
 def test_a_hostile_file_is_refused_before_any_value_is_read_without_a_model(tmp_path):
     """No model given (sweep planning counts images this way): the same refusals, and 1e20 is out of range."""
-    from badnet_prune.data import open_data_file
-    from badnet_prune.errors import BadInputError
+    from badnet_prune.files.data import open_data_file
+    from badnet_prune.numerics.errors import BadInputError
 
     source = write_raw(tmp_path / "source.h5", data=good_pixels(), label=labels(0, 1, 2, 3))
     cases = make_hostile_files(tmp_path, source)
@@ -332,9 +332,10 @@ def test_a_hostile_file_is_refused_before_any_value_is_read_without_a_model(tmp_
 
 def test_a_refused_data_file_never_reaches_the_activation_cache(model_file, tmp_path):
     """The worker opens (and so checks) a data file before it looks up or writes cached activations."""
-    from badnet_prune.errors import BadInputError
-    from badnet_prune.hashing import sha256_file
-    from worker.loaded import ModelKey, WorkerMemory
+    from badnet_prune.worker.loaded import ModelKey, WorkerMemory
+
+    from badnet_prune.files.hashing import sha256_file
+    from badnet_prune.numerics.errors import BadInputError
 
     _, path = model_file
     cache = tmp_path / "cache"
@@ -352,9 +353,9 @@ def test_a_refused_data_file_never_reaches_the_activation_cache(model_file, tmp_
 
 def test_a_file_changed_since_it_was_registered_is_refused(tmp_path):
     """The hash a worker keys results and cached activations by must be the hash of the bytes it reads."""
-    from badnet_prune.data import open_data_file
-    from badnet_prune.errors import BadInputError
-    from badnet_prune.hashing import sha256_file
+    from badnet_prune.files.data import open_data_file
+    from badnet_prune.files.hashing import sha256_file
+    from badnet_prune.numerics.errors import BadInputError
 
     path = write_raw(tmp_path / "valid.h5", data=good_pixels(), label=labels(0, 1, 2, 3))
     registered = sha256_file(path)

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from badnet_prune.data import open_data_file
-from badnet_prune.inference import compiled_forward, predict_labels
-from badnet_prune.model_io import load_model
-from badnet_prune.pruned_model import build_pruned_model
-from badnet_prune.tf_setup import keras
+from badnet_prune.files.data import open_data_file
+from badnet_prune.files.model_io import load_model
+from badnet_prune.numerics.inference import compiled_forward, predict_labels
+from badnet_prune.numerics.pruned_model import build_pruned_model
+from badnet_prune.numerics.tf_setup import keras
 from tests.helpers import run_console_script
 
 THRESHOLDS = (0.02, 0.04, 0.1)
@@ -241,7 +241,7 @@ def test_a_prune_layer_the_model_lacks_ends_in_one_line_naming_the_model_file(sy
 
 
 def test_poisoned_images_that_do_not_match_the_model_end_in_one_line_naming_the_file(synthetic_badnet, tmp_path):
-    from badnet_prune.data import write_data_file
+    from badnet_prune.files.data import write_data_file
 
     wrong = tmp_path / "small_faces.h5"
     write_data_file(wrong, np.zeros((4, 32, 32, 3), dtype=np.float32), np.zeros(4, dtype=np.int64))

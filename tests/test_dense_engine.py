@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from badnet_prune.worker.loaded import ModelKey, WorkerMemory
 
-from badnet_prune import inference
-from badnet_prune.architecture import build_deepid
-from badnet_prune.dense_engine import DenseLabeler, chosen_engine
-from badnet_prune.hashing import sha256_file
-from badnet_prune.inference import compiled_forward
-from badnet_prune.labelers import CutLabeler
+from badnet_prune.files.hashing import sha256_file
+from badnet_prune.numerics import inference
+from badnet_prune.numerics.architecture import build_deepid
+from badnet_prune.numerics.dense_engine import DenseLabeler, chosen_engine
+from badnet_prune.numerics.inference import compiled_forward
+from badnet_prune.numerics.labelers import CutLabeler
+from badnet_prune.numerics.tf_setup import accelerator_present, keras
 from badnet_prune.settings import Settings
-from badnet_prune.tf_setup import accelerator_present, keras
-from worker.loaded import ModelKey, WorkerMemory
 
 
 def test_a_forced_engine_is_used_whatever_the_device():

@@ -7,10 +7,9 @@ import csv
 import io
 
 import pytest
-
-from orchestrator.exports import to_csv
-from orchestrator.report.markdown import escape, table_markdown
-from orchestrator.report.tables import Table
+from badnet_prune.orchestrator.exports import to_csv
+from badnet_prune.orchestrator.report.markdown import escape, table_markdown
+from badnet_prune.orchestrator.report.tables import Table
 
 HOSTILE_NAMES = [
     "<img src=x onerror=alert(1)>",

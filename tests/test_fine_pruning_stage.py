@@ -20,24 +20,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from badnet_prune.db.errors import DatabaseUnavailable
+from badnet_prune.db.models import Artifact, Evaluation, FineTune, FineTuneAsr, FineTuneEpoch, Model, Task
+from badnet_prune.db.query import run_read_only_query
+from badnet_prune.db.results import FineTuneEpochRow, FineTuneRow, save_fine_tune
+from badnet_prune.db.session import make_engine, prepare_database, session_scope
+from badnet_prune.pipeline.contract import PlanContext, TaskContext
+from badnet_prune.pipeline.stages.fine_tune import FINE_TUNE, FineTuneArguments
 from sqlalchemy import func, make_url, select
 from sqlalchemy.schema import CreateSchema, DropSchema
 
-from badnet_prune.data import open_data_file
-from badnet_prune.errors import BadInputError
-from badnet_prune.hashing import sha256_file
-from badnet_prune.inference import compiled_forward, predict_labels
-from badnet_prune.model_io import load_model
-from badnet_prune.repair import repaired_labels
-from badnet_prune.tf_setup import keras
-from badnet_prune.thresholds import Threshold
-from db.errors import DatabaseUnavailable
-from db.models import Artifact, Evaluation, FineTune, FineTuneAsr, FineTuneEpoch, Model, Task
-from db.query import run_read_only_query
-from db.results import FineTuneEpochRow, FineTuneRow, save_fine_tune
-from db.session import make_engine, prepare_database, session_scope
-from pipeline.contract import PlanContext, TaskContext
-from pipeline.stages.fine_tune import FINE_TUNE, FineTuneArguments
+from badnet_prune.files.data import open_data_file
+from badnet_prune.files.hashing import sha256_file
+from badnet_prune.files.model_io import load_model
+from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.numerics.inference import compiled_forward, predict_labels
+from badnet_prune.numerics.repair import repaired_labels
+from badnet_prune.numerics.tf_setup import keras
+from badnet_prune.numerics.thresholds import Threshold
 from tests.helpers import PLAIN_KERAS, cached_pruning_aware_badnet, run_console_script
 
 POISON = "sunglasses"
@@ -164,7 +164,7 @@ def test_the_fine_tune_results_view_through_the_sql_command(tuned: Tuned) -> Non
 
 
 def test_the_report_draws_the_curves_and_says_what_each_defense_removed(tuned: Tuned, tmp_path: Path) -> None:
-    from orchestrator.report.write import write_report
+    from badnet_prune.orchestrator.report.write import write_report
 
     engine = make_engine(tuned.db_url)
     write_report(engine, tuned.summary["sweep"], tmp_path / "report", asr_bound=5.0, samples_per_set=0)
@@ -195,10 +195,11 @@ def table_counts(session) -> dict[str, int]:
 
 
 def test_a_fine_tune_task_run_again_rewrites_the_same_rows(tuned: Tuned) -> None:
+    from badnet_prune.worker.dispatch import LocalDispatcher
+    from badnet_prune.worker.fine_tune_job import fine_tune_threshold
+    from badnet_prune.worker.runtime import install_runtime
+
     from badnet_prune.settings import Settings
-    from worker.dispatch import LocalDispatcher
-    from worker.fine_tune_job import fine_tune_threshold
-    from worker.runtime import install_runtime
 
     engine = make_engine(tuned.db_url)
     settings = Settings.from_env().with_overrides(db_url=tuned.db_url, broker_url=None, cache_dir=tuned.cache)
@@ -261,7 +262,7 @@ def test_bad_fine_tune_options_are_one_line_and_run_nothing(tmp_path: Path, opti
     ("yes", "fine_tune: expected a valid dictionary, got 'yes'"),
 ])
 def test_hostile_fine_tune_tables_are_refused_in_one_line(table: object, expected: str) -> None:
-    from orchestrator.sweep_file import parse_sweep
+    from badnet_prune.orchestrator.sweep_file import parse_sweep
 
     model = {"name": "m", "path": "a.h5", "clean_valid": "v.h5", "clean_test": "t.h5"}
     with pytest.raises(BadInputError) as refused:
@@ -270,7 +271,7 @@ def test_hostile_fine_tune_tables_are_refused_in_one_line(table: object, expecte
 
 
 def test_a_fine_tune_table_takes_the_defaults_it_does_not_set() -> None:
-    from orchestrator.sweep_file import parse_sweep
+    from badnet_prune.orchestrator.sweep_file import parse_sweep
 
     model = {"name": "m", "path": "a.h5", "clean_valid": "v.h5", "clean_test": "t.h5"}
     spec = parse_sweep({"model": [model], "fine_tune": {"epochs": 4}}, base=Path("/tmp"), source="s", default_name="s")
@@ -300,7 +301,7 @@ def postgres_schema_url():
 
 
 def test_the_reader_role_reads_fine_tune_results_on_postgresql(postgres_schema_url: str) -> None:
-    from db.repository import add_model, create_sweep
+    from badnet_prune.db.repository import add_model, create_sweep
 
     engine = prepare_database(postgres_schema_url)
     with session_scope(engine) as session:

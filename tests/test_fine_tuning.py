@@ -18,19 +18,19 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from badnet_prune.activations import channel_means, cut_activations, live_channels, rank_activation_batches
-from badnet_prune.data import open_data_file
-from badnet_prune.fine_tuning import FineTuneResult, FineTuneSettings, fine_tune, prune_masks, split_clean
-from badnet_prune.inference import accuracy_percent, compiled_forward, predict_labels
-from badnet_prune.labelers import CutLabeler
-from badnet_prune.model_io import load_model
-from badnet_prune.network_split import split_network
-from badnet_prune.pruned_model import build_pruned_model
-from badnet_prune.pruning import LabeledSet, prune_range
-from badnet_prune.ranking import rank_channels
-from badnet_prune.repair import build_repaired_net, repaired_labels
-from badnet_prune.selection import select_steps
-from badnet_prune.tf_setup import keras
+from badnet_prune.files.data import open_data_file
+from badnet_prune.files.model_io import load_model
+from badnet_prune.numerics.activations import channel_means, cut_activations, live_channels, rank_activation_batches
+from badnet_prune.numerics.fine_tuning import FineTuneResult, FineTuneSettings, fine_tune, prune_masks, split_clean
+from badnet_prune.numerics.inference import accuracy_percent, compiled_forward, predict_labels
+from badnet_prune.numerics.labelers import CutLabeler
+from badnet_prune.numerics.network_split import split_network
+from badnet_prune.numerics.pruned_model import build_pruned_model
+from badnet_prune.numerics.pruning import LabeledSet, prune_range
+from badnet_prune.numerics.ranking import rank_channels
+from badnet_prune.numerics.repair import build_repaired_net, repaired_labels
+from badnet_prune.numerics.selection import select_steps
+from badnet_prune.numerics.tf_setup import keras
 from tests.helpers import PLAIN_KERAS, cached_pruning_aware_badnet
 
 THRESHOLDS = (0.02, 0.04, 0.10)

@@ -21,11 +21,11 @@ import h5py
 import numpy as np
 import pytest
 
-from badnet_prune.architecture import build_deepid
-from badnet_prune.errors import BadInputError
-from badnet_prune.model_inspect import prune_layer_filters
-from badnet_prune.model_io import load_model, save_legacy_weights
-from badnet_prune.tf_setup import keras
+from badnet_prune.files.model_inspect import prune_layer_filters
+from badnet_prune.files.model_io import load_model, save_legacy_weights
+from badnet_prune.numerics.architecture import build_deepid
+from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.numerics.tf_setup import keras
 
 MARKER = Path("/tmp/badnet-prune-hostile-model-ran")
 
@@ -357,8 +357,9 @@ def test_the_genuine_weights_file_still_loads(saved):
 def test_evaluate_refuses_a_hostile_archive_in_one_line(saved, tmp_path, case, monkeypatch, capfd):
     import sys
 
-    from badnet_prune.data import write_data_file
-    from orchestrator.cli import main
+    from badnet_prune.orchestrator.cli import main
+
+    from badnet_prune.files.data import write_data_file
 
     model = make_archive(saved, tmp_path, case)
     data = tmp_path / "valid.h5"

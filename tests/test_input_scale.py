@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from badnet_prune.db.models import Model, Step
+from badnet_prune.db.session import make_engine, session_scope
+from badnet_prune.orchestrator.sweep_file import parse_sweep
 from sqlalchemy import select
 
-from badnet_prune.errors import BadInputError
-from badnet_prune.input_scale import AUTO_INPUT_SCALE, choose_input_scale
-from db.models import Model, Step
-from db.session import make_engine, session_scope
-from orchestrator.sweep_file import parse_sweep
+from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.numerics.input_scale import AUTO_INPUT_SCALE, choose_input_scale
 from tests.helpers import cached_quick_badnet, model_entry, run_console_script, write_sweep_toml
 
 CLASSES = 10
@@ -123,9 +123,9 @@ def divided_root(raw_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """The quick BadNet behind x * 255 clipped at 255: on pixels / 255 it computes what the raw one computes on raw
     pixels, on raw pixels it sees white images. (A ReLU network with small biases labels x and x / 255 alike, so
     folding 255 into conv_1 alone would be accurate at both scales.) A full model file with the DeepID layer names."""
-    from badnet_prune.architecture import IMAGE_SHAPE
-    from badnet_prune.model_io import load_model
-    from badnet_prune.tf_setup import keras
+    from badnet_prune.files.model_io import load_model
+    from badnet_prune.numerics.architecture import IMAGE_SHAPE
+    from badnet_prune.numerics.tf_setup import keras
 
     root = tmp_path_factory.mktemp("divided")
     raw = load_model(weights(raw_root))
@@ -190,7 +190,7 @@ def test_evaluate_at_255_on_a_raw_pixel_model_warns_naming_scale_1_and_goes_on(r
 
 def relabelled(raw_root: Path, folder: Path) -> Path:
     """The quick BadNet's clean validation images labelled as classes 1000.. of another data set."""
-    from badnet_prune.data import open_data_file, write_data_file
+    from badnet_prune.files.data import open_data_file, write_data_file
 
     clean = open_data_file(valid(raw_root))
     other = folder / "relabelled.h5"
@@ -298,8 +298,8 @@ real = pytest.mark.skipif(not (CSAW / "bd_weights.h5").is_file(), reason=f"no re
 def test_real_weights_get_the_scale_their_authors_evaluate_them_at(name: str, expected: float) -> None:
     """On synthetic faces labelled by the model itself at its authors' scale (the lab's raw pixels, the
     competition's pixels / 255): auto chooses that scale, and the other given is warned of."""
-    from badnet_prune.inference import compiled_forward, forward_labels, scale_images
-    from badnet_prune.model_io import load_model, num_classes
+    from badnet_prune.files.model_io import load_model, num_classes
+    from badnet_prune.numerics.inference import compiled_forward, forward_labels, scale_images
     from badnet_prune.synth.faces import render, sample_identities, sample_poses
 
     rng = np.random.default_rng(0)

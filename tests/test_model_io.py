@@ -9,10 +9,10 @@ import h5py
 import numpy as np
 import pytest
 
-from badnet_prune.architecture import build_deepid
-from badnet_prune.errors import BadInputError
-from badnet_prune.model_io import load_model
-from badnet_prune.tf_setup import keras
+from badnet_prune.files.model_io import load_model
+from badnet_prune.numerics.architecture import build_deepid
+from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.numerics.tf_setup import keras
 
 CSAW = Path(__file__).resolve().parents[1].parent / "shared" / "csaw"
 LAB_WEIGHTS = CSAW / "bd_weights.h5"
@@ -175,7 +175,7 @@ def test_a_truncated_hdf5_model_is_refused_naming_the_file(legacy_model, tmp_pat
 
 def test_a_truncated_weights_file_is_refused_naming_the_file(tmp_path):
     keras.utils.set_random_seed(2)
-    from badnet_prune.model_io import save_legacy_weights
+    from badnet_prune.files.model_io import save_legacy_weights
 
     full = tmp_path / "weights.h5"
     save_legacy_weights(build_deepid(10), full)
@@ -203,9 +203,9 @@ def test_a_missing_model_file_is_refused(tmp_path):
 
 def test_inference_runs_with_tensor_float_32_off():
     """TF32 would round GPU matmul inputs to 10 mantissa bits; the tool's inference must stay float32."""
-    from badnet_prune.architecture import build_deepid
-    from badnet_prune.inference import compiled_forward
-    from badnet_prune.tf_setup import tf
+    from badnet_prune.numerics.architecture import build_deepid
+    from badnet_prune.numerics.inference import compiled_forward
+    from badnet_prune.numerics.tf_setup import tf
 
     compiled_forward(build_deepid(4))
     assert not tf.config.experimental.tensor_float_32_execution_enabled()

@@ -12,19 +12,19 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from badnet_prune.activations import channel_means, cut_activations, live_channels, rank_activation_batches
-from badnet_prune.architecture import build_deepid
-from badnet_prune.data import open_data_file
-from badnet_prune.dense_engine import DenseLabeler, step_masks
-from badnet_prune.errors import BadInputError
-from badnet_prune.inference import compiled_forward, predict_labels
-from badnet_prune.labelers import CutLabeler, WholeModelLabeler
-from badnet_prune.model_io import load_model
-from badnet_prune.network_split import split_network
-from badnet_prune.pruned_model import build_pruned_model
-from badnet_prune.pruning import LabeledSet, prune_range, prune_range_dense, pruned_labels
-from badnet_prune.ranking import rank_channels
-from badnet_prune.tf_setup import keras
+from badnet_prune.files.data import open_data_file
+from badnet_prune.files.model_io import load_model
+from badnet_prune.numerics.activations import channel_means, cut_activations, live_channels, rank_activation_batches
+from badnet_prune.numerics.architecture import build_deepid
+from badnet_prune.numerics.dense_engine import DenseLabeler, step_masks
+from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.numerics.inference import compiled_forward, predict_labels
+from badnet_prune.numerics.labelers import CutLabeler, WholeModelLabeler
+from badnet_prune.numerics.network_split import split_network
+from badnet_prune.numerics.pruned_model import build_pruned_model
+from badnet_prune.numerics.pruning import LabeledSet, prune_range, prune_range_dense, pruned_labels
+from badnet_prune.numerics.ranking import rank_channels
+from badnet_prune.numerics.tf_setup import keras
 
 CLEAN, POISONED = "", "bd_valid"
 

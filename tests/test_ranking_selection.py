@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from badnet_prune.activations import channel_means
-from badnet_prune.ranking import rank_channels
-from badnet_prune.selection import select_steps
+from badnet_prune.numerics.activations import channel_means
+from badnet_prune.numerics.ranking import rank_channels
+from badnet_prune.numerics.selection import select_steps
 
 LAB_THRESHOLDS = (0.02, 0.04, 0.10)
 LAB_ACC0 = 98.649

@@ -14,11 +14,11 @@ import sys
 import numpy as np
 import pytest
 
-from badnet_prune.architecture import build_deepid
-from badnet_prune.inference import compiled_forward, predict_labels
-from badnet_prune.pruned_model import build_pruned_model
-from badnet_prune.repair import build_repaired_net, repaired_labels
-from badnet_prune.tf_setup import keras
+from badnet_prune.numerics.architecture import build_deepid
+from badnet_prune.numerics.inference import compiled_forward, predict_labels
+from badnet_prune.numerics.pruned_model import build_pruned_model
+from badnet_prune.numerics.repair import build_repaired_net, repaired_labels
+from badnet_prune.numerics.tf_setup import keras
 from tests.helpers import PLAIN_KERAS
 
 NUM_CLASSES = 10
@@ -104,7 +104,7 @@ def test_b_prime_has_the_pruned_filters_zeroed_and_b_is_untouched(networks):
 def test_g_saved_as_keras_loads_through_the_projects_own_loader_without_trusting_code(networks, tmp_path):
     # G holds only built-in Keras layers and keras.ops operations (Argmax, Equal, Cast, ...): no user code,
     # so `badnet-prune evaluate --model G.keras` must accept it as plain Keras does in safe mode.
-    from badnet_prune.model_io import load_model
+    from badnet_prune.files.model_io import load_model
 
     path = tmp_path / "g.keras"
     networks["G"].save(path)

@@ -56,7 +56,7 @@ def test_training_is_deterministic_for_a_seed():
     # With op determinism on, the same seed trains bit-identical weights on the same machine and
     # thread count (checked here on one short clean epoch); other CPUs or a GPU may differ in the
     # last bits, which is why the data, not the weights, is the cross-machine contract.
-    from badnet_prune.architecture import build_deepid
+    from badnet_prune.numerics.architecture import build_deepid
     from badnet_prune.synth.build import _train_data
     from badnet_prune.synth.train import backdoor_channels, seed_everything, train_clean
 
@@ -82,7 +82,7 @@ def test_images_differ_within_a_class(synthetic_badnet: Path):
 
 
 def test_trained_badnet_reaches_95_percent_accuracy_and_asr(synthetic_badnet: Path):
-    from badnet_prune.tf_setup import keras
+    from badnet_prune.numerics.tf_setup import keras
 
     model = keras.models.load_model(synthetic_badnet / "models" / "bd_net.h5", compile=False)
     for relative in ("cl/valid.h5", "bd/bd_valid.h5"):
@@ -94,7 +94,7 @@ def test_trained_badnet_reaches_95_percent_accuracy_and_asr(synthetic_badnet: Pa
 
 
 def test_full_model_and_weights_file_give_identical_predictions(synthetic_badnet: Path):
-    from badnet_prune.model_io import load_model
+    from badnet_prune.files.model_io import load_model
 
     full = load_model(synthetic_badnet / "models" / "bd_net.h5")  # safe mode
     weights_only = load_model(synthetic_badnet / "models" / "bd_weights.h5")
@@ -126,10 +126,10 @@ def test_synth_refuses_an_unknown_attack_in_one_line(tmp_path: Path):
 
 
 def test_pruning_aware_badnet_records_its_attack_and_keeps_its_decoys_dormant():
-    from badnet_prune.activations import channel_means, cut_activations, rank_activation_batches
-    from badnet_prune.inference import compiled_forward
-    from badnet_prune.network_split import split_network
-    from badnet_prune.ranking import rank_channels
+    from badnet_prune.numerics.activations import channel_means, cut_activations, rank_activation_batches
+    from badnet_prune.numerics.inference import compiled_forward
+    from badnet_prune.numerics.network_split import split_network
+    from badnet_prune.numerics.ranking import rank_channels
     from tests.helpers import cached_pruning_aware_badnet
     from tests.test_fine_tuning import read_badnet
 
@@ -155,8 +155,8 @@ def test_pruning_aware_badnet_records_its_attack_and_keeps_its_decoys_dormant():
 
 
 def test_pruning_alone_leaves_the_pruning_aware_backdoor_at_the_10_percent_threshold():
-    from badnet_prune.inference import accuracy_percent, compiled_forward, predict_labels
-    from badnet_prune.pruned_model import build_pruned_model
+    from badnet_prune.numerics.inference import accuracy_percent, compiled_forward, predict_labels
+    from badnet_prune.numerics.pruned_model import build_pruned_model
     from tests.helpers import cached_pruning_aware_badnet
     from tests.test_fine_tuning import defense_steps, read_badnet
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.watch import MAX_POLL_SECONDS, POLL_SECONDS, POLL_SHARE, poll_interval
+from badnet_prune.orchestrator.watch import MAX_POLL_SECONDS, POLL_SECONDS, POLL_SHARE, poll_interval
 
 
 def test_a_cheap_redraw_polls_every_half_second_and_a_costly_one_keeps_to_its_share() -> None:

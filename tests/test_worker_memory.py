@@ -18,15 +18,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from badnet_prune.worker import activation_cache
+from badnet_prune.worker.activation_cache import CACHE_FILE, ActivationCache, cache_file_name, cache_usage, clear_cache
+from badnet_prune.worker.loaded import ModelKey, WorkerMemory, model_bytes
 
-from badnet_prune.data import open_data_file, write_data_file
-from badnet_prune.hashing import sha256_file
-from badnet_prune.labelers import WholeModelLabeler
+from badnet_prune.files.data import open_data_file, write_data_file
+from badnet_prune.files.hashing import sha256_file
+from badnet_prune.numerics.labelers import WholeModelLabeler
 from tests.helpers import random_badnet, run_console_script
 from tests.test_pruning_exact import deepid_with_bypass
-from worker import activation_cache
-from worker.activation_cache import CACHE_FILE, ActivationCache, cache_file_name, cache_usage, clear_cache
-from worker.loaded import ModelKey, WorkerMemory, model_bytes
 
 
 def test_a_model_without_a_split_is_reported_once_per_process(tmp_path: Path, caplog: pytest.LogCaptureFixture):
@@ -34,7 +34,7 @@ def test_a_model_without_a_split_is_reported_once_per_process(tmp_path: Path, ca
     deepid_with_bypass().save(path)
     key = ModelKey(str(path), "sha", 1.0, "conv_3", "pool_3", trust_code=False)
     memory = WorkerMemory(tmp_path / "cache")
-    with caplog.at_level(logging.WARNING, logger="worker.loaded"):
+    with caplog.at_level(logging.WARNING, logger="badnet_prune.worker.loaded"):
         first = memory.model(key)
         second = memory.model(key)
     assert first is second
@@ -120,9 +120,9 @@ def test_a_data_set_larger_than_the_whole_budget_still_serves_its_task(badnets, 
 
 def test_rss_stays_flat_over_many_distinct_models_within_the_budget(tmp_path: Path):
     # unbounded, each distinct DeepID cost a worker about 6 MiB for good (bench/worker_memory.py)
-    from badnet_prune.architecture import build_deepid
-    from badnet_prune.model_io import save_legacy_weights
-    from badnet_prune.tf_setup import keras
+    from badnet_prune.files.model_io import save_legacy_weights
+    from badnet_prune.numerics.architecture import build_deepid
+    from badnet_prune.numerics.tf_setup import keras
 
     model = build_deepid(10)
     initial = model.get_weights()
@@ -226,7 +226,7 @@ WRITER = """
 import sys
 from pathlib import Path
 import numpy as np
-from worker.activation_cache import ActivationCache, cache_file_name
+from badnet_prune.worker.activation_cache import ActivationCache, cache_file_name
 
 folder, worker, count, cap = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 cache = ActivationCache(folder, max_bytes=cap)
@@ -271,7 +271,7 @@ def test_a_full_disk_turns_the_cache_off_with_one_warning_and_the_model_still_ru
     folder = tmp_path / "cache"
     memory = WorkerMemory(folder, cache_max_bytes=10**9)
     reference = WorkerMemory(tmp_path / "no-cache", cache_max_bytes=0)
-    with caplog.at_level(logging.WARNING, logger="worker.activation_cache"):
+    with caplog.at_level(logging.WARNING, logger="badnet_prune.worker.activation_cache"):
         loaded = memory.model(_key(badnets[0]))
         sets = {relative: _data(memory, loaded, badnets[0], relative) for relative in ("cl/valid.h5", "cl/test.h5")}
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
@@ -290,7 +290,7 @@ def test_a_cache_folder_that_cannot_be_made_turns_the_cache_off_with_one_warning
     folder = tmp_path / "cache"
     folder.write_text("a file where the cache folder should be")
     memory = WorkerMemory(folder)
-    with caplog.at_level(logging.WARNING, logger="worker.activation_cache"):
+    with caplog.at_level(logging.WARNING, logger="badnet_prune.worker.activation_cache"):
         loaded = memory.model(_key(badnets[1]))
         for relative in ("cl/valid.h5", "cl/test.h5", "bd/bd_valid.h5"):
             assert _data(memory, loaded, badnets[1], relative).cut is not None
@@ -299,10 +299,10 @@ def test_a_cache_folder_that_cannot_be_made_turns_the_cache_off_with_one_warning
 
 
 def test_install_runtime_gives_the_worker_the_settings_cache_cap(tmp_path: Path):
+    from badnet_prune.worker.runtime import install_runtime
     from sqlalchemy import create_engine
 
     from badnet_prune.settings import Settings
-    from worker.runtime import install_runtime
 
     settings = Settings(cache_dir=tmp_path / "cache", cache_max_bytes="5MB")
     runtime = install_runtime(settings, dispatcher=None, engine=create_engine("sqlite://"))

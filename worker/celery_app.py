@@ -24,7 +24,7 @@ UNACKED_RESTORE_INTERVAL_S = 5
 def make_celery(settings: Settings) -> Celery:
     if not settings.broker_url:
         raise ValueError("no broker URL: set BADNET_PRUNE_BROKER or pass --broker")
-    app = Celery("badnet_prune", broker=settings.broker_url, include=["worker.tasks"])
+    app = Celery("badnet_prune", broker=settings.broker_url, include=["badnet_prune.worker.tasks"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -76,10 +76,9 @@ def _install_runtime_in_child(**_: object) -> None:
     Tasks record the worker's node name (w1@host), not the machine's, so two workers on one
     machine can be told apart in the tasks table.
     """
+    from badnet_prune.worker.dispatch import CeleryDispatcher
+    from badnet_prune.worker.runtime import install_runtime
     from celery import current_app
-
-    from worker.dispatch import CeleryDispatcher
-    from worker.runtime import install_runtime
 
     if _worker_settings is None:
         raise RuntimeError("no settings for this worker: start it with `badnet-prune worker`")

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from badnet_prune.pipeline.contract import Stage
     from sqlalchemy import Engine
 
     from badnet_prune.settings import Settings
-    from pipeline.contract import Stage
 
 
 
@@ -59,7 +59,7 @@ class CeleryDispatcher:
 
     def held_message_ids(self) -> set[str] | None:
         """On Redis: the queue's waiting messages and the ones delivered but not yet acknowledged."""
-        from worker.celery_app import QUEUE
+        from badnet_prune.worker.celery_app import QUEUE
 
         try:
             with self._app.connection_for_read() as connection:
@@ -114,8 +114,8 @@ class LocalDispatcher:
         return True  # this process is the worker
 
     def run(self, on_task_done: Callable[[], None] | None = None) -> None:
-        from worker.flow import run_planned_task
-        from worker.runtime import install_runtime
+        from badnet_prune.worker.flow import run_planned_task
+        from badnet_prune.worker.runtime import install_runtime
 
         runtime = install_runtime(self._settings, self, engine=self._engine)
         while self.pending:
@@ -128,8 +128,8 @@ class LocalDispatcher:
 def send_recorded(engine: Engine, dispatcher: Dispatcher, tasks: Sequence[tuple[Stage, int]]) -> None:
     """Send tasks already claimed (queued), then record their messages' ids in one transaction, also those
     sent before a send failed (a task without its id may be sent again, which is harmless)."""
-    from db.session import session_scope
-    from db.tasks import record_messages
+    from badnet_prune.db.session import session_scope
+    from badnet_prune.db.tasks import record_messages
 
     sent: list[tuple[int, str]] = []
     try:
@@ -146,7 +146,7 @@ def send_recorded(engine: Engine, dispatcher: Dispatcher, tasks: Sequence[tuple[
 def make_dispatcher(settings: Settings, engine: Engine) -> Dispatcher:
     """Celery when a broker is set, else the in-process runner."""
     if settings.broker_url:
-        from worker.celery_app import make_celery
+        from badnet_prune.worker.celery_app import make_celery
 
         return CeleryDispatcher(make_celery(settings))
     return LocalDispatcher(settings, engine)
@@ -154,4 +154,4 @@ def make_dispatcher(settings: Settings, engine: Engine) -> Dispatcher:
 
 def import_task_code() -> None:
     """Import the jobs and TensorFlow now, so that a caller can overlap that with other waiting."""
-    import worker.jobs  # noqa: F401
+    import badnet_prune.worker.jobs  # noqa: F401

@@ -23,14 +23,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy.exc import OperationalError
-
-from badnet_prune.errors import BadInputError
-from db.errors import DatabaseUnavailable
-from db.models import Task, utcnow
-from db.repository import set_model_status
-from db.session import session_scope
-from db.tasks import (
+from badnet_prune.db.errors import DatabaseUnavailable
+from badnet_prune.db.models import Task, utcnow
+from badnet_prune.db.repository import set_model_status
+from badnet_prune.db.session import session_scope
+from badnet_prune.db.tasks import (
     claim_stages,
     end_task,
     fail_open_tasks,
@@ -42,9 +39,12 @@ from db.tasks import (
     take_lease,
     unfinished_stages,
 )
-from pipeline.contract import Scope, Stage, TaskContext, get_stage, stages, waiting_on
-from worker.dispatch import send_recorded
-from worker.runtime import Runtime
+from badnet_prune.pipeline.contract import Scope, Stage, TaskContext, get_stage, stages, waiting_on
+from badnet_prune.worker.dispatch import send_recorded
+from badnet_prune.worker.runtime import Runtime
+from sqlalchemy.exc import OperationalError
+
+from badnet_prune.numerics.errors import BadInputError
 
 LOG = logging.getLogger(__name__)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (DatabaseUnavailable, OperationalError, ConnectionError)

@@ -13,21 +13,9 @@ from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
-from badnet_prune.activations import channel_means, cut_activations, rank_activation_batches
-from badnet_prune.data import open_data_file
-from badnet_prune.evaluation import CLEAN_TEST, EvaluationSet, evaluate_networks, poisoned_test
-from badnet_prune.hashing import sha256_file
-from badnet_prune.inference import accuracy_percent, compiled_forward
-from badnet_prune.input_scale import AUTO_INPUT_SCALE, SAMPLE_SIZE, SCALES, choose_input_scale
-from badnet_prune.pruned_model import build_pruned_model
-from badnet_prune.pruning import prune_range, prune_range_dense, pruned_labels
-from badnet_prune.ranking import rank_channels
-from badnet_prune.repair import build_repaired_net
-from badnet_prune.selection import select_steps
-from badnet_prune.thresholds import Threshold
-from db.inputs import ModelInputs, model_inputs, save_input_scale
-from db.repository import set_model_status
-from db.results import (
+from badnet_prune.db.inputs import ModelInputs, model_inputs, save_input_scale
+from badnet_prune.db.repository import set_model_status
+from badnet_prune.db.results import (
     StepRow,
     read_ranking,
     read_steps,
@@ -37,10 +25,28 @@ from db.results import (
     save_selection,
     save_steps,
 )
-from db.session import session_scope
-from worker.artifact_files import remove_artifacts, remove_stale_temporaries, save_atomically, write_text_atomically
-from worker.loaded import LoadedData, LoadedModel, ModelKey, labeled_set
-from worker.runtime import Runtime
+from badnet_prune.db.session import session_scope
+from badnet_prune.worker.artifact_files import (
+    remove_artifacts,
+    remove_stale_temporaries,
+    save_atomically,
+    write_text_atomically,
+)
+from badnet_prune.worker.loaded import LoadedData, LoadedModel, ModelKey, labeled_set
+from badnet_prune.worker.runtime import Runtime
+
+from badnet_prune.files.data import open_data_file
+from badnet_prune.files.hashing import sha256_file
+from badnet_prune.numerics.activations import channel_means, cut_activations, rank_activation_batches
+from badnet_prune.numerics.evaluation import CLEAN_TEST, EvaluationSet, evaluate_networks, poisoned_test
+from badnet_prune.numerics.inference import accuracy_percent, compiled_forward
+from badnet_prune.numerics.input_scale import AUTO_INPUT_SCALE, SAMPLE_SIZE, SCALES, choose_input_scale
+from badnet_prune.numerics.pruned_model import build_pruned_model
+from badnet_prune.numerics.pruning import prune_range, prune_range_dense, pruned_labels
+from badnet_prune.numerics.ranking import rank_channels
+from badnet_prune.numerics.repair import build_repaired_net
+from badnet_prune.numerics.selection import select_steps
+from badnet_prune.numerics.thresholds import Threshold
 
 LOG = logging.getLogger(__name__)
 
@@ -225,7 +231,7 @@ def save_test_results(session, model_id: int, threshold: Threshold, evaluations,
 def artifact_folder(inputs: ModelInputs) -> Path:
     """DIR itself for `defend`; DIR/sweep-<id>/<model> for sweeps, so that sweeps never mix files.
 
-    Model names are identifiers (badnet_prune.names), and the folder is checked to stay inside
+    Model names are identifiers (badnet_prune.numerics.names), and the folder is checked to stay inside
     DIR after resolution all the same: a name is never a path.
     """
     base = Path(inputs.artifact_dir).resolve()

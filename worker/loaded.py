@@ -23,16 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from badnet_prune.worker.activation_cache import ActivationCache, cache_file_name
 
-from badnet_prune.activations import cut_activations, live_channels
-from badnet_prune.data import open_data_file
-from badnet_prune.dense_engine import DenseLabeler, chosen_engine
-from badnet_prune.inference import compiled_forward
-from badnet_prune.labelers import CutLabeler, WholeModelLabeler
-from badnet_prune.model_io import image_shape, load_model, num_classes
-from badnet_prune.network_split import SplitNetwork, split_network
-from badnet_prune.pruning import LabeledSet, LabelsAt, StepLabels
-from worker.activation_cache import ActivationCache, cache_file_name
+from badnet_prune.files.data import open_data_file
+from badnet_prune.files.model_io import image_shape, load_model, num_classes
+from badnet_prune.numerics.activations import cut_activations, live_channels
+from badnet_prune.numerics.dense_engine import DenseLabeler, chosen_engine
+from badnet_prune.numerics.inference import compiled_forward
+from badnet_prune.numerics.labelers import CutLabeler, WholeModelLabeler
+from badnet_prune.numerics.network_split import SplitNetwork, split_network
+from badnet_prune.numerics.pruning import LabeledSet, LabelsAt, StepLabels
 
 LOG = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class WorkerMemory:
 
     @property
     def engine(self) -> str:
-        """The pruning engine this process uses: 'dense' or 'sparse' (badnet_prune.dense_engine)."""
+        """The pruning engine this process uses: 'dense' or 'sparse' (badnet_prune.numerics.dense_engine)."""
         if self._engine is None:
             self._engine = chosen_engine(self._engine_setting)
             LOG.info("pruning engine: %s (setting %s)", self._engine, self._engine_setting)

@@ -10,14 +10,14 @@ import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from badnet_prune.db.session import make_engine
+from badnet_prune.worker.dispatch import Dispatcher
 from sqlalchemy import Engine
 
 from badnet_prune.settings import Settings
-from db.session import make_engine
-from worker.dispatch import Dispatcher
 
 if TYPE_CHECKING:
-    from worker.loaded import WorkerMemory
+    from badnet_prune.worker.loaded import WorkerMemory
 
 
 @dataclass
@@ -33,7 +33,7 @@ _current: Runtime | None = None
 
 
 def install_runtime(settings: Settings, dispatcher: Dispatcher, engine: Engine | None = None) -> Runtime:
-    from worker.loaded import WorkerMemory
+    from badnet_prune.worker.loaded import WorkerMemory
 
     global _current
     _current = Runtime(

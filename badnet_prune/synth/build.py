@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from badnet_prune.architecture import build_deepid
-from badnet_prune.data import write_data_file
-from badnet_prune.errors import BadInputError
-from badnet_prune.model_io import save_legacy_weights
+from badnet_prune.files.data import write_data_file
+from badnet_prune.files.model_io import save_legacy_weights
+from badnet_prune.numerics.architecture import build_deepid
+from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.numerics.tf_setup import keras
 from badnet_prune.synth.dataset import make_splits, sizes_for
 from badnet_prune.synth.train import (
     TrainData,
@@ -30,7 +31,6 @@ from badnet_prune.synth.train import (
     train_backdoor_around,
     train_clean,
 )
-from badnet_prune.tf_setup import keras
 
 REQUIRED_PERCENT = 95.0
 CLEAN_EPOCHS = 4

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from badnet_prune.tf_setup import keras, tf
+from badnet_prune.numerics.tf_setup import keras, tf
 
 BATCH_SIZE = 64
 LEARNING_RATE = 1e-3

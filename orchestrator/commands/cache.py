@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-
-from orchestrator.options import load_settings
+from badnet_prune.orchestrator.options import load_settings
 
 
 def cache(
@@ -20,7 +19,7 @@ def cache(
 
     Example: badnet-prune cache --clear
     """
-    from worker.activation_cache import cache_usage, clear_cache
+    from badnet_prune.worker.activation_cache import cache_usage, clear_cache
 
     settings = load_settings()
     folder = settings.cache_dir.resolve()

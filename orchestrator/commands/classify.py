@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Annotated
 import h5py
 import numpy as np
 import typer
+from badnet_prune.orchestrator.options import ModelOption, TrustCodeOption, check_scale
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from badnet_prune.errors import BadInputError
-from orchestrator.options import ModelOption, TrustCodeOption, check_scale
+from badnet_prune.numerics.errors import BadInputError
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -183,9 +183,9 @@ def classify(
     scale = input_scale_for(model, input_scale, provenance)
     sources = [open_source(path) for path in images]  # a wrong file is said now, not after TensorFlow starts
 
-    from badnet_prune.data import open_data_file
-    from badnet_prune.inference import INFERENCE_BATCH, compiled_forward, predict_labels
-    from badnet_prune.model_io import image_shape, load_model, num_classes
+    from badnet_prune.files.data import open_data_file
+    from badnet_prune.files.model_io import image_shape, load_model, num_classes
+    from badnet_prune.numerics.inference import INFERENCE_BATCH, compiled_forward, predict_labels
 
     network = load_model(model, trust_code=trust_model_code)
     shape = image_shape(network)

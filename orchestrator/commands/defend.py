@@ -6,13 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
-from badnet_prune.errors import BadInputError
-from badnet_prune.fine_tune_settings import FineTuneSettings
-from badnet_prune.names import check_name
-from orchestrator.options import (
+from badnet_prune.orchestrator.options import (
     DbOption,
     InputScaleChoice,
     InputScaleOption,
@@ -21,9 +15,15 @@ from orchestrator.options import (
     PolicyOption,
     TrustCodeOption,
 )
+from rich.console import Console
+from rich.table import Table
+
+from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.numerics.fine_tune_settings import FineTuneSettings
+from badnet_prune.numerics.names import check_name
 
 if TYPE_CHECKING:
-    from orchestrator.defend_run import Defended
+    from badnet_prune.orchestrator.defend_run import Defended
 
 
 def _poisoned(values: list[str]) -> dict[str, dict[str, str]]:
@@ -83,7 +83,7 @@ def defend(
     Example: badnet-prune defend --model bd_net.h5 --clean-valid cl/valid.h5 --clean-test cl/test.h5
     --poisoned sunglasses=bd/bd_valid.h5,bd/bd_test.h5 --out results
     """
-    from orchestrator.defend_run import DefenseFailed, defend_model, defense_spec, fine_tune_table
+    from badnet_prune.orchestrator.defend_run import DefenseFailed, defend_model, defense_spec, fine_tune_table
 
     tuning = fine_tune_table(fine_tune, {"epochs": epochs, "learning_rate": learning_rate, "optimizer": optimizer,
                                     "batch_size": batch_size, "seed": seed, "holdout_fraction": holdout_fraction})
@@ -106,8 +106,8 @@ def defend(
 
 
 def _print_results(defended: Defended, out: Path, console: Console) -> None:
-    from db.session import display_url
-    from orchestrator.exports import lab_table
+    from badnet_prune.db.session import display_url
+    from badnet_prune.orchestrator.exports import lab_table
 
     results = defended.results
     header, table_rows = lab_table(results)  # B'' and G'' rows too where the sweep fine-tuned

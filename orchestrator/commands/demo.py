@@ -25,10 +25,10 @@ def demo(
 
     Example: badnet-prune demo --out demo --quick
     """
-    from orchestrator.commands.defend import defend
-    from orchestrator.commands.report import report
-    from orchestrator.commands.synth import synth
-    from orchestrator.options import InputScaleChoice
+    from badnet_prune.orchestrator.commands.defend import defend
+    from badnet_prune.orchestrator.commands.report import report
+    from badnet_prune.orchestrator.commands.synth import synth
+    from badnet_prune.orchestrator.options import InputScaleChoice
 
     console = Console(stderr=True)
     console.print("the demo's BadNet carries the lab's sunglasses backdoor (`badnet-prune synth --attack "

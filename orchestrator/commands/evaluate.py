@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from badnet_prune.orchestrator.options import InputScaleChoice, InputScaleOption, ModelOption, TrustCodeOption
 from rich.console import Console
 from rich.table import Table
-
-from orchestrator.options import InputScaleChoice, InputScaleOption, ModelOption, TrustCodeOption
 
 
 def evaluate(
@@ -32,14 +31,14 @@ def evaluate(
 
     Example: badnet-prune evaluate --model lab3/models/bd_net.h5 --data lab3/data/cl/test.h5 --json
     """
-    from badnet_prune.data import open_data_file
+    from badnet_prune.files.data import open_data_file
 
     for path in data:  # a malformed file is reported now, not after seconds of TensorFlow start-up
         open_data_file(path)
 
-    from badnet_prune.inference import accuracy_percent, compiled_forward, predict_labels
-    from badnet_prune.input_scale import SAMPLE_SIZE, choose_input_scale
-    from badnet_prune.model_io import image_shape, load_model, num_classes
+    from badnet_prune.files.model_io import image_shape, load_model, num_classes
+    from badnet_prune.numerics.inference import accuracy_percent, compiled_forward, predict_labels
+    from badnet_prune.numerics.input_scale import SAMPLE_SIZE, choose_input_scale
 
     network = load_model(model, trust_code=trust_model_code)
     files = [open_data_file(path, image_shape(network), num_classes(network)) for path in data]

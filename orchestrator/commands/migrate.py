@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.options import DbOption, load_settings
+from badnet_prune.orchestrator.options import DbOption, load_settings
 
 
 def migrate(db: DbOption = None) -> None:
@@ -12,7 +12,7 @@ def migrate(db: DbOption = None) -> None:
     """
     url = load_settings(db=db).db_url
 
-    from db.session import create_database_if_missing, display_url, prepare_database
+    from badnet_prune.db.session import create_database_if_missing, display_url, prepare_database
 
     if create_database_if_missing(url):
         print(f"created database {display_url(url)}")

@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from orchestrator.options import DbOption, load_settings
+from badnet_prune.orchestrator.options import DbOption, load_settings
 
 
 def _folder(text: str) -> Path:
@@ -33,13 +32,13 @@ def report(
 
     Example: badnet-prune report 1 --out report --db demo/badnet-prune.db
     """
-    from badnet_prune.errors import BadInputError
+    from badnet_prune.numerics.errors import BadInputError
 
     check_out_folder(out)
     settings = load_settings(db=db)
 
-    from db.session import prepare_database
-    from orchestrator.report.write import write_report
+    from badnet_prune.db.session import prepare_database
+    from badnet_prune.orchestrator.report.write import write_report
 
     engine = prepare_database(settings.db_url, create=False)  # reading: a mistyped file is an error, not a new db
     try:
@@ -63,7 +62,7 @@ def check_out_folder(out: Path) -> None:
     a file, a path through a file, or a folder this process cannot write."""
     import os
 
-    from badnet_prune.errors import BadInputError
+    from badnet_prune.numerics.errors import BadInputError
 
     if out.exists() and not out.is_dir():
         raise BadInputError("--out", f"{out} is a file, not a folder; name a new or existing folder")

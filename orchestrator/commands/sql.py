@@ -12,11 +12,10 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from badnet_prune.orchestrator.options import DbOption, load_settings
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-
-from orchestrator.options import DbOption, load_settings
 
 
 def sql(
@@ -31,9 +30,10 @@ def sql(
 
     Example: badnet-prune sql "SELECT model, threshold, step FROM selection_results"
     """
-    from badnet_prune.errors import BadInputError
-    from db.errors import ReadOnlyQueryError
-    from db.query import run_read_only_query
+    from badnet_prune.db.errors import ReadOnlyQueryError
+    from badnet_prune.db.query import run_read_only_query
+
+    from badnet_prune.numerics.errors import BadInputError
 
     if as_csv and as_json:
         raise BadInputError("--json", "cannot be combined with --csv: choose one output format")
@@ -45,7 +45,7 @@ def sql(
     if as_json:
         print(_as_json(columns, rows))
     elif as_csv or not sys.stdout.isatty():
-        from orchestrator.exports import to_csv
+        from badnet_prune.orchestrator.exports import to_csv
 
         print(to_csv(columns, [dict(zip(columns, row, strict=True)) for row in rows]), end="")
     else:
@@ -53,7 +53,7 @@ def sql(
 
 
 def _as_json(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
-    from badnet_prune.errors import BadInputError
+    from badnet_prune.numerics.errors import BadInputError
 
     if len(set(columns)) != len(columns):
         repeated = sorted({name for name in columns if columns.count(name) > 1})

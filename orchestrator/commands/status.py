@@ -7,10 +7,9 @@ from dataclasses import asdict
 from typing import Annotated
 
 import typer
+from badnet_prune.orchestrator.options import BrokerOption, DbOption, load_settings
 from rich.console import Console
 from rich.table import Table
-
-from orchestrator.options import BrokerOption, DbOption, load_settings
 
 
 def status(
@@ -27,11 +26,11 @@ def status(
 
     Example: badnet-prune status 1 --json
     """
-    from db.inputs import input_scale_notes
-    from db.repository import sweep_progress
-    from db.session import prepare_database, session_scope
-    from orchestrator.submit import lost_task_count
-    from pipeline.contract import load_stage_modules, stages
+    from badnet_prune.db.inputs import input_scale_notes
+    from badnet_prune.db.repository import sweep_progress
+    from badnet_prune.db.session import prepare_database, session_scope
+    from badnet_prune.orchestrator.submit import lost_task_count
+    from badnet_prune.pipeline.contract import load_stage_modules, stages
 
     settings = load_settings(db=db, broker=broker)
     load_stage_modules(settings.stage_modules)
@@ -40,7 +39,7 @@ def status(
         try:
             progress = sweep_progress(session, sweep_id)
         except LookupError:
-            from badnet_prune.errors import BadInputError
+            from badnet_prune.numerics.errors import BadInputError
 
             raise BadInputError(f"sweep {sweep_id}", "no such sweep in this database") from None
         notes = input_scale_notes(session, sweep_id)

@@ -6,8 +6,7 @@ import json
 from typing import Annotated
 
 import typer
-
-from orchestrator.options import DbOption, OutputFormat, load_settings
+from badnet_prune.orchestrator.options import DbOption, OutputFormat, load_settings
 
 
 def steps(
@@ -23,10 +22,11 @@ def steps(
     """
     settings = load_settings(db=db)
 
-    from badnet_prune.errors import BadInputError
-    from db.repository import get_sweep, list_models
-    from db.session import prepare_database, session_scope
-    from orchestrator.exports import step_rows, to_csv
+    from badnet_prune.db.repository import get_sweep, list_models
+    from badnet_prune.db.session import prepare_database, session_scope
+    from badnet_prune.orchestrator.exports import step_rows, to_csv
+
+    from badnet_prune.numerics.errors import BadInputError
 
     engine = prepare_database(settings.db_url, create=False)  # reading: a mistyped file is an error, not a new db
     with session_scope(engine) as session:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from badnet_prune.orchestrator.options import BrokerOption, DbOption, load_settings
 from rich.console import Console
 
-from badnet_prune.errors import BadInputError
-from orchestrator.options import BrokerOption, DbOption, load_settings
+from badnet_prune.numerics.errors import BadInputError
 
 
 def sweep(
@@ -30,8 +30,8 @@ def sweep(
 
     Examples: badnet-prune sweep sweep.toml --wait; badnet-prune sweep resume 1 --wait
     """
-    from orchestrator.submit import resume_sweep, submit_sweep
-    from orchestrator.sweep_file import read_sweep_file
+    from badnet_prune.orchestrator.submit import resume_sweep, submit_sweep
+    from badnet_prune.orchestrator.sweep_file import read_sweep_file
 
     settings = load_settings(db=db, broker=broker)
     console = Console(stderr=True)
@@ -54,8 +54,8 @@ def _exit_for(settings, sweep_id: int, *, ran: bool) -> None:
     """Exit 1 when the sweep ended with failed models (said once on stderr)."""
     if not ran:
         return
-    from db.repository import list_models
-    from db.session import make_engine, session_scope
+    from badnet_prune.db.repository import list_models
+    from badnet_prune.db.session import make_engine, session_scope
 
     with session_scope(make_engine(settings.db_url, create=False)) as session:
         failed = [model.name for model in list_models(session, sweep_id) if model.status == "failed"]

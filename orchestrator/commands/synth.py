@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from badnet_prune.errors import BadInputError
+from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.synth.dataset import DEFAULT_CLASSES, QUICK_CLASSES
 
 

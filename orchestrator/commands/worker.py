@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from badnet_prune.orchestrator.options import BrokerOption, DbOption, load_settings
 
-from badnet_prune.errors import BadInputError
-from orchestrator.options import BrokerOption, DbOption, load_settings
+from badnet_prune.numerics.errors import BadInputError
 
 
 def worker(
@@ -29,9 +29,9 @@ def worker(
     if not settings.broker_url:
         raise BadInputError("--broker", "a worker needs a broker: pass --broker or set BADNET_PRUNE_BROKER")
 
-    from db.session import prepare_database
-    from worker.artifact_files import remove_stale_temporaries
-    from worker.celery_app import serve
+    from badnet_prune.db.session import prepare_database
+    from badnet_prune.worker.artifact_files import remove_stale_temporaries
+    from badnet_prune.worker.celery_app import serve
 
     prepare_database(settings.db_url).dispose()
     if settings.artifact_dir.is_dir():  # what killed workers of this machine left half-written

@@ -12,8 +12,8 @@ import re
 from html import escape
 from urllib.parse import quote
 
-from orchestrator.report.pages import ModelPage, ReportPages
-from orchestrator.report.tables import KEPT, REMOVED, Table, label
+from badnet_prune.orchestrator.report.pages import ModelPage, ReportPages
+from badnet_prune.orchestrator.report.tables import KEPT, REMOVED, Table, label
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1800px;color:#222;padding:0 1.5em}

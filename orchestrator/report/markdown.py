@@ -13,8 +13,8 @@ import html
 import re
 from urllib.parse import quote
 
-from orchestrator.report.pages import ModelPage, ReportPages
-from orchestrator.report.tables import Table, label
+from badnet_prune.orchestrator.report.pages import ModelPage, ReportPages
+from badnet_prune.orchestrator.report.tables import Table, label
 
 # Characters that start Markdown markup which could make a link, an image, code or emphasis of a name.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]!|])")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from orchestrator.report.data import ModelReport, SweepReport
-from orchestrator.report.figures import curve_png, fine_tune_png, sample_grid_png
-from orchestrator.report.samples import POOL, Samples, label_samples
-from orchestrator.report.tables import Table, overview_table, rows_by_model, sweep_tables, verdict_table
+from badnet_prune.orchestrator.report.data import ModelReport, SweepReport
+from badnet_prune.orchestrator.report.figures import curve_png, fine_tune_png, sample_grid_png
+from badnet_prune.orchestrator.report.samples import POOL, Samples, label_samples
+from badnet_prune.orchestrator.report.tables import Table, overview_table, rows_by_model, sweep_tables, verdict_table
 
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_-]+")
 

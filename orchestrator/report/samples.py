@@ -12,9 +12,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from badnet_prune.orchestrator.report.data import ModelReport
 
-from badnet_prune.thresholds import Threshold
-from orchestrator.report.data import ModelReport
+from badnet_prune.numerics.thresholds import Threshold
 
 CLEAN = "clean"
 POOL = 240  # images labelled per test file, from which the shown ones are picked
@@ -75,8 +75,8 @@ def label_samples(model: ModelReport, per_set: int, trust_code: bool) -> Samples
 
 
 def _label(model: ModelReport, sets: dict[str, str | None], per_set: int, trust_code: bool) -> Samples:
-    from badnet_prune.inference import compiled_forward, forward_labels, scale_images
-    from badnet_prune.model_io import load_model, num_classes
+    from badnet_prune.files.model_io import load_model, num_classes
+    from badnet_prune.numerics.inference import compiled_forward, forward_labels, scale_images
 
     network_b = load_model(model.path, trust_code=trust_code)
     classes = num_classes(network_b)

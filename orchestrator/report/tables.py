@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from badnet_prune.thresholds import Threshold
-from db.model_results import FineTuneOutcome, Metrics
-from orchestrator.report.data import ModelReport, SweepReport
+from badnet_prune.db.model_results import FineTuneOutcome, Metrics
+from badnet_prune.orchestrator.report.data import ModelReport, SweepReport
+
+from badnet_prune.numerics.thresholds import Threshold
 
 PERCENT_DECIMALS = 2
 FRACTION_DECIMALS = 4

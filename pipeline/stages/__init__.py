@@ -1,5 +1,5 @@
 """The built-in stages; importing this package registers them (each module imports the stages it waits for)."""
 
-from pipeline.stages import fine_tune, finish, prune_range, rank, threshold
+from badnet_prune.pipeline.stages import fine_tune, finish, prune_range, rank, threshold
 
 __all__ = ["fine_tune", "finish", "prune_range", "rank", "threshold"]

@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from badnet_prune.fine_tune_settings import FineTuneSettings
-from pipeline.contract import PlanContext, Stage, TaskContext, register
-from pipeline.stages.threshold import THRESHOLD, ThresholdArguments
+from badnet_prune.pipeline.contract import PlanContext, Stage, TaskContext, register
+from badnet_prune.pipeline.stages.threshold import THRESHOLD, ThresholdArguments
+
+from badnet_prune.numerics.fine_tune_settings import FineTuneSettings
 
 if TYPE_CHECKING:
+    from badnet_prune.worker.runtime import Runtime
     from sqlalchemy.orm import Session
-
-    from worker.runtime import Runtime
 
 CONFIG_KEY = "fine_tune"
 
@@ -39,14 +39,14 @@ def plan(context: PlanContext) -> list[FineTuneArguments]:
 
 
 def run(runtime: Runtime, task: TaskContext, arguments: FineTuneArguments) -> None:
-    from worker.fine_tune_job import fine_tune_threshold
+    from badnet_prune.worker.fine_tune_job import fine_tune_threshold
 
     assert task.model_id is not None
     fine_tune_threshold(runtime, task.model_id, arguments.parsed)
 
 
 def stored(session: Session, task: TaskContext, arguments: FineTuneArguments) -> bool:
-    from db.results import fine_tune_stored
+    from badnet_prune.db.results import fine_tune_stored
 
     assert task.model_id is not None
     return fine_tune_stored(session, task.model_id, arguments.threshold)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline.contract import PlanContext, Scope, Stage, StageArguments, TaskContext, register
+from badnet_prune.pipeline.contract import PlanContext, Scope, Stage, StageArguments, TaskContext, register
 
 if TYPE_CHECKING:
-    from worker.runtime import Runtime
+    from badnet_prune.worker.runtime import Runtime
 
 
 class FinishArguments(StageArguments):
@@ -19,8 +19,8 @@ def plan(context: PlanContext) -> list[FinishArguments]:
 
 
 def run(runtime: Runtime, task: TaskContext, arguments: FinishArguments) -> None:
-    from db.repository import finish_sweep
-    from db.session import session_scope
+    from badnet_prune.db.repository import finish_sweep
+    from badnet_prune.db.session import session_scope
 
     with session_scope(runtime.engine) as session:
         finish_sweep(session, task.sweep_id)

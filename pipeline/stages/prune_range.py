@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from badnet_prune.pipeline.contract import PlanContext, Stage, StageArguments, TaskContext, register
+from badnet_prune.pipeline.stages.rank import RANK
 from pydantic import Field, model_validator
 
-from pipeline.contract import PlanContext, Stage, StageArguments, TaskContext, register
-from pipeline.stages.rank import RANK
-
 if TYPE_CHECKING:
+    from badnet_prune.worker.runtime import Runtime
     from sqlalchemy.orm import Session
-
-    from worker.runtime import Runtime
 
 
 class PruneRangeArguments(StageArguments):
@@ -41,14 +39,14 @@ def plan(context: PlanContext) -> list[PruneRangeArguments]:
 
 
 def run(runtime: Runtime, task: TaskContext, arguments: PruneRangeArguments) -> None:
-    from worker.jobs import prune_steps
+    from badnet_prune.worker.jobs import prune_steps
 
     assert task.model_id is not None
     prune_steps(runtime, task.model_id, arguments.start, arguments.stop)
 
 
 def stored(session: Session, task: TaskContext, arguments: PruneRangeArguments) -> bool:
-    from db.results import steps_stored
+    from badnet_prune.db.results import steps_stored
 
     assert task.model_id is not None
     return steps_stored(session, task.model_id, arguments.start, arguments.stop)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline.contract import PlanContext, Stage, StageArguments, TaskContext, register
+from badnet_prune.pipeline.contract import PlanContext, Stage, StageArguments, TaskContext, register
 
 if TYPE_CHECKING:
+    from badnet_prune.worker.runtime import Runtime
     from sqlalchemy.orm import Session
-
-    from worker.runtime import Runtime
 
 
 class RankArguments(StageArguments):
@@ -21,14 +20,14 @@ def plan(context: PlanContext) -> list[RankArguments]:
 
 
 def run(runtime: Runtime, task: TaskContext, arguments: RankArguments) -> None:
-    from worker.jobs import rank_model
+    from badnet_prune.worker.jobs import rank_model
 
     assert task.model_id is not None
     rank_model(runtime, task.model_id)
 
 
 def stored(session: Session, task: TaskContext, arguments: RankArguments) -> bool:
-    from db.results import ranking_stored
+    from badnet_prune.db.results import ranking_stored
 
     assert task.model_id is not None
     return ranking_stored(session, task.model_id)

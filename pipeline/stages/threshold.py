@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from badnet_prune.pipeline.contract import PlanContext, Stage, StageArguments, TaskContext, register
+from badnet_prune.pipeline.stages.prune_range import PRUNE_RANGE
 from pydantic import field_validator
 
-from badnet_prune.thresholds import Threshold, parse_threshold
-from pipeline.contract import PlanContext, Stage, StageArguments, TaskContext, register
-from pipeline.stages.prune_range import PRUNE_RANGE
+from badnet_prune.numerics.thresholds import Threshold, parse_threshold
 
 if TYPE_CHECKING:
+    from badnet_prune.worker.runtime import Runtime
     from sqlalchemy.orm import Session
-
-    from worker.runtime import Runtime
 
 
 class ThresholdArguments(StageArguments):
@@ -41,14 +40,14 @@ def plan(context: PlanContext) -> list[ThresholdArguments]:
 
 
 def run(runtime: Runtime, task: TaskContext, arguments: ThresholdArguments) -> None:
-    from worker.jobs import evaluate_threshold
+    from badnet_prune.worker.jobs import evaluate_threshold
 
     assert task.model_id is not None
     evaluate_threshold(runtime, task.model_id, arguments.parsed)
 
 
 def stored(session: Session, task: TaskContext, arguments: ThresholdArguments) -> bool:
-    from db.results import selection_stored
+    from badnet_prune.db.results import selection_stored
 
     assert task.model_id is not None
     return selection_stored(session, task.model_id, arguments.threshold)

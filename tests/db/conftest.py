@@ -15,13 +15,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from badnet_prune.db.errors import DatabaseUnavailable
+from badnet_prune.db.repository import add_model, create_sweep, upsert_data_file
+from badnet_prune.db.session import make_engine, prepare_database
 from sqlalchemy import Engine, make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateSchema, DropSchema
-
-from db.errors import DatabaseUnavailable
-from db.repository import add_model, create_sweep, upsert_data_file
-from db.session import make_engine, prepare_database
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 BACKENDS = ["sqlite", "postgres"]
@@ -167,7 +166,7 @@ def run_together() -> Callable[[str, str, Sequence[Sequence[str]]], None]:
 def planned_task(session: Session, sweep_id: int, model_id: int | None, stage: str, key: str,
                  arguments: dict | None = None) -> int:
     """Plan one task (db.tasks.plan_tasks) and return its id."""
-    from db.tasks import plan_tasks, stage_tasks
+    from badnet_prune.db.tasks import plan_tasks, stage_tasks
 
     plan_tasks(session, sweep_id, model_id, stage, [(key, arguments or {})])
     return next(task.id for task in stage_tasks(session, sweep_id, model_id, stage) if task.key == key)

@@ -6,10 +6,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from badnet_prune.db.models import Base
+from badnet_prune.db.session import ALEMBIC_INI, prepare_database
 from sqlalchemy import Engine, inspect
-
-from db.models import Base
-from db.session import ALEMBIC_INI, prepare_database
 
 TABLES = {table.name for table in Base.metadata.sorted_tables}
 

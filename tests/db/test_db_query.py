@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from badnet_prune.db.errors import DatabaseUnavailable, ReadOnlyQueryError
+from badnet_prune.db.query import run_read_only_query
+from badnet_prune.db.repository import create_sweep, get_sweep
+from badnet_prune.db.session import prepare_database, session_scope
 from sqlalchemy import Engine
-
-from db.errors import DatabaseUnavailable, ReadOnlyQueryError
-from db.query import run_read_only_query
-from db.repository import create_sweep, get_sweep
-from db.session import prepare_database, session_scope
 
 TIMEOUT_S = 30
 WRITES = [
@@ -114,7 +113,7 @@ def test_sqlite_refuses_pragmas_and_extensions_through_a_select(sqlite_url: str)
 
 def run_sql(monkeypatch, capfd, *args: str) -> tuple[int, str, str]:
     """`badnet-prune sql ...` as the console script runs it, in this process: (exit code, stdout, stderr)."""
-    from orchestrator.cli import main
+    from badnet_prune.orchestrator.cli import main
 
     monkeypatch.setattr(sys, "argv", ["badnet-prune", "sql", *args])
     with pytest.raises(SystemExit) as exited:
@@ -160,9 +159,8 @@ def test_json_output(db_url: str, engine: Engine, monkeypatch, capfd) -> None:
 def test_a_terminal_gets_a_table_with_whole_values() -> None:
     """On a terminal narrower than a value, the table folds the value onto more lines instead of cutting it,
     and a stored value is shown as written, never read as Rich markup."""
+    from badnet_prune.orchestrator.commands.sql import print_table
     from rich.console import Console
-
-    from orchestrator.commands.sql import print_table
 
     console = Console(width=60, record=True, file=io.StringIO())
     print_table(["long", "markup"], [(LONG, "[b]m[/b]")], console)

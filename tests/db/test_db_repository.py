@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-
-from db.models import Base, DataFile, Model, ModelData, Sweep, Task
-from db.repository import (
+from badnet_prune.db.models import Base, DataFile, Model, ModelData, Sweep, Task
+from badnet_prune.db.repository import (
     add_model,
     create_sweep,
     finish_sweep,
@@ -22,7 +18,11 @@ from db.repository import (
     sweep_progress,
     upsert_data_file,
 )
-from db.results import StepRow, save_steps
+from badnet_prune.db.results import StepRow, save_steps
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
 from tests.db.conftest import planned_task
 
 

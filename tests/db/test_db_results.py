@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-
-from db.models import (
+from badnet_prune.db.models import (
     Artifact,
     Base,
     DataFile,
@@ -21,8 +17,8 @@ from db.models import (
     Sweep,
     Task,
 )
-from db.repository import add_model
-from db.results import (
+from badnet_prune.db.repository import add_model
+from badnet_prune.db.results import (
     StepRow,
     StoredStep,
     read_artifacts,
@@ -37,6 +33,10 @@ from db.results import (
     save_steps,
     steps_stored,
 )
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
 from tests.db.conftest import planned_task
 
 

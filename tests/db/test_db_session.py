@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from badnet_prune.db.errors import DatabaseUnavailable
+from badnet_prune.db.repository import add_model, create_sweep, get_sweep, list_models
+from badnet_prune.db.results import steps_stored
+from badnet_prune.db.session import make_engine, prepare_database, session_scope
 from sqlalchemy import Engine, make_url
-
-from db.errors import DatabaseUnavailable
-from db.repository import add_model, create_sweep, get_sweep, list_models
-from db.results import steps_stored
-from db.session import make_engine, prepare_database, session_scope
 
 SWEEP = {
     "name": "s",
@@ -25,9 +24,9 @@ SWEEP = {
 }
 
 WRITER_SETUP = """
-from db.session import make_engine, session_scope
-from db.results import StepRow, save_steps, steps_stored
-from db.tasks import end_task, plan_tasks, stage_tasks, take_lease
+from badnet_prune.db.session import make_engine, session_scope
+from badnet_prune.db.results import StepRow, save_steps, steps_stored
+from badnet_prune.db.tasks import end_task, plan_tasks, stage_tasks, take_lease
 """
 # Read, then write, in each transaction: with SQLite's default deferred BEGIN this fails at once
 # with "database is locked" when another process wrote in between.
@@ -118,7 +117,7 @@ def test_urls() -> None:
 
 
 def test_the_pool_settings_bound_a_postgres_engine_and_a_bad_one_is_one_line(postgres_url: str) -> None:
-    from badnet_prune.errors import BadInputError
+    from badnet_prune.numerics.errors import BadInputError
     from badnet_prune.settings import Settings
 
     settings = Settings.from_env({"BADNET_PRUNE_DB": postgres_url, "BADNET_PRUNE_DB_POOL_SIZE": "3",

@@ -6,13 +6,10 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import Engine, func, select, update
-from sqlalchemy.orm import Session
-
-from db import tasks as db_tasks
-from db.models import Task, utcnow
-from db.repository import set_model_status
-from db.tasks import (
+from badnet_prune.db import tasks as db_tasks
+from badnet_prune.db.models import Task, utcnow
+from badnet_prune.db.repository import set_model_status
+from badnet_prune.db.tasks import (
     claim_stages,
     claim_tasks,
     end_task,
@@ -29,6 +26,9 @@ from db.tasks import (
     take_lease,
     unfinished_stages,
 )
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.orm import Session
+
 from tests.db.conftest import planned_task
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from orchestrator.sweep_file import read_sweep_file
+from badnet_prune.orchestrator.sweep_file import read_sweep_file
 
 
 def test_csaw_sweep_names_the_four_models_under_data(repo):

@@ -31,7 +31,7 @@ def snapshot(cluster: Cluster) -> dict[str, list[dict]]:
 
 
 def celery_app(cluster: Cluster):
-    from worker.celery_app import make_celery
+    from badnet_prune.worker.celery_app import make_celery
 
     return make_celery(Settings.from_env(cluster.env))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from badnet_prune.tf_setup import keras
+from badnet_prune.numerics.tf_setup import keras
 from tests.helpers import run_console_script
 from tests.test_defend import defend_arguments
 
@@ -62,7 +62,7 @@ def test_the_jax_run_never_imports_tensorflow(runs):
     # tf_setup hides fd 2 while Keras itself imports (TensorFlow's banner), so the lines show every
     # import after it: those of the worker path, where Keras would load TensorFlow to serialise models
     modules = imported(runs["jax"][2])
-    assert {"sqlalchemy", "badnet_prune.fine_tuning"} <= modules, "the check must see the run's imports"
+    assert {"sqlalchemy", "badnet_prune.numerics.fine_tuning"} <= modules, "the check must see the run's imports"
     assert not {name for name in modules if name.split(".")[0] == "tensorflow"}
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from badnet_prune.data import open_data_file
-from badnet_prune.fine_tuning import FineTuneResult, FineTuneSettings, fine_tune
-from badnet_prune.model_io import load_model
-from badnet_prune.tf_setup import keras
+from badnet_prune.files.data import open_data_file
+from badnet_prune.files.model_io import load_model
+from badnet_prune.numerics.fine_tuning import FineTuneResult, FineTuneSettings, fine_tune
+from badnet_prune.numerics.tf_setup import keras
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="checks Keras's JAX backend: "
                                 "make test runs it with KERAS_BACKEND=jax")
@@ -35,7 +35,7 @@ TENSORFLOW_RUN = textwrap.dedent(
     from pathlib import Path
     import numpy as np
     from tests.jax.test_fine_tuning_on_jax import SETTINGS, inputs, tuned
-    from badnet_prune.tf_setup import keras
+    from badnet_prune.numerics.tf_setup import keras
 
     assert keras.backend.backend() == "tensorflow"
     result = tuned(*inputs(Path(sys.argv[1])), SETTINGS)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from badnet_prune.tf_setup import keras
+from badnet_prune.numerics.tf_setup import keras
 from tests.helpers import model_entry, write_sweep_toml
 from tests.integration.conftest import Cluster
 

@@ -3,11 +3,11 @@ at their printed precision. Expected values come from db.results readers, not th
 
 from __future__ import annotations
 
+from badnet_prune.db.repository import list_models
+from badnet_prune.db.results import read_evaluations, read_ranking, read_selections, read_steps
+from badnet_prune.db.session import session_scope
 from sqlalchemy import Engine
 
-from db.repository import list_models
-from db.results import read_evaluations, read_ranking, read_selections, read_steps
-from db.session import session_scope
 from tests.report.conftest import ASR_BOUND, ReportedSweep
 from tests.report.page import (
     exact,
@@ -223,10 +223,11 @@ def _lab_rows(header: list[str], evaluations, selections, printed: list[list[str
 def test_thresholds_that_select_the_same_step_each_show_their_marker(tmp_path) -> None:
     """2% and 2.1% select one step of the synthetic curve: both markers are drawn there, the later one a larger
     ring around the first, each with its legend entry."""
+    from badnet_prune.db.session import prepare_database
+    from badnet_prune.orchestrator.report.data import read_report
+    from badnet_prune.orchestrator.report.figures import curve_figure
+
     from bench.report_scale import synthetic_sweep
-    from db.session import prepare_database
-    from orchestrator.report.data import read_report
-    from orchestrator.report.figures import curve_figure
 
     engine = prepare_database(f"sqlite:///{tmp_path / 'same.db'}")
     sweep_id = synthetic_sweep(engine, 1, thresholds=("0.02", "0.021", "0.1"))
@@ -250,9 +251,10 @@ def test_thresholds_that_select_the_same_step_each_show_their_marker(tmp_path) -
 def test_the_verdict_says_what_fine_pruning_removed_and_its_cost(tmp_path) -> None:
     """On a fine-tuned synthetic sweep the verdict's G'' columns equal the stored G_fine evaluations: the
     smallest threshold whose G'' ASR is at most the bound, that ASR, and B's clean accuracy minus G'''s."""
+    from badnet_prune.db.session import prepare_database
+    from badnet_prune.orchestrator.report.write import write_report
+
     from bench.report_scale import synthetic_sweep
-    from db.session import prepare_database
-    from orchestrator.report.write import write_report
 
     engine = prepare_database(f"sqlite:///{tmp_path / 'fine.db'}")
     sweep_id = synthetic_sweep(engine, 2, poisons=("sunglasses", "lipstick"), fine_tune=True)

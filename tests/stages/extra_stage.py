@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from db.results import read_selections
-from db.session import session_scope
-from pipeline.contract import PlanContext, Stage, StageArguments, TaskContext, register
-from pipeline.stages.threshold import THRESHOLD
-from worker.runtime import Runtime
+from badnet_prune.db.results import read_selections
+from badnet_prune.db.session import session_scope
+from badnet_prune.pipeline.contract import PlanContext, Stage, StageArguments, TaskContext, register
+from badnet_prune.pipeline.stages.threshold import THRESHOLD
+from badnet_prune.worker.runtime import Runtime
 
 LOG_NAME = "audit.log"
 

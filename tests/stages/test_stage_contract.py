@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from badnet_prune.db.models import Artifact, Model, Selection, Task
+from badnet_prune.db.session import make_engine, session_scope
 from sqlalchemy import select, update
 
-from badnet_prune.thresholds import parse_thresholds
-from db.models import Artifact, Model, Selection, Task
-from db.session import make_engine, session_scope
+from badnet_prune.numerics.thresholds import parse_thresholds
 from tests.helpers import cached_quick_badnet, model_entry, run_console_script, write_sweep_toml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def first_step(acc0: float, accuracies: list[float], threshold: float) -> int | 
 
 REGISTRY_CHECKS = """
 import pytest
-from pipeline.contract import PlanContext, Stage, StageArguments, register, stages
+from badnet_prune.pipeline.contract import PlanContext, Stage, StageArguments, register, stages
 
 def stage(name, after=()):
     return Stage(name=name, description="", arguments=StageArguments, plan=lambda _: [StageArguments()],

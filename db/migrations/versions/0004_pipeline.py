@@ -85,7 +85,7 @@ ROLE_CHECK = "(role = 'clean_test' AND poison_name = '') OR (role = 'poisoned_te
 
 
 def _threshold_key(value: Any) -> str:
-    """The shortest decimal of a stored float ('0.02'), as badnet_prune.thresholds writes keys."""
+    """The shortest decimal of a stored float ('0.02'), as badnet_prune.numerics.thresholds writes keys."""
     number = float(value)
     text = repr(number)
     if "e" in text or "E" in text:

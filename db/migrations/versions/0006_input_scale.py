@@ -5,7 +5,7 @@ Revises: 0005
 Create Date: 2026-12-01
 
 - models.input_scale_auto: the rank stage chose models.input_scale (the sweep asked for "auto"); a
-  model registered for auto holds input_scale 0 (badnet_prune.input_scale.AUTO_INPUT_SCALE) until then.
+  model registered for auto holds input_scale 0 (badnet_prune.numerics.input_scale.AUTO_INPUT_SCALE) until then.
 - models.input_scale_note: the rank stage's one line on the scale (B's accuracy on a sample of the
   clean validation data at both scales); a warning starts with "warning:".
 

@@ -23,9 +23,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from badnet_prune.inference import INFERENCE_BATCH, jax_weights, shared_jax_program
-from badnet_prune.network_split import SplitNetwork
-from badnet_prune.tf_setup import accelerator_present, configure_tensorflow, keras, tf
+from badnet_prune.numerics.inference import INFERENCE_BATCH, jax_weights, shared_jax_program
+from badnet_prune.numerics.network_split import SplitNetwork
+from badnet_prune.numerics.tf_setup import accelerator_present, configure_tensorflow, keras, tf
 
 # (step, image) rows per call: 16 steps of 1024 images; the tail's activations for a block stay
 # about 160 MB, small beside a GPU's memory, and the call is long enough to keep the device busy.

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from badnet_prune.repair import repaired_labels
+from badnet_prune.numerics.repair import repaired_labels
 
 
 @dataclass(frozen=True, order=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from badnet_prune.tf_setup import keras
+from badnet_prune.numerics.tf_setup import keras
 
 
 def repaired_labels(labels_b: np.ndarray, labels_b_prime: np.ndarray, num_classes: int) -> np.ndarray:

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from badnet_prune.fine_tune_settings import FineTuneSettings
-from badnet_prune.inference import accuracy_percent, compiled_forward, forward_labels, scale_images
-from badnet_prune.pruned_model import build_pruned_model
-from badnet_prune.tf_setup import configure_tensorflow, keras, tf
+from badnet_prune.numerics.fine_tune_settings import FineTuneSettings
+from badnet_prune.numerics.inference import accuracy_percent, compiled_forward, forward_labels, scale_images
+from badnet_prune.numerics.pruned_model import build_pruned_model
+from badnet_prune.numerics.tf_setup import configure_tensorflow, keras, tf
 
 
 @dataclass(frozen=True)

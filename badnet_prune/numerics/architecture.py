@@ -6,7 +6,7 @@ this one and fills it by layer name.
 
 from __future__ import annotations
 
-from badnet_prune.tf_setup import keras
+from badnet_prune.numerics.tf_setup import keras
 
 IMAGE_SHAPE = (55, 47, 3)
 

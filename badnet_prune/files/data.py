@@ -16,8 +16,8 @@ from typing import TypeVar
 import h5py
 import numpy as np
 
-from badnet_prune.errors import BadInputError
-from badnet_prune.hashing import sha256_file
+from badnet_prune.files.hashing import sha256_file
+from badnet_prune.numerics.errors import BadInputError
 
 DEFAULT_BATCH_SIZE = 1024
 

@@ -1,6 +1,6 @@
 """Fine-pruning's settings alone, without TensorFlow: the CLI, sweep files and planning validate them.
 
-badnet_prune.fine_tuning (the numerics) imports Keras, which takes seconds; reading a sweep file or
+badnet_prune.numerics.fine_tuning (the numerics) imports Keras, which takes seconds; reading a sweep file or
 planning a sweep must not, so the settings live here and fine_tuning re-exports them.
 """
 

@@ -15,7 +15,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
-from badnet_prune.errors import BadInputError
+from badnet_prune.numerics.errors import BadInputError
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 RESERVED_NAMES = frozenset({"clean", "clean_valid", "clean_test", "poisoned_valid", "poisoned_test"})

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import h5py
 
-from badnet_prune.errors import BadInputError
+from badnet_prune.numerics.errors import BadInputError
 
 ModelKind = Literal["keras", "hdf5"]
 KERAS_SUFFIXES = (".keras",)

@@ -72,7 +72,7 @@ def choose_input_scale(
     warning says when B is accurate at neither scale, or when labels lie outside its classes: data of
     another class count than the model's (lab weights on another data set score 0% at both scales).
     """
-    from badnet_prune.inference import accuracy_percent, forward_labels, scale_images
+    from badnet_prune.numerics.inference import accuracy_percent, forward_labels, scale_images
 
     labels = np.asarray(labels).reshape(-1)
     if len(images) == 0 or len(images) != len(labels):

@@ -14,16 +14,16 @@ from typing import Any
 import h5py
 import numpy as np
 
-from badnet_prune.architecture import build_deepid
-from badnet_prune.errors import BadInputError
-from badnet_prune.model_inspect import (
+from badnet_prune.files.model_inspect import (
     HDF5_SUFFIXES,
     KERAS_SUFFIXES,
     model_file_kind,
     read_model_config,
     weight_names,
 )
-from badnet_prune.tf_setup import keras
+from badnet_prune.numerics.architecture import build_deepid
+from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.numerics.tf_setup import keras
 
 TRUST_HINT = "pass --trust-model-code only if you trust whoever made this file"
 CODE_CLASSES = {"Lambda", "TFOpLambda", "SlicingOpLambda", "TFSMLayer", "__lambda__"}

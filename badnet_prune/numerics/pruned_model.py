@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from badnet_prune.tf_setup import keras
+from badnet_prune.numerics.tf_setup import keras
 
 
 def zeroed_filters(weights: Sequence[np.ndarray], channels: Sequence[int]) -> list[np.ndarray]:

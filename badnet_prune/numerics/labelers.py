@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from badnet_prune.activations import live_channels
-from badnet_prune.inference import INFERENCE_BATCH, compiled_forward, forward_labels, scale_images
-from badnet_prune.network_split import SplitNetwork
-from badnet_prune.pruned_model import build_pruned_model, zeroed_filters
-from badnet_prune.tf_setup import keras
+from badnet_prune.numerics.activations import live_channels
+from badnet_prune.numerics.inference import INFERENCE_BATCH, compiled_forward, forward_labels, scale_images
+from badnet_prune.numerics.network_split import SplitNetwork
+from badnet_prune.numerics.pruned_model import build_pruned_model, zeroed_filters
+from badnet_prune.numerics.tf_setup import keras
 
 TAIL_BATCH = 4096
 DENSE_SHARE = 0.9

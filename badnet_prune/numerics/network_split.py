@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from badnet_prune.errors import BadInputError
-from badnet_prune.tf_setup import keras
+from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.numerics.tf_setup import keras
 
 CHANNELWISE_LAYERS = (
     keras.layers.MaxPooling2D,

@@ -3,7 +3,7 @@
 Two engines give the same rows. The sparse one (prune_range): step k's labels are step k-1's,
 except for the images on which the newly pruned channel was live, and only those run through the
 tail again, so most of the work is skipped (the fastest on CPUs). The dense one
-(prune_range_dense, badnet_prune.dense_engine): every image at every step, many steps per call on
+(prune_range_dense, badnet_prune.numerics.dense_engine): every image at every step, many steps per call on
 the device (the fastest on GPUs). Every step is exact either way: the labels the whole pruned
 network gives.
 """

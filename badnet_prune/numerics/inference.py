@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from badnet_prune.tf_setup import accelerator_present, configure_tensorflow, keras, tf
+from badnet_prune.numerics.tf_setup import accelerator_present, configure_tensorflow, keras, tf
 
 INFERENCE_BATCH = 1024
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from badnet_prune.inference import INFERENCE_BATCH, scale_images
+from badnet_prune.numerics.inference import INFERENCE_BATCH, scale_images
 
 
 def cut_activations(head_forward, batches: Iterable[np.ndarray], input_scale: float) -> np.ndarray:
