@@ -31,6 +31,7 @@ from badnet_prune.orchestrator.commands import (
     sweep,
     synth,
     worker,
+    zoo,
 )
 
 _VALUE_WORDS = {str: "TEXT", int: "INTEGER", float: "NUMBER"}
@@ -159,6 +160,7 @@ COMMANDS = {
     "sql": sql.sql,
     "report": report.report,
     "synth": synth.synth,
+    "zoo": zoo.zoo,
     "cache": cache.cache,
 }
 for _name, _function in COMMANDS.items():
