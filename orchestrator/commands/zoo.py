@@ -134,7 +134,7 @@ def _build_all(plan: list[PlannedModel], settings: ZooSettings, cache_dir: Path,
     cached = {p.name for p in plan if (cache_dir / cache_key(p.attack, p.seed, settings) / RECORD_FILE).is_file()}
     console.print(f"zoo: {len(plan)} models, {len(cached)} already built in {cache_dir}, {len(plan) - len(cached)} "
                   f"to build", soft_wrap=True, markup=False)
-    view = _BuildView(console, [p for p in plan if p.name not in cached])
+    view = _BuildView(console, len(plan), [p for p in plan if p.name not in cached])
     built: list[ZooModel] = []
     failed: dict[str, str] = {}
     with view:
@@ -163,7 +163,7 @@ class _BuildView:
     Models linked from the cache take no time; before the first build ends, the time left is unknown.
     """
 
-    def __init__(self, console: Console, to_build: list[PlannedModel]) -> None:
+    def __init__(self, console: Console, total: int, to_build: list[PlannedModel]) -> None:
         self.console = console
         self.left = [p.attack for p in to_build]
         self.seconds: dict[str, list[float]] = {}
@@ -173,7 +173,7 @@ class _BuildView:
                                  TimeElapsedColumn(), TextColumn("{task.fields[left]}"),
                                  TextColumn("{task.description}"), console=console, transient=False,
                                  disable=not console.is_terminal)
-        self.bar = self.progress.add_task("", total=None, left="")
+        self.bar = self.progress.add_task("", total=total, left="")
 
     def __enter__(self) -> _BuildView:
         self.progress.__enter__()
