@@ -13,12 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
 from rich.console import Console
 
 from badnet_prune.db.model_results import ModelResults
 from badnet_prune.numerics.errors import BadInputError
-from badnet_prune.numerics.fine_tune_settings import FineTuneSettings
 from badnet_prune.numerics.names import RESERVED_NAMES
 from badnet_prune.numerics.selection import validate_policy
 from badnet_prune.numerics.thresholds import parse_thresholds
@@ -39,26 +37,6 @@ class Defended:
     input_scale_note: str | None = None  # the rank stage's line on the scale it chose or checked
 
 
-FINE_TUNE_OPTIONS = {"epochs": "--epochs", "learning_rate": "--learning-rate", "optimizer": "--optimizer",
-                     "batch_size": "--batch-size", "seed": "--seed", "holdout_fraction": "--holdout-fraction"}
-
-
-def fine_tune_table(enabled: bool, given: dict[str, object]) -> dict[str, object] | None:
-    """The [fine_tune] table for --fine-tune and its options (None without the flag), validated once here
-    (FineTuneSettings) for the command and the API; an error names the option."""
-    given = {field: value for field, value in given.items() if value is not None}
-    if not enabled:
-        if given:
-            raise BadInputError(FINE_TUNE_OPTIONS[next(iter(given))], "only with --fine-tune")
-        return None
-    try:
-        return FineTuneSettings.model_validate(given).model_dump(mode="json")
-    except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        option = FINE_TUNE_OPTIONS.get(str(first["loc"][0]) if first["loc"] else "", "--fine-tune")
-        raise BadInputError(option, f"{first['msg']}, got {first.get('input')!r}") from None
-
-
 def model_name(model: Path) -> str:
     """The model's name in the results: its file name without extension, as an identifier ('bd net.h5' -> 'bd_net')."""
     name = re.sub(r"[^A-Za-z0-9_-]", "_", model.stem).lstrip("_-")[:64] or "model"
@@ -77,9 +55,10 @@ def defense_spec(
     rank_layer: str,
     input_scale: float | str,
     trust_model_code: bool,
-    fine_tune: Mapping[str, object] | None = None,
+    stages: Mapping[str, Mapping[str, object]] | None = None,
 ) -> SweepSpec:
-    """The one-model sweep of a defense; poisoned maps each name to {"valid": FILE, "test": FILE}.
+    """The one-model sweep of a defense; poisoned maps each name to {"valid": FILE, "test": FILE}; stages maps
+    each further stage to run to its settings table (validated: orchestrator.stage_options).
 
     Thresholds and policy are checked here as well as in parse_sweep, so that the error names the
     option, not the sweep.
@@ -108,8 +87,7 @@ def defense_spec(
             "poisoned": {name: dict(files) for name, files in poisoned.items()},
         }],
     }
-    if fine_tune is not None:
-        raw["fine_tune"] = dict(fine_tune)
+    raw.update({name: dict(table) for name, table in (stages or {}).items()})
     return parse_sweep(raw, base=Path.cwd(), source="defend", default_name="defend")
 
 

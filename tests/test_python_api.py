@@ -15,7 +15,7 @@ from tests.helpers import cached_quick_badnet
 
 
 def test_importing_the_api_loads_neither_tensorflow_nor_the_orchestrator():
-    heavy = "('tensorflow', 'keras', 'sqlalchemy', 'orchestrator', 'celery')"
+    heavy = "('tensorflow', 'keras', 'sqlalchemy', 'badnet_prune.orchestrator', 'celery')"
     code = f"import sys; from badnet_prune import defend; print(sorted(m for m in {heavy} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"
