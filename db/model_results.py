@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from badnet_prune.db.models import Evaluation, Model
-from badnet_prune.db.repository import get_model
+from badnet_prune.db.repository import get_model, get_sweep
 from badnet_prune.db.results import (
     CurvePointRow,
     StoredStep,
@@ -81,6 +81,7 @@ class ModelResults:
     error: str | None
     input_scale: float
     acc0: float | None
+    policy: str  # the sweep's selection policy (badnet_prune.numerics.selection.POLICIES)
     ranking: list[RankedChannel]
     steps: list[StoredStep]
     b: Metrics
@@ -153,6 +154,7 @@ def read_model_results(session: Session, model_id: int, steps: list[StoredStep] 
         error=model.error,
         input_scale=model.input_scale,
         acc0=model.acc0,
+        policy=get_sweep(session, model.sweep_id).policy,
         ranking=[RankedChannel(c, p, m) for c, p, m in read_ranking(session, model_id)],
         steps=steps,
         b=metrics.get(("B", ""), Metrics()),

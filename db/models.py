@@ -30,7 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SWEEP_STATUSES = ("pending", "running", "done", "failed")  # 'done' even when some models failed
 MODEL_STATUSES = ("pending", "running", "done", "failed")
-POLICIES = ("first", "notebook")
+POLICIES = ("first", "within", "notebook")
 CLEAN_ROLES = ("clean_valid", "clean_test")
 POISONED_ROLES = ("poisoned_valid", "poisoned_test")
 TEST_ROLES = ("clean_test", "poisoned_test")

@@ -21,6 +21,7 @@ from badnet_prune.numerics.names import RESERVED_NAMES
 from badnet_prune.numerics.selection import validate_policy
 from badnet_prune.numerics.thresholds import parse_thresholds
 from badnet_prune.orchestrator.sweep_file import SweepSpec
+from badnet_prune.orchestrator.verdicts import ASR_BOUND, CLEAN_BOUND
 
 
 class DefenseFailed(Exception):
@@ -91,7 +92,8 @@ def defense_spec(
     return parse_sweep(raw, base=Path.cwd(), source="defend", default_name="defend")
 
 
-def defend_model(spec: SweepSpec, out: Path, *, db: str | None, console: Console) -> Defended:
+def defend_model(spec: SweepSpec, out: Path, *, db: str | None, console: Console, asr_bound: float = ASR_BOUND,
+                 clean_bound: float = CLEAN_BOUND) -> Defended:
     """Run the spec here, results in OUT: models in OUT/models, steps.csv and summary.json, and the
     database in OUT/badnet-prune.db unless --db or BADNET_PRUNE_DB names one. DefenseFailed if the model failed."""
     from badnet_prune.orchestrator.options import load_settings
@@ -102,7 +104,7 @@ def defend_model(spec: SweepSpec, out: Path, *, db: str | None, console: Console
         db = str(out / "badnet-prune.db")  # the results' database goes with the results, not into the cwd
     settings = load_settings(db=db, artifact_dir=out / "models").without_broker()
     sweep_id = submit_sweep(settings, spec, wait=True, console=console, extra_config={"flat_artifacts": True})
-    results = write_results(settings.db_url, sweep_id, out)
+    results = write_results(settings.db_url, sweep_id, out, asr_bound, clean_bound)
     return Defended(sweep_id, settings.db_url, results, input_scale_note(settings.db_url, sweep_id))
 
 
@@ -119,7 +121,8 @@ def input_scale_note(db_url: str, sweep_id: int) -> str | None:
         engine.dispose()
 
 
-def write_results(db_url: str, sweep_id: int, out: Path) -> ModelResults:
+def write_results(db_url: str, sweep_id: int, out: Path, asr_bound: float = ASR_BOUND,
+                  clean_bound: float = CLEAN_BOUND) -> ModelResults:
     """Read the one model's results back and write OUT/steps.csv and OUT/summary.json from them."""
     from badnet_prune.db.model_results import read_model_results
     from badnet_prune.db.repository import list_models
@@ -133,7 +136,7 @@ def write_results(db_url: str, sweep_id: int, out: Path) -> ModelResults:
             raise DefenseFailed(model.error or "the model failed")
         columns, rows = step_rows(session, sweep_id)
         results = read_model_results(session, model.id)
-    summary = model_summary(results)
+    summary = model_summary(results, asr_bound, clean_bound)
     out.mkdir(parents=True, exist_ok=True)
     (out / "steps.csv").write_text(to_csv(columns[1:], rows), encoding="utf-8")
     (out / "summary.json").write_text(json.dumps({"sweep": sweep_id, **summary}, indent=2) + "\n", encoding="utf-8")

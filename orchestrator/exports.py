@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from badnet_prune.db.model_results import Metrics, ModelResults
 from badnet_prune.db.results import read_steps
+from badnet_prune.orchestrator.verdicts import ASR_BOUND, CLEAN_BOUND, verdict_json
 from badnet_prune.pipeline.contract import stages
 from badnet_prune.pipeline.presentation import Presentation, metrics_json
 
@@ -61,9 +62,11 @@ def _inert(value: Any) -> Any:
     return value
 
 
-def model_summary(results: ModelResults) -> dict[str, Any]:
+def model_summary(results: ModelResults, asr_bound: float = ASR_BOUND,
+                  clean_bound: float = CLEAN_BOUND) -> dict[str, Any]:
     """summary.json's content: the model, acc0, the ranking and B on test data, then what each stage adds (the
-    per-threshold selections and B'_t and G_t, each later defense's part), and every stage's notes in words."""
+    per-threshold selections and B'_t and G_t, each later defense's part), every stage's notes in words, and
+    the verdict per poison (orchestrator.verdicts)."""
     summary: dict[str, Any] = {
         "model": results.name,
         "path": results.path,
@@ -85,6 +88,7 @@ def model_summary(results: ModelResults) -> dict[str, Any]:
             raise ValueError(f"two stages write summary.json's {', '.join(clash)}")
         summary.update(added)
     summary["notes"] = model_notes(results)
+    summary["verdict"] = verdict_json(results, asr_bound, clean_bound)
     return summary
 
 

@@ -3,6 +3,7 @@ installed layout no floor imports one above it (import-linter's layers contract 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -12,13 +13,21 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+PACKAGED = ("pyproject.toml", "README.md", "badnet_prune", "db", "pipeline", "worker", "orchestrator")
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project's wheel installed (without dependencies) into a fresh venv: its site-packages folder."""
     work = tmp_path_factory.mktemp("wheel")
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(work), str(REPO)],
+    source = work / "source"  # what the Dockerfile copies: setuptools leaves its build/ there, not in the checkout
+    source.mkdir()
+    for name in PACKAGED:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / name, source / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(work), str(source)],
                            capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = work.glob("badnet_prune-*.whl")

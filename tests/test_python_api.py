@@ -70,7 +70,8 @@ def test_defend_returns_the_typed_results_and_writes_what_the_command_writes(def
         ({"thresholds": "0.02,0.04"}, "--thresholds"),
         ({"policy": "last"}, "--policy"),
         ({"poisoned": {"x": "bd_valid.h5"}}, "poisoned['x']"),
-        ({"fine_tune": {"epochs": 0}}, "--epochs"),
+        ({"stages": {"fine_tune": {"epochs": 0}}}, "--epochs"),
+        ({"stages": {"no_such_stage": True}}, "stages['no_such_stage']: no such stage"),
     ],
 )
 def test_bad_arguments_raise_bad_input_error_before_anything_runs(tmp_path, overrides, phrase):

@@ -12,6 +12,8 @@ from rich.table import Table
 from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.numerics.names import check_name
 from badnet_prune.orchestrator.options import (
+    AsrBoundOption,
+    CleanBoundOption,
     DbOption,
     InputScaleChoice,
     InputScaleOption,
@@ -21,6 +23,7 @@ from badnet_prune.orchestrator.options import (
     TrustCodeOption,
 )
 from badnet_prune.orchestrator.stage_options import stage_tables
+from badnet_prune.orchestrator.verdicts import ASR_BOUND, CLEAN_BOUND
 
 if TYPE_CHECKING:
     from badnet_prune.orchestrator.defend_run import Defended
@@ -58,6 +61,8 @@ def defend(
     trust_model_code: TrustCodeOption = False,
     db: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json on stdout instead of the table.")] = False,
+    asr_bound: AsrBoundOption = ASR_BOUND,
+    clean_bound: CleanBoundOption = CLEAN_BOUND,
     **stage_values: Any,
 ) -> int:
     """Rank, prune, select B' per threshold, build G, evaluate on test data, and write the results; with a
@@ -76,20 +81,21 @@ def defend(
     )
     console = Console(stderr=True)
     try:
-        defended = defend_model(spec, out, db=db, console=console)
+        defended = defend_model(spec, out, db=db, console=console, asr_bound=asr_bound, clean_bound=clean_bound)
     except DefenseFailed as failed:
         console.print(f"error: {failed}", soft_wrap=True, markup=False)
         raise typer.Exit(2) from None
     if as_json:
         print((out / "summary.json").read_text(encoding="utf-8"), end="")
     else:
-        _print_results(defended, out, console)
+        _print_results(defended, out, console, asr_bound, clean_bound)
     return defended.sweep_id
 
 
-def _print_results(defended: Defended, out: Path, console: Console) -> None:
+def _print_results(defended: Defended, out: Path, console: Console, asr_bound: float, clean_bound: float) -> None:
     from badnet_prune.db.session import display_url
-    from badnet_prune.orchestrator.exports import lab_table
+    from badnet_prune.orchestrator.exports import lab_table, model_notes
+    from badnet_prune.orchestrator.verdicts import model_verdicts
 
     results = defended.results
     header, table_rows = lab_table(results)  # every stage's networks: B'_t and G_t, and each later defense's
@@ -103,5 +109,11 @@ def _print_results(defended: Defended, out: Path, console: Console) -> None:
         Console().print(f"{results.name}: {defended.input_scale_note}", soft_wrap=True, markup=False,
                         style="yellow" if defended.input_scale_note.startswith("warning:") else None)
     Console().print(table)
+    for verdict in model_verdicts(results, asr_bound, clean_bound):
+        warned = verdict.false_alarms_above_bound or verdict.within_clean_bound is False
+        Console().print(verdict.sentence(asr_bound, clean_bound), soft_wrap=True, markup=False,
+                        style="red" if warned or not verdict.removed else "green")
+    for note in model_notes(results):
+        Console().print(note, soft_wrap=True, markup=False, style="yellow")
     console.print(f"wrote {out / 'steps.csv'}, {out / 'summary.json'} and {out / 'models'}/ "
                   f"(sweep {defended.sweep_id} in {display_url(defended.db_url)})", soft_wrap=True)

@@ -10,7 +10,7 @@ from pydantic import field_validator
 from badnet_prune.db.results import read_ranking, read_steps, save_selection, selection_stored
 from badnet_prune.db.session import session_scope
 from badnet_prune.numerics.pruning import pruned_labels
-from badnet_prune.numerics.selection import select_steps
+from badnet_prune.numerics.selection import RULES, relative_drop_percent, select_steps
 from badnet_prune.numerics.thresholds import Threshold, parse_threshold
 from badnet_prune.pipeline.contract import Job, PlanContext, Stage, StageArguments, register
 from badnet_prune.pipeline.inputs import loaded_model, read_inputs
@@ -21,7 +21,7 @@ from badnet_prune.pipeline.stages.prune_range import PRUNE_RANGE
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from badnet_prune.db.model_results import Metrics, ModelResults
+    from badnet_prune.db.model_results import Metrics, ModelResults, ThresholdResult
     from badnet_prune.pipeline.runtime import Runtime
 
 B_PRIME = Network("B_prime", "B'")
@@ -119,24 +119,37 @@ def stored(session: Session, job: Job[ThresholdArguments, None]) -> bool:
     return selection_stored(session, job.model_id, job.arguments.threshold)
 
 
+def drop_percent(results: ModelResults, entry: ThresholdResult) -> float | None:
+    """B'_t's clean validation accuracy drop from B's, relative to it as thresholds count (percent)."""
+    if results.acc0 is None or entry.clean_valid_accuracy is None:
+        return None
+    return relative_drop_percent(results.acc0, entry.clean_valid_accuracy)
+
+
 def rows(results: ModelResults) -> list[tuple[str, Metrics | None]]:
-    """defend's table: B'_t per threshold (with the channels pruned, or never reached), then G_t."""
+    """defend's table: B'_t per threshold (the channels pruned and the drop it cost on clean validation data,
+    or never reached), then G_t."""
     lines: list[tuple[str, Metrics | None]] = []
     for entry in results.thresholds:
         label = f"B' {entry.threshold.percent}"
-        lines.append((f"{label}: never reached", None) if entry.step is None
-                     else (f"{label}, {entry.step} pruned", entry.b_prime))
+        drop = drop_percent(results, entry)
+        lines.append((f"{label}: never reached", None) if entry.step is None or drop is None
+                     else (f"{label}, {entry.step} pruned, drop {drop:.2f}%", entry.b_prime))
     lines += [(f"G {entry.threshold.percent}", entry.g) for entry in results.thresholds if entry.step is not None]
     return lines
 
 
 def summary(results: ModelResults) -> dict[str, Any]:
-    """summary.json's per-threshold part: the selected step, B'_t and G_t on test data, their files."""
+    """summary.json's per-threshold part: the rule that selected the step, the step and the drop it cost on clean
+    validation data, B'_t and G_t on test data, their files."""
     return {"thresholds": {
         entry.threshold.key: {
+            "policy": results.policy,
+            "rule": RULES[results.policy],
             "step": entry.step,
             "channels_pruned": entry.step,
             "clean_valid_accuracy": entry.clean_valid_accuracy,
+            "clean_valid_drop_percent": drop_percent(results, entry),
             "B_prime": metrics_json(entry.b_prime),
             "G": metrics_json(entry.g),
             "files": dict(entry.files),
@@ -151,7 +164,8 @@ def columns(results: ModelResults, key: str) -> dict[str, Any]:
     if entry is None:
         return {}
     fractions = {step.step: step.fraction_pruned for step in results.steps}
-    columns: dict[str, Any] = {"step": entry.step, "fraction_pruned": fractions.get(entry.step)}
+    columns: dict[str, Any] = {"step": entry.step, "fraction_pruned": fractions.get(entry.step),
+                               "valid_drop": drop_percent(results, entry)}
     if entry.step is None:
         columns["note"] = "threshold never reached"
     return columns
@@ -165,5 +179,6 @@ THRESHOLD = register(Stage(
     run=run,
     after=(PRUNE_RANGE.name,),
     stored=stored,
-    presentation=Presentation(networks=(B_PRIME, G), rows=rows, summary=summary, columns=columns),
+    presentation=Presentation(networks=(B_PRIME, G), rows=rows, summary=summary, columns=columns,
+                              column_labels={"valid_drop": "validation drop % (of acc0)"}),
 ))

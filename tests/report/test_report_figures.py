@@ -61,13 +61,15 @@ def expected_summary(engine: Engine, sweep_id: int) -> list[dict]:
             t = _value(selection.threshold)
             if selection.step is None:
                 rows.append({"model": model.name, "threshold": t, "step": None, "fraction_pruned": None,
-                             "B_clean_accuracy": metrics[("B", 0.0, "clean")][0], "G_removed": set(), "G_kept": set(),
+                             "valid_drop": None, "B_clean_accuracy": metrics[("B", 0.0, "clean")][0],
+                             "G_removed": set(), "G_kept": set(),
                              "note": "threshold never reached"})
                 continue
             g_asr = {p: metrics[("G", t, p)][0] for p in poisons if ("G", t, p) in metrics}
             rows.append({
                 "model": model.name, "threshold": t, "step": selection.step,
                 "fraction_pruned": fractions.get(selection.step),
+                "valid_drop": 100.0 * (model.acc0 - selection.clean_valid_accuracy) / model.acc0,
                 "B_clean_accuracy": metrics[("B", 0.0, "clean")][0],
                 "G_clean_accuracy": metrics[("G", t, "clean")][0],
                 "G_clean_drop": metrics[("B", 0.0, "clean")][0] - metrics[("G", t, "clean")][0],
@@ -119,7 +121,8 @@ def test_csv_tables_equal_the_database_exactly(reported: ReportedSweep, engine: 
 
 # The page's headers, restated here rather than read from the report's code.
 OVERVIEW_HEADERS = {"model": "model", "threshold": "threshold", "step": "step", "fraction_pruned": "fraction pruned",
-                    "B_clean_accuracy": "B clean accuracy %", "G_clean_accuracy": "G clean accuracy %",
+                    "valid_drop": "validation drop % (of acc0)", "B_clean_accuracy": "B clean accuracy %",
+                    "G_clean_accuracy": "G clean accuracy %",
                     "G_clean_drop": "G clean drop (points)", "G_false_alarms": "G false alarms %", "poison": "poison",
                     "B_asr": "B ASR %", "G_asr": "G ASR %", "G_verdict": "pruning alone (G)", "note": "note"}
 VERDICT_HEADERS = {"model": "model", "poison": "poison", "B_asr": "B ASR %", "G_verdict": "pruning alone (G)",
