@@ -27,12 +27,12 @@ from pydantic import (
     StrictBool,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from badnet_prune.numerics.errors import BadInputError
-from badnet_prune.numerics.fine_tune_settings import FineTuneSettings
 from badnet_prune.numerics.input_scale import AUTO_INPUT_SCALE, SCALES
 from badnet_prune.numerics.names import NAME_PATTERN, Name
 from badnet_prune.numerics.selection import validate_policy
@@ -172,13 +172,17 @@ class SweepSpec(_Spec):
     rank_layer: Text = "pool_3"
     range_size: int = Field(10, ge=1, le=MAX_RANGE_SIZE)
     trust_model_code: StrictBool = False
-    fine_tune: FineTuneSettings | None = None  # a [fine_tune] table: fine-prune every threshold (its keys or defaults)
     _source: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @property
     def source(self) -> dict[str, Any]:
         """The mapping this spec was read from, as given (stored with the sweep for the record)."""
         return self._source
+
+    @property
+    def stage_settings(self) -> dict[str, BaseModel]:
+        """The settings of each stage the sweep names (its [stage] tables), by stage name, validated."""
+        return {name: value for name in _stage_tables() if isinstance(value := getattr(self, name, None), BaseModel)}
 
     @field_validator("models", mode="before")
     @classmethod
@@ -197,6 +201,30 @@ class SweepSpec(_Spec):
         return self
 
 
+def _stage_tables() -> dict[str, type[BaseModel]]:
+    """Each stage with settings (pipeline.contract), by name: its sweep-file table."""
+    from badnet_prune.pipeline.contract import configurable
+
+    return {stage.name: stage.settings for stage in configurable() if stage.settings is not None}
+
+
+_spec_types: dict[tuple[str, ...], type[SweepSpec]] = {}
+
+
+def sweep_spec_type() -> type[SweepSpec]:
+    """SweepSpec with an optional table per declared stage with settings ([fine_tune], and those of the
+    stage_modules setting), made once per set of stages: the sweep file knows no stage by name."""
+    tables = _stage_tables()
+    key = tuple(sorted(tables))
+    if key not in _spec_types:
+        clash = sorted(set(tables) & set(SweepSpec.model_fields))
+        if clash:
+            raise ValueError(f"stage names clash with sweep-file keys: {', '.join(clash)}")
+        fields: dict[str, Any] = {name: (settings | None, None) for name, settings in tables.items()}
+        _spec_types[key] = create_model("SweepSpec", __base__=SweepSpec, **fields)
+    return _spec_types[key]
+
+
 def read_sweep_file(path: str | Path) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
@@ -213,7 +241,7 @@ def parse_sweep(raw: dict[str, Any], *, base: Path, source: str | Path, default_
     if not isinstance(raw.get("model", []), list) or not raw.get("model"):
         raise BadInputError(source, "lists no models: add at least one [[model]] table")
     try:
-        spec = SweepSpec.model_validate({"name": default_name, **raw}, context={"base": Path(base)})
+        spec = sweep_spec_type().model_validate({"name": default_name, **raw}, context={"base": Path(base)})
     except ValidationError as error:
         raise BadInputError(source, _one_line(error, raw)) from None
     spec._source = raw
@@ -253,12 +281,13 @@ def _one_line(error: ValidationError, raw: dict[str, Any]) -> str:
 
 
 def _keys_at(loc: tuple[int | str, ...]) -> list[str]:
-    """The keys the table holding `loc` may have: the sweep (depth 1), [fine_tune], a [[model]] (3),
-    its [model.truth] (4), a poisoned set (5)."""
-    fine_tune = len(loc) == 2 and loc[0] == "fine_tune"
-    truth = len(loc) == 4 and loc[2] == "truth"
-    spec = FineTuneSettings if fine_tune else TruthSpec if truth else {
-        1: SweepSpec, 3: ModelSpec, 5: PoisonedSpec}.get(len(loc), SweepSpec)
+    """The keys the table holding `loc` may have: the sweep (depth 1), a stage's table such as [fine_tune],
+    a [[model]] (3), its [model.truth] (4), a poisoned set (5)."""
+    tables = _stage_tables()
+    stage_table = tables.get(str(loc[0])) if len(loc) == 2 else None
+    truth = TruthSpec if len(loc) == 4 and loc[2] == "truth" else None
+    spec = stage_table or truth or {1: sweep_spec_type(), 3: ModelSpec, 5: PoisonedSpec}.get(len(loc),
+                                                                                             sweep_spec_type())
     keys = [info.validation_alias or name for name, info in spec.model_fields.items()]
     return sorted(key for key in keys if not (spec is PoisonedSpec and key == "name"))
 

@@ -164,7 +164,7 @@ def test_progress_counts_tasks_by_state_and_stage(session: Session, sweep_id: in
     assert (progress.sweep_id, progress.status, progress.sweep_tasks) == (sweep_id, "pending", {"pending": 1})
     [model] = progress.models
     assert (model.model_id, model.name, model.status, model.error) == (model_id, "bd_net", "running", None)
-    assert (model.steps_stored, model.steps_expected) == (10, 61)
+    assert model.units == {"rank": (1, 1), "prune_range": (1, 2)}  # a unit a task as planned here; done ones count
     assert model.tasks == {"done": 2, "failed": 1}
     assert model.stages == {"rank": {"done": 1}, "prune_range": {"done": 1, "failed": 1}}
     overview = sweep_overview(session, sweep_id)

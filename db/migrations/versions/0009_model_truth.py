@@ -1,7 +1,7 @@
 """A model's ground truth from the sweep file's [model.truth] table.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-07
 
 - models.truth_backdoored: whether the model has a backdoor; NULL where the sweep file gives no truth.
@@ -19,8 +19,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007"
-down_revision: str | None = "0006"
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | None = None
 depends_on: str | None = None
 
