@@ -154,6 +154,10 @@ class Model(Base):
     error: Mapped[str | None] = mapped_column(Text)
     acc0: Mapped[float | None]  # clean validation accuracy before pruning, percent
     channel_count: Mapped[int | None]  # channels of the pruned layer: steps run 0..channel_count
+    # ground truth from the sweep file's [model.truth], where given (all NULL where not)
+    truth_backdoored: Mapped[bool | None]
+    truth_attack: Mapped[str | None]  # an identifier: clean, patch, ... (NULL where the table names none)
+    truth_targets: Mapped[list[int] | dict[str, int] | None] = mapped_column(JSON)  # a list, or poison name -> target
 
 
 class ModelData(Base):

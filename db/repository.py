@@ -37,6 +37,22 @@ RowT = TypeVar("RowT", bound=Base)
 
 
 @dataclass(frozen=True)
+class Truth:
+    """A model's ground truth as the sweep file's [model.truth] gives it (stored as models.truth_*)."""
+
+    backdoored: bool
+    attack: str | None = None
+    targets: tuple[int, ...] | Mapping[str, int] = ()
+
+    def columns(self) -> dict[str, Any]:
+        targets = dict(self.targets) if isinstance(self.targets, Mapping) else list(self.targets)
+        return {"truth_backdoored": self.backdoored, "truth_attack": self.attack, "truth_targets": targets}
+
+
+NO_TRUTH = {"truth_backdoored": None, "truth_attack": None, "truth_targets": None}
+
+
+@dataclass(frozen=True)
 class ModelProgress:
     """Where one model of a sweep stands: its tasks by state, per stage, and per stage its progress units done
     of planned (steps, epochs ...: each stage declares its unit, pipeline.contract.Progress)."""
@@ -124,14 +140,19 @@ def add_model(
     sha256: str,
     input_scale: float,
     data: Iterable[tuple[str, str, int]],
+    truth: Truth | None = None,
 ) -> int:
-    """Register (or re-register) a model of a sweep with its data: (role, poison_name, data_file_id).
+    """Register (or re-register) a model of a sweep with its data: (role, poison_name, data_file_id),
+    and its ground truth where known.
 
     Roles are clean_valid/clean_test (poison_name '') and poisoned_valid/poisoned_test (one
-    per poison name). Re-registering keeps the model's id and status and replaces its data.
+    per poison name). Re-registering keeps the model's id and status and replaces its data and truth.
     """
-    statement = upsert_statement(session, Model, key=["sweep_id", "name"], update=["path", "sha256", "input_scale"])
-    row = {"sweep_id": sweep_id, "name": name, "path": str(path), "sha256": sha256, "input_scale": input_scale}
+    truth_columns = NO_TRUTH if truth is None else truth.columns()
+    statement = upsert_statement(session, Model, key=["sweep_id", "name"],
+                                 update=["path", "sha256", "input_scale", *truth_columns])
+    row = {"sweep_id": sweep_id, "name": name, "path": str(path), "sha256": sha256, "input_scale": input_scale,
+           **truth_columns}
     model_id: int = session.execute(statement.values(row).returning(Model.id)).scalar_one()
     rows = [
         {"model_id": model_id, "role": role, "poison_name": poison, "data_file_id": file_id}

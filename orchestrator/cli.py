@@ -31,6 +31,7 @@ from badnet_prune.orchestrator.commands import (
     sweep,
     synth,
     worker,
+    zoo,
 )
 from badnet_prune.orchestrator.stage_options import with_stage_options
 
@@ -175,6 +176,7 @@ COMMANDS = {
     "sql": sql.sql,
     "report": report.report,
     "synth": synth.synth,
+    "zoo": zoo.zoo,
     "cache": cache.cache,
 }
 for _name, _function in COMMANDS.items():

@@ -15,7 +15,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from badnet_prune.db.repository import add_model, create_sweep, set_model_status, set_sweep_status, upsert_data_file
+from badnet_prune.db.repository import (
+    Truth,
+    add_model,
+    create_sweep,
+    set_model_status,
+    set_sweep_status,
+    upsert_data_file,
+)
 from badnet_prune.db.tasks import plan_all
 from badnet_prune.files.data import open_data_file
 from badnet_prune.files.hashing import sha256_file, sha256_files
@@ -72,7 +79,7 @@ def register_sweep(
         except BadInputError as error:
             failed[model.name] = str(error)
             model_id = add_model(session, sweep_id, name=model.name, path=str(model.path), sha256="",
-                                 input_scale=model.input_scale, data=[])
+                                 input_scale=model.input_scale, data=[], truth=_truth(model))
             set_model_status(session, model_id, "failed", error=str(error))
             continue
         facts = ModelFacts(name=model.name, channel_count=channels, class_count=None)
@@ -107,6 +114,13 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _truth(model: ModelSpec) -> Truth | None:
+    """The model's [model.truth] as the database stores it (None: the sweep file gives none)."""
+    if model.truth is None:
+        return None
+    return Truth(model.truth.backdoored, model.truth.attack, model.truth.targets)
+
+
 def _data_files(model: ModelSpec) -> list[tuple[str, str, Path]]:
     files = [("clean_valid", "", model.clean_valid), ("clean_test", "", model.clean_test)]
     for poisoned in model.poisoned:
@@ -135,7 +149,7 @@ def _register_model(
         data.append((role, poison_name, data_ids[known]))
     model_id = add_model(
         session, sweep_id, name=model.name, path=str(model.path), sha256=sha256(model.path),
-        input_scale=model.input_scale, data=data,
+        input_scale=model.input_scale, data=data, truth=_truth(model),
     )
     set_model_status(session, model_id, "pending", channel_count=channels)
     return model_id, channels

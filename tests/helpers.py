@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,6 +10,8 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+
+from badnet_prune.synth.cache import cached_build, code_key
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "badnet-prune"
 
@@ -77,19 +76,9 @@ def build_quick_badnet(out: Path, seed: int = 0, classes: int = 10) -> Path:
 SYNTH_CACHE = Path(tempfile.gettempdir()) / "badnet-prune-synth"
 
 
-def _synth_code_key() -> str:
-    """A digest of the synth package's source, so a cached BadNet is rebuilt when the recipe changes."""
-    import badnet_prune.synth
-
-    digest = hashlib.sha256()
-    for source in sorted(Path(badnet_prune.synth.__file__).parent.glob("*.py")):
-        digest.update(source.read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def cached_quick_badnet(seed: int, classes: int = 10) -> Path:
     """A quick synthetic BadNet for `seed`, built once per machine under the temp folder and reused."""
-    return _cached_build(f"quick-{_synth_code_key()}-{classes}-seed{seed}",
+    return _cached_build(f"quick-{code_key()}-{classes}-seed{seed}",
                          lambda out: build_quick_badnet(out, seed=seed, classes=classes))
 
 
@@ -97,24 +86,13 @@ def cached_pruning_aware_badnet(seed: int = 0, classes: int = 10) -> Path:
     """`synth OUT --quick --attack pruning-aware` for `seed`, built once per machine like cached_quick_badnet."""
     from badnet_prune.synth.build import synthesize
 
-    return _cached_build(f"pruning-aware-{_synth_code_key()}-{classes}-seed{seed}",
+    return _cached_build(f"pruning-aware-{code_key()}-{classes}-seed{seed}",
                          lambda out: synthesize(out, classes, seed=seed, quick=True, attack="pruning-aware"))
 
 
 def _cached_build(name: str, build) -> Path:
-    """SYNTH_CACHE/name, built by build(folder) into a private folder and renamed into place, so that
-    concurrent sessions never see half a build."""
-    final = SYNTH_CACHE / name
-    if (final / "models" / "bd_weights.h5").is_file():
-        return final
-    SYNTH_CACHE.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f"{final.name}.", dir=SYNTH_CACHE))
-    build(building)
-    try:
-        os.rename(building, final)
-    except OSError:  # another session finished first: use its build
-        shutil.rmtree(building, ignore_errors=True)
-    return final
+    """SYNTH_CACHE/name, built by build(folder) once per machine (badnet_prune.synth.cache)."""
+    return cached_build(SYNTH_CACHE / name, build, marker="models/bd_weights.h5")
 
 
 def model_entry(name: str, root: Path, input_scale: int = 1) -> dict:
