@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from badnet_prune.numerics.activations import cut_activations, live_channels
 from badnet_prune.numerics.anp import (
     AnpSettings,
-    build_anp_model,
     count_prunings,
     global_order,
     iteration_draws,
@@ -27,6 +26,7 @@ from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.numerics.inference import compiled_forward
 from badnet_prune.numerics.labelers import CutLabeler
 from badnet_prune.numerics.network_split import split_network
+from badnet_prune.numerics.pruned_model import build_pruned_layers_model
 from badnet_prune.numerics.pruning import LabeledSet, prune_range
 from badnet_prune.numerics.tf_setup import keras, tf
 
@@ -166,7 +166,7 @@ def test_orders_and_pruning_by_threshold_and_by_count():
 def test_the_pruned_model_has_exactly_zero_channels_and_the_rest_of_b(tiny, result):
     model = tiny[0]
     pruned = pruned_by_count(result.masks, 2)
-    built = build_anp_model(model, pruned)
+    built = build_pruned_layers_model(model, pruned)
     kernel, bias = built.get_layer("conv_b").get_weights()
     original, original_bias = model.get_layer("conv_b").get_weights()
     channels = list(pruned["conv_b"])

@@ -9,7 +9,8 @@ and xi drawn uniformly in [-eps, eps], then perturbation_steps signed-gradient a
 eps / perturbation_steps on that batch's loss, each clipped back to [-eps, eps]; then one SGD step
 (momentum 0.9) of the masks on the combined loss at that perturbation, and the masks clipped to [0, 1].
 The network runs in inference mode (a BatchNormalization keeps its moving statistics). Pruning then
-zeroes the channels with the lowest masks: those at or below a threshold, or a given number of them.
+zeroes the channels with the lowest masks: those at or below a threshold, or a given number of them
+(pruned_model.build_pruned_layers_model builds that net: built-in layers only, kernel and bias exactly zero).
 
 The model is never modified: ANP trains a clone in which each masked Conv2D computes with its kernel
 and bias scaled per channel, and whose softmax output layer gives its logits (the loss is computed from
@@ -31,7 +32,6 @@ from badnet_prune.numerics.activations import cut_activations
 from badnet_prune.numerics.anp_settings import AnpSettings
 from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.numerics.inference import compiled_forward, scale_images
-from badnet_prune.numerics.pruned_model import build_pruned_layers_model
 from badnet_prune.numerics.tf_setup import configure_tensorflow, keras, tf
 
 MOMENTUM = 0.9  # the masks' SGD momentum in the authors' code
@@ -173,11 +173,6 @@ def count_prunings(masks: Mapping[str, np.ndarray], counts: Sequence[int]) -> di
     return {str(int(count)): pruned_by_count(masks, int(count)) for count in counts}
 
 
-def build_anp_model(model: keras.Model, pruned: Mapping[str, Sequence[int]], name: str = "B_prime") -> keras.Model:
-    """B with ANP's pruned channels zeroed (kernel and bias exactly zero): plain Keras, built-in layers only."""
-    return build_pruned_layers_model(model, pruned, name=name)
-
-
 def _checked_data(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels, dtype=np.int64)
     if len(images) != len(labels) or not len(labels):
@@ -214,6 +209,8 @@ def _perturbable_network(model: keras.Model, names: Sequence[str]):
 
     clone = keras.models.clone_model(model, clone_function=clone_layer)
     for layer in clone.layers:
+        if not layer.weights:
+            continue
         weights = model.get_layer(layer.name).get_weights()
         if isinstance(layer, _ScaledConv2D):
             weights += [np.ones(layer.filters, np.float32), np.ones(layer.filters, np.float32)]

@@ -35,7 +35,7 @@ class AnpSettings(BaseModel):
     epsilon: Annotated[float, Field(gt=0.0, le=1.0)] = 0.4
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
     mask_learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 0.2
-    iterations: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    iterations: Annotated[int, Field(ge=1, le=100_000)] = 500
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 128
     perturbation_steps: Annotated[int, Field(ge=1, le=100)] = 1
     mask_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2

@@ -29,7 +29,6 @@ from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.numerics.network_split import CHANNELWISE_LAYERS
 from badnet_prune.numerics.pruned_model import build_pruned_layers_model
 from badnet_prune.numerics.tf_setup import keras
-from badnet_prune.numerics.thresholds import decimal_key
 
 # The statistic's fixed map z -> score: a logistic centred on the paper's default u (a channel 3 standard
 # deviations above its layer's mean is what CLP prunes by default), half a standard deviation per e-fold.
@@ -183,11 +182,6 @@ def build_clp_model(model: keras.Model, bounds: Mapping[str, np.ndarray], u: flo
                     name: str = "B_prime") -> keras.Model:
     """B with CLP's channels at u zeroed (kernel and bias exactly zero); u None prunes nothing."""
     return build_pruned_layers_model(model, {} if u is None else clp_pruning(bounds, u), name=name)
-
-
-def u_key(u: float | str) -> str:
-    """The exact key of a u value, as the settings' grid holds it."""
-    return decimal_key(u, "u")
 
 
 def clp_statistic(bounds: Mapping[str, np.ndarray]) -> ClpStatistic:
