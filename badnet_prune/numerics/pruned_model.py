@@ -1,8 +1,8 @@
-"""B'_t as a Keras model: a copy of B with the pruned filters of the prune layer zeroed."""
+"""B'_t as a Keras model: a copy of B with the pruned filters zeroed, in one Conv2D or in several."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -21,9 +21,17 @@ def zeroed_filters(weights: Sequence[np.ndarray], channels: Sequence[int]) -> li
 
 def build_pruned_model(model: keras.Model, prune_layer: str, channels: Sequence[int], name: str = "B_prime"):
     """A new model with B's architecture and weights, the given filters of prune_layer zeroed."""
-    pruned = keras.models.clone_model(model)
-    pruned.set_weights(model.get_weights())
-    layer = pruned.get_layer(prune_layer)
-    layer.set_weights(zeroed_filters(model.get_layer(prune_layer).get_weights(), channels))
-    pruned.name = name
-    return pruned
+    return build_pruned_layers_model(model, {prune_layer: channels}, name=name)
+
+
+def build_pruned_layers_model(model: keras.Model, pruned: Mapping[str, Sequence[int]], name: str = "B_prime"):
+    """A new model with B's architecture and weights, per named Conv2D the given filters zeroed.
+
+    Built-in layers only (a clone of B), so plain Keras loads it in safe mode; B is not modified.
+    """
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    for layer_name, channels in pruned.items():
+        copy.get_layer(layer_name).set_weights(zeroed_filters(model.get_layer(layer_name).get_weights(), channels))
+    copy.name = name
+    return copy

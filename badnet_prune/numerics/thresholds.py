@@ -54,22 +54,41 @@ def parse_threshold(value: object) -> Threshold:
         return value
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         raise ValueError(f"a threshold must be a number or a string like '0.02' or '2%', not {value!r}")
-    # repr of a float is the shortest decimal that reads back as this very float
-    text = repr(value) if isinstance(value, float) else str(value).strip()
-    if len(text) > MAX_KEY_LENGTH:
-        raise ValueError(f"threshold {text[:MAX_KEY_LENGTH]}... is longer than {MAX_KEY_LENGTH} characters")
+    text = _text(value, "threshold")
     percent = text.endswith("%")
-    try:
-        number = Decimal(text[:-1].strip() if percent else text)
-    except InvalidOperation:
-        raise ValueError(f"threshold {text!r} is not a number") from None
-    if not number.is_finite():
-        raise ValueError(f"threshold {text!r} is not a finite number")
+    number = _decimal(text[:-1].strip() if percent else text, "threshold")
     if percent:
         number /= 100
     if not Decimal(0) < number < Decimal(1):
         raise ValueError(f"threshold {text} is outside (0, 1): thresholds are relative accuracy drops")
     return Threshold(_plain(number))
+
+
+def decimal_key(value: object, what: str = "value") -> str:
+    """The exact key of a finite number given as a float, an int, a decimal string or a Decimal, by the
+    rule thresholds follow (what a user typed, normalised; a float's shortest round-trip decimal), so that
+    other numbers that name results (CLP's u) are keys the same way; ValueError naming `what` if not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError(f"{what} must be a number, not {value!r}")
+    return _plain(_decimal(_text(value, what), what))
+
+
+def _text(value: int | float | str | Decimal, what: str) -> str:
+    # repr of a float is the shortest decimal that reads back as this very float
+    text = repr(value) if isinstance(value, float) else str(value).strip()
+    if len(text) > MAX_KEY_LENGTH:
+        raise ValueError(f"{what} {text[:MAX_KEY_LENGTH]}... is longer than {MAX_KEY_LENGTH} characters")
+    return text
+
+
+def _decimal(text: str, what: str) -> Decimal:
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"{what} {text!r} is not a number") from None
+    if not number.is_finite():
+        raise ValueError(f"{what} {text!r} is not a finite number")
+    return number
 
 
 def parse_thresholds(values: object) -> tuple[Threshold, ...]:
