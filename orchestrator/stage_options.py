@@ -113,10 +113,14 @@ def _annotation(entry: StageOption) -> Any:
 
 
 def _option_type(info: FieldInfo) -> Any:
-    """The field's type as typer takes it: fixed values stay a Literal (typer shows and checks the choices)."""
+    """The field's type as typer takes it: fixed values stay a Literal (typer shows and checks the choices), a
+    tuple of values is an option given once per value."""
     annotation = info.annotation
     if get_origin(annotation) is Literal:
         return annotation
+    if get_origin(annotation) is tuple:
+        element = get_args(annotation)[0]
+        return list[get_args(element)[0] if get_origin(element) is Annotated else element]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         raise TypeError(f"settings field of type {annotation.__name__} has no command-line form")
     args = [arg for arg in get_args(annotation) if arg is not type(None)]

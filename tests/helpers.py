@@ -39,7 +39,7 @@ def run_console_script(
     """Run the installed `badnet-prune` console script as a user would (the CLI module where none is installed)."""
     command = (
         [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists()
-        else [sys.executable, "-c", "from orchestrator.cli import console_main; console_main()"]
+        else [sys.executable, "-c", "from badnet_prune.orchestrator.cli import console_main; console_main()"]
     )
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env)
 

@@ -23,7 +23,7 @@ deterministic for a seed on one machine.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,9 +87,10 @@ def optimise_masks(
     clean_labels: np.ndarray,
     settings: AnpSettings | None = None,
     input_scale: float = 1.0,
+    on_progress: Callable[[int], None] | None = None,
 ) -> AnpResult:
     """ANP's masks for the settings' layers, learnt on the clean validation images (raw pixels as stored;
-    input_scale is the model's convention, 1 or 255)."""
+    input_scale is the model's convention, 1 or 255); on_progress(iterations done) after each iteration."""
     settings = settings or AnpSettings()
     configure_tensorflow()
     start = time.perf_counter()
@@ -112,6 +113,8 @@ def optimise_masks(
         rows, delta_0, xi_0 = iteration_draws(rng, len(labels), channels, settings)
         loss, delta, xi = iterate(rows, delta_0, xi_0)
         losses[iteration] = float(loss)
+        if on_progress is not None:
+            on_progress(iteration + 1)
     names = [layer.name for layer in layers]
     return AnpResult(
         masks={name: mask for name, mask in zip(names, masks_now(), strict=True)},

@@ -83,6 +83,15 @@ def robust_accuracy_percent(labels: np.ndarray, targets: np.ndarray, true_labels
     return 100.0 * np.count_nonzero(labels[counted] == true_labels[counted]) / np.count_nonzero(counted)
 
 
+def fidelity(asr_before: float, asr_after: float, accuracy_before: float, accuracy_after: float) -> float | None:
+    """NIST TrojAI's mitigation fidelity (round 21): the share of the attack removed, times the share of clean
+    accuracy kept: ((ASR_before - ASR_after) / ASR_before) x (ACC_after / ACC_before); None where B had no ASR
+    or no clean accuracy to lose. Percentages or fractions alike, as long as both pairs use one unit."""
+    if asr_before <= 0 or accuracy_before <= 0:
+        return None
+    return (asr_before - asr_after) / asr_before * (accuracy_after / accuracy_before)
+
+
 def _row(network: str, threshold: str, test_set: EvaluationSet, labels: np.ndarray, truth: np.ndarray,
          flag: int | None, true_labels: np.ndarray | None) -> NetworkEvaluation:
     count = len(truth)

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from badnet_prune.orchestrator.options import AsrBoundOption, DbOption, load_settings
-from badnet_prune.orchestrator.verdicts import ASR_BOUND
+from badnet_prune.orchestrator.options import AsrBoundOption, CleanBoundOption, DbOption, load_settings
+from badnet_prune.orchestrator.verdicts import ASR_BOUND, CLEAN_BOUND
 
 
 def _folder(text: str) -> Path:
@@ -24,6 +24,7 @@ def report(
                                       help="Folder for index.html, models/, report.md, figures/ and csv/.")],
     db: DbOption = None,
     asr_bound: AsrBoundOption = ASR_BOUND,
+    clean_bound: CleanBoundOption = CLEAN_BOUND,
     samples: Annotated[int, typer.Option("--samples", min=0, help="Test images per data set in each model's "
                        "sample grid, labelled by B and G (loads the model files); 0 skips the grid.")] = 6,
     as_json: Annotated[bool, typer.Option("--json", help="Print what was written as JSON (index, model pages, "
@@ -43,7 +44,8 @@ def report(
 
     engine = prepare_database(settings.db_url, create=False)  # reading: a mistyped file is an error, not a new db
     try:
-        index = write_report(engine, sweep_id, out, asr_bound=asr_bound, samples_per_set=samples)
+        index = write_report(engine, sweep_id, out, asr_bound=asr_bound, clean_bound=clean_bound,
+                             samples_per_set=samples)
     except LookupError:
         raise BadInputError(f"sweep {sweep_id}", "no such sweep in this database") from None
     if as_json:

@@ -13,10 +13,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from badnet_prune.db.model_results import ModelResults, read_model_results
+from badnet_prune.db.outcomes import DefenseOutcome, read_defense_outcomes, stage_seconds
 from badnet_prune.db.repository import get_sweep, list_models, model_data_paths
 from badnet_prune.db.results import StoredStep, read_steps
 from badnet_prune.numerics.thresholds import Threshold, parse_threshold
 from badnet_prune.orchestrator.exports import lab_table, step_rows
+from badnet_prune.orchestrator.verdicts import CLEAN_BOUND
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class SweepReport:
     trust_model_code: bool
     asr_bound: float
     models: list[ModelReport]
+    outcomes: list[DefenseOutcome]  # the view defense_outcomes: what the leaderboard aggregates
+    seconds: dict[tuple[int, str], float]  # (model id, stage) -> seconds its tasks took
+    clean_bound: float
     step_columns: list[str]  # orchestrator.exports.step_rows: the `steps` command's CSV
     step_rows: list[dict[str, Any]]
 
@@ -81,7 +86,7 @@ class SweepReport:
         return sorted({name for model in self.models for name in model.poisons})
 
 
-def read_report(session: Session, sweep_id: int, asr_bound: float) -> SweepReport:
+def read_report(session: Session, sweep_id: int, asr_bound: float, clean_bound: float = CLEAN_BOUND) -> SweepReport:
     """Read a sweep for its report; LookupError when there is no such sweep."""
     sweep = get_sweep(session, sweep_id)
     steps = read_steps(session, sweep_id)
@@ -107,6 +112,9 @@ def read_report(session: Session, sweep_id: int, asr_bound: float) -> SweepRepor
         trust_model_code=bool(sweep.config.get("trust_model_code", False)),
         asr_bound=asr_bound,
         models=models,
+        outcomes=read_defense_outcomes(session, sweep_id),
+        seconds=stage_seconds(session, sweep_id),
+        clean_bound=clean_bound,
         step_columns=step_columns,
         step_rows=step_table,
     )

@@ -17,8 +17,9 @@ import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
 
+from badnet_prune.db.outcomes import DefenseOutcome
 from badnet_prune.orchestrator.report.data import ModelReport
-from badnet_prune.pipeline.presentation import Panel
+from badnet_prune.pipeline.presentation import Panel, setting_label
 
 DPI = 100
 
@@ -83,6 +84,29 @@ def panels_png(panels: list[Panel], title: str) -> bytes | None:
     figure.suptitle(title)
     figure.tight_layout()
     return _png(figure)
+
+
+def leaderboard_png(outcomes: list[DefenseOutcome], attack: str, labels: dict[str, str]) -> bytes | None:
+    """For one attack kind: each repaired network's ASR after the defense against its clean drop, one mark per
+    model, poison and setting; the bounds' corner is where a repair counts."""
+    points: dict[str, tuple[list[float], list[float]]] = {}
+    for row in outcomes:
+        if row.backdoored and row.attack == attack and row.network in labels and row.asr is not None:
+            xs, ys = points.setdefault(f"{labels[row.network]} {setting_label(row.setting)}", ([], []))
+            xs.append(row.b_clean_accuracy - row.clean_accuracy)
+            ys.append(row.asr)
+    if not points:
+        return None
+    figure, axes = plt.subplots(figsize=(7.5, 4.2), dpi=DPI)
+    markers = "os^Dv<>pPX*"
+    for index, (label, (xs, ys)) in enumerate(sorted(points.items())):
+        axes.scatter(xs, ys, s=22, alpha=0.75, marker=markers[index % len(markers)], label=label)
+    axes.set(xlabel="clean test accuracy drop from B (points)", ylabel="ASR after the defense (%)", ylim=(-2, 102),
+             title=f"{attack}: what each repaired net left, per model")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.subplots_adjust(left=0.1, right=0.72, top=0.9, bottom=0.13)
+    return _png(figure, tight=False)
 
 
 CAPTION_COLORS = {None: "#222222", "attack": "#cc0000", "flagged": "#1a4fa0"}

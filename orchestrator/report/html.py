@@ -58,6 +58,7 @@ def render_index(pages: ReportPages) -> str:
         _head(f"badnet-prune report: sweep {report.id}"),
         f"<h1>Sweep {report.id}: {escape(report.name)}</h1>",
         f'<p class="meta">{escape(pages.description())}</p>',
+        *_leaderboard(pages),
         '<section id="verdict"><h2>Verdict: which backdoors were removed, at what cost</h2>',
         f"<p>{escape(pages.verdict_caption())}</p>",
         table_html(pages.verdict, "sortable verdict", "verdict", links=_links(pages)),
@@ -77,6 +78,22 @@ def render_index(pages: ReportPages) -> str:
         parts.append(f'<section id="models"><h2>Models</h2><ul class="models">{items}</ul></section>')
     parts += [f"<script>{SORTER}</script>", "</body></html>"]
     return "\n".join(parts) + "\n"
+
+
+def _leaderboard(pages: ReportPages) -> list[str]:
+    if not pages.leaderboard:
+        return []
+    parts = ['<section id="leaderboard"><h2>Leaderboard: the defenses across the models</h2>',
+             f"<p>{escape(pages.leaderboard_caption())} Click a column to sort.</p>"]
+    titles = {"leaderboard": None, "leaderboard_by_attack": "By attack kind", "clean_models": "Clean models"}
+    for table in pages.leaderboard:
+        if titles[table.name]:
+            parts.append(f"<h3>{titles[table.name]}</h3>")
+        parts.append(table_html(table, f"sortable {table.name}", table.name))
+    for attack, png in pages.leaderboard_pngs.items():
+        parts.append(_img(png, "leaderboard-plot", f"{attack}: ASR after against clean drop, per model"))
+    parts.append("</section>")
+    return parts
 
 
 def render_model(pages: ReportPages, page: ModelPage) -> str:

@@ -31,8 +31,14 @@ def render_markdown(pages: ReportPages, figure_names: dict[int, dict[str, str]])
     """figure_names: per model id, {'curve': 'figures/...png', 'samples': ...} as written."""
     report = pages.report
     unfinished = ", ".join(f"{escape(m.name)} ({escape(m.status)})" for m in report.unfinished_models)
-    lines = [f"# Sweep {report.id}: {escape(report.name)}", "", escape(pages.description()), "",
-             "## Verdict: which backdoors were removed, at what cost", "", escape(pages.verdict_caption()), "",
+    lines = [f"# Sweep {report.id}: {escape(report.name)}", "", escape(pages.description()), ""]
+    if pages.leaderboard:
+        lines += ["## Leaderboard: the defenses across the models", "", escape(pages.leaderboard_caption()), ""]
+        for table in pages.leaderboard:
+            lines += [*table_markdown(table), ""]
+        lines += [f"![{escape(attack)}]({_link(path)})" for attack, path in figure_names.get(0, {}).items()]
+        lines.append("")
+    lines += ["## Verdict: which backdoors were removed, at what cost", "", escape(pages.verdict_caption()), "",
              *table_markdown(pages.verdict), "", "## Across models", "", escape(pages.summary_caption()), "",
              *table_markdown(pages.overview), ""]
     if report.failed_models:

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from badnet_prune.orchestrator.report.data import ModelReport, SweepReport
-from badnet_prune.orchestrator.report.figures import curve_png, panels_png, sample_grid_png
+from badnet_prune.orchestrator.report.figures import curve_png, leaderboard_png, panels_png, sample_grid_png
 from badnet_prune.orchestrator.report.samples import POOL, Samples, label_samples
 from badnet_prune.orchestrator.report.tables import (
     Table,
@@ -93,6 +93,24 @@ class ReportPages:
     verdict: Table
     overview: Table
     models: list[ModelPage]
+    leaderboard_pngs: dict[str, bytes] = field(default_factory=dict)  # attack kind -> its plot
+
+    @property
+    def leaderboard(self) -> list[Table]:
+        """The leaderboard's tables, where the sweep's models carry ground truth (they lead the report)."""
+        return [self.tables[name] for name in ("leaderboard", "leaderboard_by_attack", "clean_models")
+                if name in self.tables]
+
+    def leaderboard_caption(self) -> str:
+        r = self.report
+        return (f"Across the backdoored models (ground truth from the sweep file), per defense and setting: "
+                f"repaired = the share of models whose every poison's ASR after the defense is at most "
+                f"{r.asr_bound:g}% with a clean test accuracy drop of at most {r.clean_bound:g} points; ASR "
+                f"after over (model, poison) pairs; clean drop in points; robust accuracy: poisoned images "
+                f"classified as their true label; fidelity as TrojAI's mitigation round defines it; false "
+                f"alarms: clean images a repaired net flags; compute: seconds of the defense's tasks and "
+                f"those it waits for, per model. Then the same by attack kind, and what each defense costs "
+                f"the clean models.")
 
     def description(self) -> str:
         r = self.report
@@ -152,7 +170,10 @@ def build_pages(report: SweepReport, samples_per_set: int) -> ReportPages:
             samples_png=samples_png,
             sections=stage_sections(model),
         ))
-    return ReportPages(report, tables, verdict, overview, pages)
+    labels = {network.name: network.label for _, network in repaired_networks(report)}
+    attacks = sorted({row.attack for row in report.outcomes if row.backdoored and row.attack is not None})
+    plots = {attack: png for attack in attacks if (png := leaderboard_png(report.outcomes, attack, labels))}
+    return ReportPages(report, tables, verdict, overview, pages, plots)
 
 
 def stage_sections(model: ModelReport) -> list[StageSection]:

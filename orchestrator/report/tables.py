@@ -6,24 +6,31 @@ test check every printed figure against the database with the one formatting rul
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from badnet_prune.db.model_results import Metrics
 from badnet_prune.numerics.thresholds import Threshold, parse_threshold
+from badnet_prune.orchestrator.leaderboard import clean_models, has_truth, leaderboard
 from badnet_prune.orchestrator.report.data import ModelReport, SweepReport
 from badnet_prune.pipeline.contract import stages
 from badnet_prune.pipeline.presentation import Network, Presentation
 
 PERCENT_DECIMALS = 2
 FRACTION_DECIMALS = 4
-FRACTION_COLUMNS = frozenset({"fraction_pruned", "mean_activation"})
+FRACTION_COLUMNS = frozenset({"fraction_pruned", "mean_activation", "fidelity"})
 
 # What a reader sees above a column in the page and report.md; the CSV files keep the machine names.
 LABELS = {
     "fraction_pruned": "fraction pruned", "clean_accuracy": "clean accuracy %", "mean_activation": "mean activation",
     "clean_valid_accuracy": "clean validation accuracy %", "B_clean_accuracy": "B clean accuracy %",
     "B_asr": "B ASR %",
+    # the leaderboard's
+    "repaired": "repaired %", "asr_median": "ASR after, median %", "asr_p90": "ASR after, p90 %",
+    "asr_worst": "ASR after, worst %", "drop_median": "clean drop, median (points)",
+    "drop_p90": "clean drop, p90 (points)", "drop_worst": "clean drop, worst (points)",
+    "robust_accuracy": "robust accuracy, mean %", "fidelity": "fidelity, mean", "false_alarms": "false alarms, mean %",
+    "seconds": "compute, median s a model", "within_bound": "within the clean bound %",
 }
 # A network's columns are its name and one of these: G_clean_drop -> "G clean drop (points)" (its declared label).
 NETWORK_COLUMNS = {"clean_accuracy": "{} clean accuracy %", "clean_drop": "{} clean drop (points)",
@@ -89,7 +96,8 @@ def _network_label(network: Network, rest: str) -> str:
 
 
 def sweep_tables(report: SweepReport) -> list[Table]:
-    """Every table of csv/: steps, selections, evaluations, the cross-model summary, rankings, models."""
+    """Every table of csv/: steps, selections, evaluations, the cross-model summary, rankings, models, and where
+    models carry ground truth the leaderboard's."""
     return [
         Table("steps", report.step_columns, report.step_rows),
         selections_table(report),
@@ -97,6 +105,7 @@ def sweep_tables(report: SweepReport) -> list[Table]:
         summary_table(report),
         rankings_table(report),
         models_table(report),
+        *leaderboard_tables(report),
     ]
 
 
@@ -113,12 +122,12 @@ def selections_table(report: SweepReport) -> Table:
 
 
 def evaluations_table(report: SweepReport) -> Table:
-    columns = ["model", "network", "threshold", "dataset", "accuracy", "flagged", "image_count"]
+    columns = ["model", "network", "threshold", "dataset", "accuracy", "flagged", "image_count", "robust_accuracy"]
     rows = [
         {"model": model.name, "network": row.network,
          "threshold": _setting_value(row.threshold) if row.threshold else 0.0,
          "dataset": "clean" if row.role == "clean_test" else row.poison_name, "accuracy": row.accuracy,
-         "flagged": row.flagged, "image_count": row.image_count}
+         "flagged": row.flagged, "image_count": row.image_count, "robust_accuracy": row.robust_accuracy}
         for model in report.models
         for row in model.evaluations
     ]
@@ -286,3 +295,25 @@ def rows_by_model(table: Table, names: list[str]) -> dict[str, Table]:
     for row in table.rows:
         grouped.setdefault(row["model"], []).append(row)
     return {name: Table(f"{table.name} {name}", table.columns[1:], rows) for name, rows in grouped.items()}
+
+
+LEADERBOARD_COLUMNS = ["defense", "models", "repaired", "asr_median", "asr_p90", "asr_worst", "drop_median", "drop_p90",
+                       "robust_accuracy", "fidelity", "false_alarms", "seconds", "network", "setting"]
+CLEAN_MODEL_COLUMNS = ["defense", "models", "within_bound", "drop_median", "drop_p90", "drop_worst", "false_alarms",
+                       "network", "setting"]
+
+
+def leaderboard_tables(report: SweepReport) -> list[Table]:
+    """The leaderboard over every backdoored model, the same by attack kind, and what each defense costs the
+    clean models; none where no model of the sweep carries ground truth."""
+    if not has_truth(report.outcomes):
+        return []
+    bounds = {"asr_bound": report.asr_bound, "clean_bound": report.clean_bound}
+    overall = leaderboard(report.outcomes, report.seconds, **bounds)
+    by_attack = leaderboard(report.outcomes, report.seconds, **bounds, by_attack=True)
+    clean = clean_models(report.outcomes, clean_bound=report.clean_bound)
+    return [
+        Table("leaderboard", LEADERBOARD_COLUMNS, [asdict(row) for row in overall]),
+        Table("leaderboard_by_attack", ["attack", *LEADERBOARD_COLUMNS], [asdict(row) for row in by_attack]),
+        Table("clean_models", CLEAN_MODEL_COLUMNS, [asdict(row) for row in clean]),
+    ]

@@ -13,12 +13,14 @@ from badnet_prune.orchestrator.report.data import read_report
 from badnet_prune.orchestrator.report.html import render_index, render_model
 from badnet_prune.orchestrator.report.markdown import render_markdown
 from badnet_prune.orchestrator.report.pages import ReportPages, build_pages
+from badnet_prune.orchestrator.verdicts import ASR_BOUND, CLEAN_BOUND
 
 
-def write_report(engine: Engine, sweep_id: int, out: Path, *, asr_bound: float = 5.0, samples_per_set: int = 6) -> Path:
+def write_report(engine: Engine, sweep_id: int, out: Path, *, asr_bound: float = ASR_BOUND,
+                 clean_bound: float = CLEAN_BOUND, samples_per_set: int = 6) -> Path:
     """Read the sweep (LookupError if absent), draw and write everything; the path of index.html."""
     with session_scope(engine) as session:
-        report = read_report(session, sweep_id, asr_bound)
+        report = read_report(session, sweep_id, asr_bound, clean_bound)
     pages = build_pages(report, samples_per_set)
     out.mkdir(parents=True, exist_ok=True)
     (out / "csv").mkdir(exist_ok=True)
@@ -38,6 +40,10 @@ def _write_figures(pages: ReportPages, folder: Path) -> dict[int, dict[str, str]
     """The PNGs that report.md links to, named by position and model so that names never clash."""
     folder.mkdir(exist_ok=True)
     names: dict[int, dict[str, str]] = {}
+    for attack, png in pages.leaderboard_pngs.items():  # the sweep's own figures, under key 0 (no model's id)
+        name = f"leaderboard-{re.sub(r'[^A-Za-z0-9_.-]+', '_', attack)}.png"
+        (folder / name).write_bytes(png)
+        names.setdefault(0, {})[attack] = f"figures/{name}"
     for position, page in enumerate(pages.models, start=1):
         stem = f"{position:02d}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', page.model.name)}"
         images = {"curve": page.curve_png, "samples": page.samples_png,

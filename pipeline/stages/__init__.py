@@ -1,5 +1,9 @@
-"""The built-in stages; importing this package registers them (each module imports the stages it waits for)."""
+"""The built-in stages; importing this package registers them (each module imports the stages it waits for).
 
-from badnet_prune.pipeline.stages import fine_tune, finish, prune_range, rank, threshold
+The registry's order is the import order below: the pruning defense first (rank, prune_range, threshold),
+then each further defense and detector, so that tables list networks in that order.
+"""
 
-__all__ = ["fine_tune", "finish", "prune_range", "rank", "threshold"]
+from badnet_prune.pipeline.stages import rank, prune_range, threshold, fine_tune, anp, clp, finish  # noqa: I001
+
+__all__ = ["anp", "clp", "fine_tune", "finish", "prune_range", "rank", "threshold"]
