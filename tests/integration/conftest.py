@@ -183,14 +183,16 @@ class Cluster:
                 worker.kill_all()
 
     def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
-        """Run `badnet-prune ARGS`; its stdout, or an assertion error with its output."""
+        """Run `badnet-prune ARGS` (cli_process); its stdout, or an assertion error with its output."""
         return self.cli_process(*args, env=env, timeout=timeout).stdout
 
     def cli_process(self, *args: str, env: dict[str, str] | None = None,
                     timeout: float = 300) -> subprocess.CompletedProcess:
-        """Run `badnet-prune ARGS`, which must succeed; the finished process (stdout and stderr)."""
-        done = subprocess.run([*CLI, *args], env=env or self.env, capture_output=True, text=True,
-                              timeout=timeout, cwd=self.folder)
+        """Run `badnet-prune ARGS` as the console script runs it, in this process (run_cli), which must succeed;
+        its stdout and stderr. The workers are processes of their own (start_workers)."""
+        from tests.helpers import run_cli
+
+        done = run_cli(*args, env=env or self.env, cwd=self.folder, timeout=timeout)
         assert done.returncode == 0, f"badnet-prune {' '.join(args)} -> {done.returncode}\n{done.stderr[-3000:]}"
         return done
 
