@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from badnet_prune.numerics.tf_setup import keras
-from tests.helpers import build_quick_badnet
 
 ON_JAX = keras.backend.backend() == "jax"
 TESTS = Path(__file__).parent
@@ -63,9 +62,8 @@ def tensorflow_built_badnet(seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
-def synthetic_badnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A quick synthetic BadNet (10 classes, seed 0), trained once per test session: its OUT folder.
-    On JAX, the machine's cached one, trained by TensorFlow (tensorflow_built_badnet)."""
-    if ON_JAX:
-        return tensorflow_built_badnet(0)
-    return build_quick_badnet(tmp_path_factory.mktemp("synthetic_badnet"))
+def synthetic_badnet() -> Path:
+    """A quick synthetic BadNet (10 classes, seed 0): its OUT folder, the machine's cached one (built once per
+    machine and code version, by TensorFlow on either backend: tensorflow_built_badnet). Read it, never write
+    into it: copy what a test changes."""
+    return tensorflow_built_badnet(0)

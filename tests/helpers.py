@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -149,12 +150,22 @@ def build_quick_badnet(out: Path, seed: int = 0, classes: int = 10) -> Path:
 SYNTH_CACHE = Path(tempfile.gettempdir()) / "badnet-prune-synth"
 
 
-def _synth_code_key() -> str:
-    """A digest of the synth package's source, so a cached BadNet is rebuilt when the recipe changes."""
-    import badnet_prune.synth
+# What a synthetic BadNet is made by: the synth package and the project modules it imports.
+SYNTH_SOURCES = ("synth/*.py", "files/data.py", "files/model_io.py", "numerics/architecture.py",
+                 "numerics/errors.py", "numerics/tf_setup.py")
 
-    digest = hashlib.sha256()
-    for source in sorted(Path(badnet_prune.synth.__file__).parent.glob("*.py")):
+
+def _synth_code_key() -> str:
+    """A digest of the code that makes a synthetic BadNet (SYNTH_SOURCES) and of the Keras and TensorFlow
+    versions, so a cached BadNet is rebuilt when its recipe changes."""
+    from importlib.metadata import version
+
+    import badnet_prune
+
+    package = Path(badnet_prune.__file__).parent
+    digest = hashlib.sha256(f"keras {version('keras')} tensorflow {version('tensorflow')}".encode())
+    for source in sorted(path for pattern in SYNTH_SOURCES for path in package.glob(pattern)):
+        digest.update(source.relative_to(package).as_posix().encode())
         digest.update(source.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -174,18 +185,23 @@ def cached_pruning_aware_badnet(seed: int = 0, classes: int = 10) -> Path:
 
 
 def _cached_build(name: str, build) -> Path:
-    """SYNTH_CACHE/name, built by build(folder) into a private folder and renamed into place, so that
-    concurrent sessions never see half a build."""
+    """SYNTH_CACHE/name, built by build(folder) into a private folder and renamed into place, so that no
+    session sees half a build; a lock file per name makes concurrent builders (pytest-xdist's processes,
+    other sessions) wait for the first one's build instead of training the same BadNet again."""
     final = SYNTH_CACHE / name
     if (final / "models" / "bd_weights.h5").is_file():
         return final
     SYNTH_CACHE.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f"{final.name}.", dir=SYNTH_CACHE))
-    build(building)
-    try:
-        os.rename(building, final)
-    except OSError:  # another session finished first: use its build
-        shutil.rmtree(building, ignore_errors=True)
+    with open(SYNTH_CACHE / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / "models" / "bd_weights.h5").is_file():  # built while this process waited
+            return final
+        building = Path(tempfile.mkdtemp(prefix=f"{final.name}.", dir=SYNTH_CACHE))
+        try:
+            build(building)
+            os.rename(building, final)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)  # what a failed build left
     return final
 
 
