@@ -52,6 +52,14 @@ def test_visibility_timeout_must_be_whole_positive_seconds(value: str) -> None:
     assert message.startswith("BADNET_PRUNE_VISIBILITY_TIMEOUT: expected a positive whole number of seconds")
 
 
+@pytest.mark.parametrize("value", ["30s", "0", "-3", "1.5", "3601"])
+def test_in_flight_grace_must_be_whole_positive_seconds_up_to_an_hour(value: str) -> None:
+    assert Settings.from_env({}).in_flight_grace_s == 30
+    assert Settings.from_env({"BADNET_PRUNE_IN_FLIGHT_GRACE": "2"}).in_flight_grace_s == 2
+    message = refused({"BADNET_PRUNE_IN_FLIGHT_GRACE": value})
+    assert message.startswith("BADNET_PRUNE_IN_FLIGHT_GRACE: expected a positive whole number of seconds, at most 3600")
+
+
 def test_statement_timeout_and_cache_size_are_checked() -> None:
     assert refused({"BADNET_PRUNE_STATEMENT_TIMEOUT": "30s"}).startswith("BADNET_PRUNE_STATEMENT_TIMEOUT: expected")
     assert refused({"BADNET_PRUNE_CACHE_MAX_BYTES": "lots"}).startswith("BADNET_PRUNE_CACHE_MAX_BYTES: expected a size")
