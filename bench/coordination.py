@@ -52,13 +52,14 @@ def as_worker(argv: list[str]) -> None:
     import dataclasses
     import threading
 
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.pool import Pool
+
     import badnet_prune.db.session as db_session
     import badnet_prune.pipeline.contract as contract
     import badnet_prune.worker.flow as flow
     from badnet_prune.worker.dispatch import CeleryDispatcher
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-    from sqlalchemy.pool import Pool
 
     for stage in contract.stages(contract.Scope.MODEL):
         contract._registry[stage.name] = dataclasses.replace(stage, run=lambda runtime, task, arguments: None)
@@ -264,11 +265,11 @@ def run_once(sweep: Path, models: int, workers: int, redis_db: int, folder: Path
 def redis_bytes_per_message(redis_db: int, count: int) -> float:
     """Redis's used_memory grown by `count` queued messages of the real shape (the rank stage's, as sent)."""
     import redis
+
     from badnet_prune.pipeline.contract import get_stage
+    from badnet_prune.settings import Settings
     from badnet_prune.worker.celery_app import make_celery
     from badnet_prune.worker.dispatch import CeleryDispatcher
-
-    from badnet_prune.settings import Settings
 
     url = f"redis://127.0.0.1:6379/{redis_db}"
     client = redis.Redis.from_url(url)

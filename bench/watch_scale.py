@@ -17,16 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from rich.console import Console
+from sqlalchemy import update
+
 from badnet_prune.db.models import Model, Task
 from badnet_prune.db.repository import add_model, create_sweep
 from badnet_prune.db.session import create_database_if_missing, prepare_database, session_scope
 from badnet_prune.db.tasks import plan_tasks
+from badnet_prune.numerics.thresholds import parse_thresholds
 from badnet_prune.orchestrator.watch import POLL_SECONDS, _View
 from badnet_prune.pipeline.contract import PlanContext, Scope, stages
-from rich.console import Console
-from sqlalchemy import update
-
-from badnet_prune.numerics.thresholds import parse_thresholds
 
 
 def build(url: str, models: int) -> tuple[object, int]:

@@ -66,8 +66,6 @@ def rss_mib() -> float:
 
 def run_model(memory, path: Path, work: Path, artifacts: Path) -> None:
     """One model's rank, sweep and threshold tasks, as worker/jobs.py does them."""
-    from badnet_prune.worker.loaded import ModelKey, labeled_set
-
     from badnet_prune.files.hashing import sha256_file
     from badnet_prune.numerics.activations import channel_means, rank_activation_batches
     from badnet_prune.numerics.evaluation import CLEAN_TEST, evaluate_networks, poisoned_test
@@ -77,6 +75,7 @@ def run_model(memory, path: Path, work: Path, artifacts: Path) -> None:
     from badnet_prune.numerics.ranking import rank_channels
     from badnet_prune.numerics.repair import build_repaired_net
     from badnet_prune.numerics.selection import select_steps
+    from badnet_prune.worker.loaded import ModelKey, labeled_set
 
     key = ModelKey(str(path), sha256_file(path), 1.0, "conv_3", "pool_3", trust_code=False)
     shas = {name: sha256_file(work / relative) for name, relative in SETS.items()}
@@ -120,10 +119,9 @@ def run_model(memory, path: Path, work: Path, artifacts: Path) -> None:
 
 
 def run(work: Path, models: int, every: int, memory_bytes: int, cache_max_bytes: int | None) -> None:
+    from badnet_prune.numerics.tf_setup import configure_tensorflow
     from badnet_prune.worker.activation_cache import cache_usage, clear_cache
     from badnet_prune.worker.loaded import WorkerMemory
-
-    from badnet_prune.numerics.tf_setup import configure_tensorflow
 
     configure_tensorflow()
     cache = work / "cache"
@@ -180,9 +178,8 @@ def main() -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     subprocess.run([sys.executable, __file__, "--make-files", "--work", str(args.work), "--models", str(args.models),
                     "--images", str(args.images)], check=True, env=env)
-    from badnet_prune.worker.loaded import DEFAULT_MEMORY_BYTES
-
     from badnet_prune.settings import DEFAULT_CACHE_MAX_BYTES
+    from badnet_prune.worker.loaded import DEFAULT_MEMORY_BYTES
 
     memory_bytes = DEFAULT_MEMORY_BYTES if args.memory_bytes is None else int(args.memory_bytes)
     cache_max = DEFAULT_CACHE_MAX_BYTES if args.cache_max_bytes is None else int(args.cache_max_bytes)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from badnet_prune.db.models import DataFile, Model, ModelData, Sweep
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from badnet_prune.db.models import DataFile, Model, ModelData, Sweep
 from badnet_prune.numerics.thresholds import Threshold, parse_threshold
 
 

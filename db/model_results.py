@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from badnet_prune.db.models import Evaluation, Model
 from badnet_prune.db.repository import get_model
 from badnet_prune.db.results import (
@@ -21,8 +23,6 @@ from badnet_prune.db.results import (
     read_selections,
     read_steps,
 )
-from sqlalchemy.orm import Session
-
 from badnet_prune.numerics.thresholds import Threshold, parse_threshold
 
 FINE_KINDS = ("B_fine", "G_fine")

@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from badnet_prune.db.errors import DatabaseUnavailable, ReadOnlyQueryError, one_line
-from badnet_prune.db.session import SQLITE_BUSY_TIMEOUT_S
 from psycopg import errors as pg_errors
 from sqlalchemy import URL, make_url
+
+from badnet_prune.db.errors import DatabaseUnavailable, ReadOnlyQueryError, one_line
+from badnet_prune.db.session import SQLITE_BUSY_TIMEOUT_S
 
 READER_ROLE = "badnet_reader"
 READING_KEYWORDS = frozenset({"select", "with", "values", "table"})

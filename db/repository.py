@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.orm import Session
+
 from badnet_prune.db.models import (
     MODEL_STATUSES,
     POLICIES,
@@ -28,8 +31,6 @@ from badnet_prune.db.models import (
     utcnow,
 )
 from badnet_prune.db.upsert import upsert_statement
-from sqlalchemy import delete, func, select, tuple_, update
-from sqlalchemy.orm import Session
 
 MODEL_FIELDS = frozenset({"acc0", "channel_count"})
 

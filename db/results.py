@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
 from badnet_prune.db.models import (
     ARTIFACT_KINDS,
     NETWORKS,
@@ -30,8 +33,6 @@ from badnet_prune.db.models import (
 )
 from badnet_prune.db.repository import check_choice
 from badnet_prune.db.upsert import upsert_rows
-from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,12 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from badnet_prune.db.errors import DatabaseUnavailable, one_line
 from sqlalchemy import URL, Engine, create_engine, event, func, make_url, select, text
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session
+
+from badnet_prune.db.errors import DatabaseUnavailable, one_line
 
 SQLITE_BUSY_TIMEOUT_S = 30
 POSTGRES_CONNECT_TIMEOUT_S = 10

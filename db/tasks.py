@@ -15,10 +15,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from badnet_prune.db.models import Model, Task, utcnow
-from badnet_prune.db.upsert import upsert_statement
 from sqlalchemy import ColumnElement, and_, func, literal, or_, select, text, update
 from sqlalchemy.orm import Session
+
+from badnet_prune.db.models import Model, Task, utcnow
+from badnet_prune.db.upsert import upsert_statement
 
 OPEN_STATES = ("pending", "queued", "running", "retrying")
 STARTABLE_STATES = ("pending", "queued", "retrying")

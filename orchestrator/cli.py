@@ -11,8 +11,12 @@ from pathlib import PurePath
 from typing import Annotated, Any, get_args
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+
 from badnet_prune.db.errors import DatabaseUnavailable
 from badnet_prune.db.session import dispose_engines
+from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.orchestrator.commands import (
     cache,
     classify,
@@ -28,10 +32,6 @@ from badnet_prune.orchestrator.commands import (
     synth,
     worker,
 )
-from typer._click.exceptions import NoArgsIsHelpError, UsageError
-from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
-
-from badnet_prune.numerics.errors import BadInputError
 
 _VALUE_WORDS = {str: "TEXT", int: "INTEGER", float: "NUMBER"}
 

@@ -13,16 +13,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from badnet_prune.db.model_results import ModelResults
-from badnet_prune.orchestrator.sweep_file import SweepSpec
 from pydantic import ValidationError
 from rich.console import Console
 
+from badnet_prune.db.model_results import ModelResults
 from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.numerics.fine_tune_settings import FineTuneSettings
 from badnet_prune.numerics.names import RESERVED_NAMES
 from badnet_prune.numerics.selection import validate_policy
 from badnet_prune.numerics.thresholds import parse_thresholds
+from badnet_prune.orchestrator.sweep_file import SweepSpec
 
 
 class DefenseFailed(Exception):
@@ -118,7 +118,6 @@ def defend_model(spec: SweepSpec, out: Path, *, db: str | None, console: Console
     database in OUT/badnet-prune.db unless --db or BADNET_PRUNE_DB names one. DefenseFailed if the model failed."""
     from badnet_prune.orchestrator.options import load_settings
     from badnet_prune.orchestrator.submit import submit_sweep
-
     from badnet_prune.settings import Settings
 
     if db is None and "db_url" not in Settings.from_env().model_fields_set:

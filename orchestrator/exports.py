@@ -7,9 +7,10 @@ import io
 import re
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from badnet_prune.db.model_results import FineTuneOutcome, Metrics, ModelResults
 from badnet_prune.db.results import read_steps
-from sqlalchemy.orm import Session
 
 STEP_COLUMNS = ["step", "channel", "fraction_pruned", "clean_accuracy"]
 

@@ -13,17 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from badnet_prune.db.repository import add_model, create_sweep, set_model_status, set_sweep_status, upsert_data_file
-from badnet_prune.db.tasks import plan_all
-from badnet_prune.orchestrator.sweep_file import ModelSpec, SweepSpec
-from badnet_prune.pipeline.contract import PlanContext, Scope, stages
 from sqlalchemy.orm import Session
 
+from badnet_prune.db.repository import add_model, create_sweep, set_model_status, set_sweep_status, upsert_data_file
+from badnet_prune.db.tasks import plan_all
 from badnet_prune.files.data import open_data_file
 from badnet_prune.files.hashing import sha256_file, sha256_files
 from badnet_prune.files.model_inspect import prune_layer_filters
 from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.numerics.thresholds import Threshold, parse_thresholds
+from badnet_prune.orchestrator.sweep_file import ModelSpec, SweepSpec
+from badnet_prune.pipeline.contract import PlanContext, Scope, stages
 
 
 @dataclass(frozen=True)

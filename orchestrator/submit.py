@@ -11,22 +11,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from badnet_prune.db.models import Task, utcnow
-from badnet_prune.db.repository import get_sweep, list_models, set_model_status
-from badnet_prune.db.session import display_url, prepare_database, session_scope
-from badnet_prune.db.tasks import claim_tasks, lease_is_live, reset_to_pending, stage_task_ids, sweep_tasks
-from badnet_prune.orchestrator.planning import register_sweep, sweep_files
-from badnet_prune.orchestrator.sweep_file import SweepSpec
-from badnet_prune.orchestrator.watch import watch_sweep
-from badnet_prune.pipeline.contract import Scope, Stage, TaskContext, get_stage, load_stage_modules, roots, stages
-from badnet_prune.worker.dispatch import Dispatcher, import_task_code, make_dispatcher, send_recorded
 from rich.console import Console
 from rich.markup import escape
 from sqlalchemy import Engine
 
+from badnet_prune.db.models import Task, utcnow
+from badnet_prune.db.repository import get_sweep, list_models, set_model_status
+from badnet_prune.db.session import display_url, prepare_database, session_scope
+from badnet_prune.db.tasks import claim_tasks, lease_is_live, reset_to_pending, stage_task_ids, sweep_tasks
 from badnet_prune.files.hashing import BackgroundHashes
 from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.orchestrator.planning import register_sweep, sweep_files
+from badnet_prune.orchestrator.sweep_file import SweepSpec
+from badnet_prune.orchestrator.watch import watch_sweep
+from badnet_prune.pipeline.contract import Scope, Stage, TaskContext, get_stage, load_stage_modules, roots, stages
 from badnet_prune.settings import Settings
+from badnet_prune.worker.dispatch import Dispatcher, import_task_code, make_dispatcher, send_recorded
 
 
 def submit_sweep(

@@ -15,11 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from badnet_prune.db.errors import DatabaseUnavailable
-from badnet_prune.db.inputs import input_scale_notes
-from badnet_prune.db.repository import SweepOverview, sweep_overview
-from badnet_prune.db.session import session_scope
-from badnet_prune.worker.dispatch import Dispatcher
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
@@ -27,6 +22,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
+
+from badnet_prune.db.errors import DatabaseUnavailable
+from badnet_prune.db.inputs import input_scale_notes
+from badnet_prune.db.repository import SweepOverview, sweep_overview
+from badnet_prune.db.session import session_scope
+from badnet_prune.worker.dispatch import Dispatcher
 
 POLL_SECONDS = 0.5
 # A redraw's queries cost the database a share of a core that grows with the sweep (about 0.1 s at

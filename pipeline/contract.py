@@ -24,8 +24,9 @@ from pydantic import BaseModel, ConfigDict
 from badnet_prune.numerics.thresholds import Threshold
 
 if TYPE_CHECKING:
-    from badnet_prune.worker.runtime import Runtime
     from sqlalchemy.orm import Session
+
+    from badnet_prune.worker.runtime import Runtime
 
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 CELERY_PREFIX = "badnet_prune."

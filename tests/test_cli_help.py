@@ -10,8 +10,8 @@ import re
 from importlib.metadata import version
 
 import pytest
-from badnet_prune.orchestrator.cli import COMMANDS
 
+from badnet_prune.orchestrator.cli import COMMANDS
 from tests.helpers import run_cli, run_console_script
 
 WIDE = {**os.environ, "COLUMNS": "250"}  # no wrapping, so that a type name is never split across lines

@@ -332,10 +332,9 @@ def test_a_hostile_file_is_refused_before_any_value_is_read_without_a_model(tmp_
 
 def test_a_refused_data_file_never_reaches_the_activation_cache(model_file, tmp_path):
     """The worker opens (and so checks) a data file before it looks up or writes cached activations."""
-    from badnet_prune.worker.loaded import ModelKey, WorkerMemory
-
     from badnet_prune.files.hashing import sha256_file
     from badnet_prune.numerics.errors import BadInputError
+    from badnet_prune.worker.loaded import ModelKey, WorkerMemory
 
     _, path = model_file
     cache = tmp_path / "cache"

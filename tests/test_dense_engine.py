@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from badnet_prune.worker.loaded import ModelKey, WorkerMemory
 
 from badnet_prune.files.hashing import sha256_file
 from badnet_prune.numerics import inference
@@ -18,6 +17,7 @@ from badnet_prune.numerics.inference import compiled_forward
 from badnet_prune.numerics.labelers import CutLabeler
 from badnet_prune.numerics.tf_setup import accelerator_present, keras
 from badnet_prune.settings import Settings
+from badnet_prune.worker.loaded import ModelKey, WorkerMemory
 
 
 def test_a_forced_engine_is_used_whatever_the_device():

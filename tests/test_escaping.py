@@ -7,6 +7,7 @@ import csv
 import io
 
 import pytest
+
 from badnet_prune.orchestrator.exports import to_csv
 from badnet_prune.orchestrator.report.markdown import escape, table_markdown
 from badnet_prune.orchestrator.report.tables import Table

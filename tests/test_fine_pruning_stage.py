@@ -20,16 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import func, make_url, select
+from sqlalchemy.schema import CreateSchema, DropSchema
+
 from badnet_prune.db.errors import DatabaseUnavailable
 from badnet_prune.db.models import Artifact, Evaluation, FineTune, FineTuneAsr, FineTuneEpoch, Model, Task
 from badnet_prune.db.query import run_read_only_query
 from badnet_prune.db.results import FineTuneEpochRow, FineTuneRow, save_fine_tune
 from badnet_prune.db.session import make_engine, prepare_database, session_scope
-from badnet_prune.pipeline.contract import PlanContext, TaskContext
-from badnet_prune.pipeline.stages.fine_tune import FINE_TUNE, FineTuneArguments
-from sqlalchemy import func, make_url, select
-from sqlalchemy.schema import CreateSchema, DropSchema
-
 from badnet_prune.files.data import open_data_file
 from badnet_prune.files.hashing import sha256_file
 from badnet_prune.files.model_io import load_model
@@ -38,6 +36,8 @@ from badnet_prune.numerics.inference import compiled_forward, predict_labels
 from badnet_prune.numerics.repair import repaired_labels
 from badnet_prune.numerics.tf_setup import keras
 from badnet_prune.numerics.thresholds import Threshold
+from badnet_prune.pipeline.contract import PlanContext, TaskContext
+from badnet_prune.pipeline.stages.fine_tune import FINE_TUNE, FineTuneArguments
 from tests.helpers import PLAIN_KERAS, cached_pruning_aware_badnet, run_console_script
 
 POISON = "sunglasses"
@@ -195,11 +195,10 @@ def table_counts(session) -> dict[str, int]:
 
 
 def test_a_fine_tune_task_run_again_rewrites_the_same_rows(tuned: Tuned) -> None:
+    from badnet_prune.settings import Settings
     from badnet_prune.worker.dispatch import LocalDispatcher
     from badnet_prune.worker.fine_tune_job import fine_tune_threshold
     from badnet_prune.worker.runtime import install_runtime
-
-    from badnet_prune.settings import Settings
 
     engine = make_engine(tuned.db_url)
     settings = Settings.from_env().with_overrides(db_url=tuned.db_url, broker_url=None, cache_dir=tuned.cache)

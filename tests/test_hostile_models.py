@@ -357,9 +357,8 @@ def test_the_genuine_weights_file_still_loads(saved):
 def test_evaluate_refuses_a_hostile_archive_in_one_line(saved, tmp_path, case, monkeypatch, capfd):
     import sys
 
-    from badnet_prune.orchestrator.cli import main
-
     from badnet_prune.files.data import write_data_file
+    from badnet_prune.orchestrator.cli import main
 
     model = make_archive(saved, tmp_path, case)
     data = tmp_path / "valid.h5"

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from badnet_prune.db.models import Model, Step
-from badnet_prune.db.session import make_engine, session_scope
-from badnet_prune.orchestrator.sweep_file import parse_sweep
 from sqlalchemy import select
 
+from badnet_prune.db.models import Model, Step
+from badnet_prune.db.session import make_engine, session_scope
 from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.numerics.input_scale import AUTO_INPUT_SCALE, choose_input_scale
+from badnet_prune.orchestrator.sweep_file import parse_sweep
 from tests.helpers import cached_quick_badnet, model_entry, run_cli, write_sweep_toml
 
 CLASSES = 10

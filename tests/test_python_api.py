@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from badnet_prune.db.model_results import ModelResults
 
+from badnet_prune.db.model_results import ModelResults
 from badnet_prune.numerics.errors import BadInputError
 from tests.helpers import cached_quick_badnet
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from badnet_prune.db.repository import add_model, create_sweep
 from badnet_prune.db.session import prepare_database, session_scope
-
 from tests.helpers import run_cli
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import platformdirs
 import pytest
+
 from badnet_prune.db.errors import DatabaseUnavailable
 from badnet_prune.db.session import make_engine, normalise_database_url
-
 from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.settings import Settings
 from tests.helpers import run_cli

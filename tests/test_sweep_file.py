@@ -8,11 +8,11 @@ import re
 from pathlib import Path
 
 import pytest
-from badnet_prune.orchestrator.sweep_file import parse_sweep, read_sweep_file
 
 from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.numerics.names import check_name
 from badnet_prune.numerics.thresholds import Threshold
+from badnet_prune.orchestrator.sweep_file import parse_sweep, read_sweep_file
 from tests.helpers import run_cli
 
 

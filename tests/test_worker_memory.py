@@ -18,13 +18,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from badnet_prune.worker import activation_cache
-from badnet_prune.worker.activation_cache import CACHE_FILE, ActivationCache, cache_file_name, cache_usage, clear_cache
-from badnet_prune.worker.loaded import ModelKey, WorkerMemory, model_bytes
 
 from badnet_prune.files.data import open_data_file, write_data_file
 from badnet_prune.files.hashing import sha256_file
 from badnet_prune.numerics.labelers import WholeModelLabeler
+from badnet_prune.worker import activation_cache
+from badnet_prune.worker.activation_cache import CACHE_FILE, ActivationCache, cache_file_name, cache_usage, clear_cache
+from badnet_prune.worker.loaded import ModelKey, WorkerMemory, model_bytes
 from tests.helpers import random_badnet, run_cli
 from tests.test_pruning_exact import deepid_with_bypass
 
@@ -299,10 +299,10 @@ def test_a_cache_folder_that_cannot_be_made_turns_the_cache_off_with_one_warning
 
 
 def test_install_runtime_gives_the_worker_the_settings_cache_cap(tmp_path: Path):
-    from badnet_prune.worker.runtime import install_runtime
     from sqlalchemy import create_engine
 
     from badnet_prune.settings import Settings
+    from badnet_prune.worker.runtime import install_runtime
 
     settings = Settings(cache_dir=tmp_path / "cache", cache_max_bytes="5MB")
     runtime = install_runtime(settings, dispatcher=None, engine=create_engine("sqlite://"))

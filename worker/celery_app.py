@@ -76,9 +76,10 @@ def _install_runtime_in_child(**_: object) -> None:
     Tasks record the worker's node name (w1@host), not the machine's, so two workers on one
     machine can be told apart in the tasks table.
     """
+    from celery import current_app
+
     from badnet_prune.worker.dispatch import CeleryDispatcher
     from badnet_prune.worker.runtime import install_runtime
-    from celery import current_app
 
     if _worker_settings is None:
         raise RuntimeError("no settings for this worker: start it with `badnet-prune worker`")

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from badnet_prune.pipeline.contract import Stage
     from sqlalchemy import Engine
 
+    from badnet_prune.pipeline.contract import Stage
     from badnet_prune.settings import Settings
 
 

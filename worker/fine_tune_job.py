@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from badnet_prune.db.inputs import ModelInputs
 from badnet_prune.db.results import (
     FineTuneEpochRow,
@@ -23,6 +24,18 @@ from badnet_prune.db.results import (
     save_fine_tune,
 )
 from badnet_prune.db.session import session_scope
+from badnet_prune.files.data import open_data_file
+from badnet_prune.numerics.evaluation import (
+    CLEAN_TEST,
+    EvaluationSet,
+    NetworkEvaluation,
+    evaluate_networks,
+    poisoned_test,
+)
+from badnet_prune.numerics.fine_tuning import FineTuneResult, fine_tune
+from badnet_prune.numerics.inference import compiled_forward, predict_labels
+from badnet_prune.numerics.repair import build_repaired_net
+from badnet_prune.numerics.thresholds import Threshold
 from badnet_prune.pipeline.stages.fine_tune import sweep_settings
 from badnet_prune.worker.artifact_files import (
     remove_artifacts,
@@ -40,19 +53,6 @@ from badnet_prune.worker.jobs import (
 )
 from badnet_prune.worker.loaded import LoadedModel
 from badnet_prune.worker.runtime import Runtime
-
-from badnet_prune.files.data import open_data_file
-from badnet_prune.numerics.evaluation import (
-    CLEAN_TEST,
-    EvaluationSet,
-    NetworkEvaluation,
-    evaluate_networks,
-    poisoned_test,
-)
-from badnet_prune.numerics.fine_tuning import FineTuneResult, fine_tune
-from badnet_prune.numerics.inference import compiled_forward, predict_labels
-from badnet_prune.numerics.repair import build_repaired_net
-from badnet_prune.numerics.thresholds import Threshold
 
 # evaluate_networks names the pruned net and its repaired net B_prime and G; here they are B'' and G''
 FINE_NAMES = {"B_prime": "B_fine", "G": "G_fine"}

@@ -23,6 +23,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy.exc import OperationalError
+
 from badnet_prune.db.errors import DatabaseUnavailable
 from badnet_prune.db.models import Task, utcnow
 from badnet_prune.db.repository import set_model_status
@@ -39,12 +41,10 @@ from badnet_prune.db.tasks import (
     take_lease,
     unfinished_stages,
 )
+from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.pipeline.contract import Scope, Stage, TaskContext, get_stage, stages, waiting_on
 from badnet_prune.worker.dispatch import send_recorded
 from badnet_prune.worker.runtime import Runtime
-from sqlalchemy.exc import OperationalError
-
-from badnet_prune.numerics.errors import BadInputError
 
 LOG = logging.getLogger(__name__)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (DatabaseUnavailable, OperationalError, ConnectionError)

@@ -26,15 +26,6 @@ from badnet_prune.db.results import (
     save_steps,
 )
 from badnet_prune.db.session import session_scope
-from badnet_prune.worker.artifact_files import (
-    remove_artifacts,
-    remove_stale_temporaries,
-    save_atomically,
-    write_text_atomically,
-)
-from badnet_prune.worker.loaded import LoadedData, LoadedModel, ModelKey, labeled_set
-from badnet_prune.worker.runtime import Runtime
-
 from badnet_prune.files.data import open_data_file
 from badnet_prune.files.hashing import sha256_file
 from badnet_prune.numerics.activations import channel_means, cut_activations, rank_activation_batches
@@ -47,6 +38,14 @@ from badnet_prune.numerics.ranking import rank_channels
 from badnet_prune.numerics.repair import build_repaired_net
 from badnet_prune.numerics.selection import select_steps
 from badnet_prune.numerics.thresholds import Threshold
+from badnet_prune.worker.artifact_files import (
+    remove_artifacts,
+    remove_stale_temporaries,
+    save_atomically,
+    write_text_atomically,
+)
+from badnet_prune.worker.loaded import LoadedData, LoadedModel, ModelKey, labeled_set
+from badnet_prune.worker.runtime import Runtime
 
 LOG = logging.getLogger(__name__)
 

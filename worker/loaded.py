@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from badnet_prune.worker.activation_cache import ActivationCache, cache_file_name
 
 from badnet_prune.files.data import open_data_file
 from badnet_prune.files.model_io import image_shape, load_model, num_classes
@@ -33,6 +32,7 @@ from badnet_prune.numerics.inference import compiled_forward
 from badnet_prune.numerics.labelers import CutLabeler, WholeModelLabeler
 from badnet_prune.numerics.network_split import SplitNetwork, split_network
 from badnet_prune.numerics.pruning import LabeledSet, LabelsAt, StepLabels
+from badnet_prune.worker.activation_cache import ActivationCache, cache_file_name
 
 LOG = logging.getLogger(__name__)
 

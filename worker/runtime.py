@@ -10,11 +10,11 @@ import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from badnet_prune.db.session import make_engine
-from badnet_prune.worker.dispatch import Dispatcher
 from sqlalchemy import Engine
 
+from badnet_prune.db.session import make_engine
 from badnet_prune.settings import Settings
+from badnet_prune.worker.dispatch import Dispatcher
 
 if TYPE_CHECKING:
     from badnet_prune.worker.loaded import WorkerMemory

@@ -11,12 +11,12 @@ its lease expires and the next look runs the task.
 
 from __future__ import annotations
 
-from badnet_prune.pipeline.contract import Stage, load_stage_modules, stages
-from badnet_prune.worker.flow import TRANSIENT_ERRORS, run_planned_task
-from badnet_prune.worker.runtime import current_runtime
 from celery import shared_task
 
+from badnet_prune.pipeline.contract import Stage, load_stage_modules, stages
 from badnet_prune.settings import Settings
+from badnet_prune.worker.flow import TRANSIENT_ERRORS, run_planned_task
+from badnet_prune.worker.runtime import current_runtime
 
 TASK_OPTIONS = {
     "bind": True,

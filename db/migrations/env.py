@@ -9,9 +9,10 @@ Offline (--sql) mode is not supported: the migrations need a live connection's d
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import Connection
+
 from badnet_prune.db.models import Base
 from badnet_prune.db.session import make_engine
-from sqlalchemy import Connection
 
 
 def run_migrations(connection: Connection) -> None:

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Annotated
 import h5py
 import numpy as np
 import typer
-from badnet_prune.orchestrator.options import ModelOption, TrustCodeOption, check_scale
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.orchestrator.options import ModelOption, TrustCodeOption, check_scale
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage

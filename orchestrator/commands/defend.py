@@ -6,6 +6,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.numerics.fine_tune_settings import FineTuneSettings
+from badnet_prune.numerics.names import check_name
 from badnet_prune.orchestrator.options import (
     DbOption,
     InputScaleChoice,
@@ -15,12 +21,6 @@ from badnet_prune.orchestrator.options import (
     PolicyOption,
     TrustCodeOption,
 )
-from rich.console import Console
-from rich.table import Table
-
-from badnet_prune.numerics.errors import BadInputError
-from badnet_prune.numerics.fine_tune_settings import FineTuneSettings
-from badnet_prune.numerics.names import check_name
 
 if TYPE_CHECKING:
     from badnet_prune.orchestrator.defend_run import Defended

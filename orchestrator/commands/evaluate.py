@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from badnet_prune.orchestrator.options import InputScaleChoice, InputScaleOption, ModelOption, TrustCodeOption
 from rich.console import Console
 from rich.table import Table
+
+from badnet_prune.orchestrator.options import InputScaleChoice, InputScaleOption, ModelOption, TrustCodeOption
 
 
 def evaluate(

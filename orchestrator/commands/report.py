@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from badnet_prune.orchestrator.options import DbOption, load_settings
 
 

@@ -12,10 +12,11 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from badnet_prune.orchestrator.options import DbOption, load_settings
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from badnet_prune.orchestrator.options import DbOption, load_settings
 
 
 def sql(
@@ -32,7 +33,6 @@ def sql(
     """
     from badnet_prune.db.errors import ReadOnlyQueryError
     from badnet_prune.db.query import run_read_only_query
-
     from badnet_prune.numerics.errors import BadInputError
 
     if as_csv and as_json:

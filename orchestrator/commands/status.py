@@ -7,9 +7,10 @@ from dataclasses import asdict
 from typing import Annotated
 
 import typer
-from badnet_prune.orchestrator.options import BrokerOption, DbOption, load_settings
 from rich.console import Console
 from rich.table import Table
+
+from badnet_prune.orchestrator.options import BrokerOption, DbOption, load_settings
 
 
 def status(

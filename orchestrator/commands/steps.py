@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 import typer
+
 from badnet_prune.orchestrator.options import DbOption, OutputFormat, load_settings
 
 
@@ -24,9 +25,8 @@ def steps(
 
     from badnet_prune.db.repository import get_sweep, list_models
     from badnet_prune.db.session import prepare_database, session_scope
-    from badnet_prune.orchestrator.exports import step_rows, to_csv
-
     from badnet_prune.numerics.errors import BadInputError
+    from badnet_prune.orchestrator.exports import step_rows, to_csv
 
     engine = prepare_database(settings.db_url, create=False)  # reading: a mistyped file is an error, not a new db
     with session_scope(engine) as session:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from badnet_prune.orchestrator.options import BrokerOption, DbOption, load_settings
 from rich.console import Console
 
 from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.orchestrator.options import BrokerOption, DbOption, load_settings
 
 
 def sweep(

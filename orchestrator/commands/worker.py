@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from badnet_prune.orchestrator.options import BrokerOption, DbOption, load_settings
 
 from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.orchestrator.options import BrokerOption, DbOption, load_settings
 
 
 def worker(

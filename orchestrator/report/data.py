@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from badnet_prune.db.model_results import ModelResults, read_model_results
 from badnet_prune.db.repository import get_sweep, list_models, model_data_paths
 from badnet_prune.db.results import StoredStep, read_steps
-from badnet_prune.orchestrator.exports import lab_table, step_rows
-from sqlalchemy.orm import Session
-
 from badnet_prune.numerics.thresholds import Threshold, parse_threshold
+from badnet_prune.orchestrator.exports import lab_table, step_rows
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ matplotlib.use("Agg")  # before pyplot: no display on servers and in CI
 import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
-from badnet_prune.orchestrator.report.data import ModelReport
 from matplotlib.figure import Figure
+
+from badnet_prune.orchestrator.report.data import ModelReport
 
 DPI = 100
 

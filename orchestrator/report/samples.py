@@ -12,9 +12,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from badnet_prune.orchestrator.report.data import ModelReport
 
 from badnet_prune.numerics.thresholds import Threshold
+from badnet_prune.orchestrator.report.data import ModelReport
 
 CLEAN = "clean"
 POOL = 240  # images labelled per test file, from which the shown ones are picked

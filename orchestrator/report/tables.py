@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from badnet_prune.db.model_results import FineTuneOutcome, Metrics
-from badnet_prune.orchestrator.report.data import ModelReport, SweepReport
-
 from badnet_prune.numerics.thresholds import Threshold
+from badnet_prune.orchestrator.report.data import ModelReport, SweepReport
 
 PERCENT_DECIMALS = 2
 FRACTION_DECIMALS = 4

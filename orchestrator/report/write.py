@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from badnet_prune.db.session import session_scope
 from badnet_prune.orchestrator.exports import to_csv
 from badnet_prune.orchestrator.report.data import read_report
 from badnet_prune.orchestrator.report.html import render_index, render_model
 from badnet_prune.orchestrator.report.markdown import render_markdown
 from badnet_prune.orchestrator.report.pages import ReportPages, build_pages
-from sqlalchemy import Engine
 
 
 def write_report(engine: Engine, sweep_id: int, out: Path, *, asr_bound: float = 5.0, samples_per_set: int = 6) -> Path:

@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from badnet_prune.numerics.fine_tune_settings import FineTuneSettings
 from badnet_prune.pipeline.contract import PlanContext, Stage, TaskContext, register
 from badnet_prune.pipeline.stages.threshold import THRESHOLD, ThresholdArguments
 
-from badnet_prune.numerics.fine_tune_settings import FineTuneSettings
-
 if TYPE_CHECKING:
-    from badnet_prune.worker.runtime import Runtime
     from sqlalchemy.orm import Session
+
+    from badnet_prune.worker.runtime import Runtime
 
 CONFIG_KEY = "fine_tune"
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from badnet_prune.pipeline.contract import PlanContext, Stage, StageArguments, TaskContext, register
-from badnet_prune.pipeline.stages.rank import RANK
 from pydantic import Field, model_validator
 
+from badnet_prune.pipeline.contract import PlanContext, Stage, StageArguments, TaskContext, register
+from badnet_prune.pipeline.stages.rank import RANK
+
 if TYPE_CHECKING:
-    from badnet_prune.worker.runtime import Runtime
     from sqlalchemy.orm import Session
+
+    from badnet_prune.worker.runtime import Runtime
 
 
 class PruneRangeArguments(StageArguments):

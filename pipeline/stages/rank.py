@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 from badnet_prune.pipeline.contract import PlanContext, Stage, StageArguments, TaskContext, register
 
 if TYPE_CHECKING:
-    from badnet_prune.worker.runtime import Runtime
     from sqlalchemy.orm import Session
+
+    from badnet_prune.worker.runtime import Runtime
 
 
 class RankArguments(StageArguments):

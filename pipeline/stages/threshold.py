@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from badnet_prune.pipeline.contract import PlanContext, Stage, StageArguments, TaskContext, register
-from badnet_prune.pipeline.stages.prune_range import PRUNE_RANGE
 from pydantic import field_validator
 
 from badnet_prune.numerics.thresholds import Threshold, parse_threshold
+from badnet_prune.pipeline.contract import PlanContext, Stage, StageArguments, TaskContext, register
+from badnet_prune.pipeline.stages.prune_range import PRUNE_RANGE
 
 if TYPE_CHECKING:
-    from badnet_prune.worker.runtime import Runtime
     from sqlalchemy.orm import Session
+
+    from badnet_prune.worker.runtime import Runtime
 
 
 class ThresholdArguments(StageArguments):

@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from badnet_prune.db.errors import DatabaseUnavailable
-from badnet_prune.db.repository import add_model, create_sweep, upsert_data_file
-from badnet_prune.db.session import make_engine, prepare_database
 from sqlalchemy import Engine, make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateSchema, DropSchema
+
+from badnet_prune.db.errors import DatabaseUnavailable
+from badnet_prune.db.repository import add_model, create_sweep, upsert_data_file
+from badnet_prune.db.session import make_engine, prepare_database
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 BACKENDS = ["sqlite", "postgres"]

@@ -6,9 +6,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect
+
 from badnet_prune.db.models import Base
 from badnet_prune.db.session import ALEMBIC_INI, prepare_database
-from sqlalchemy import Engine, inspect
 
 TABLES = {table.name for table in Base.metadata.sorted_tables}
 

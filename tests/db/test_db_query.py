@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
+
 from badnet_prune.db.errors import DatabaseUnavailable, ReadOnlyQueryError
 from badnet_prune.db.query import run_read_only_query
 from badnet_prune.db.repository import create_sweep, get_sweep
 from badnet_prune.db.session import prepare_database, session_scope
-from sqlalchemy import Engine
 
 TIMEOUT_S = 30
 WRITES = [
@@ -159,8 +160,9 @@ def test_json_output(db_url: str, engine: Engine, monkeypatch, capfd) -> None:
 def test_a_terminal_gets_a_table_with_whole_values() -> None:
     """On a terminal narrower than a value, the table folds the value onto more lines instead of cutting it,
     and a stored value is shown as written, never read as Rich markup."""
-    from badnet_prune.orchestrator.commands.sql import print_table
     from rich.console import Console
+
+    from badnet_prune.orchestrator.commands.sql import print_table
 
     console = Console(width=60, record=True, file=io.StringIO())
     print_table(["long", "markup"], [(LONG, "[b]m[/b]")], console)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
 from badnet_prune.db.models import Base, DataFile, Model, ModelData, Sweep, Task
 from badnet_prune.db.repository import (
     add_model,
@@ -19,10 +23,6 @@ from badnet_prune.db.repository import (
     upsert_data_file,
 )
 from badnet_prune.db.results import StepRow, save_steps
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-
 from tests.db.conftest import planned_task
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
 from badnet_prune.db.models import (
     Artifact,
     Base,
@@ -33,10 +37,6 @@ from badnet_prune.db.results import (
     save_steps,
     steps_stored,
 )
-from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-
 from tests.db.conftest import planned_task
 
 

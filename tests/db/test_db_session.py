@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, make_url
+
 from badnet_prune.db.errors import DatabaseUnavailable
 from badnet_prune.db.repository import add_model, create_sweep, get_sweep, list_models
 from badnet_prune.db.results import steps_stored
 from badnet_prune.db.session import make_engine, prepare_database, session_scope
-from sqlalchemy import Engine, make_url
 
 SWEEP = {
     "name": "s",

@@ -6,6 +6,9 @@ import threading
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.orm import Session
+
 from badnet_prune.db import tasks as db_tasks
 from badnet_prune.db.models import Task, utcnow
 from badnet_prune.db.repository import set_model_status
@@ -26,9 +29,6 @@ from badnet_prune.db.tasks import (
     take_lease,
     unfinished_stages,
 )
-from sqlalchemy import Engine, func, select, update
-from sqlalchemy.orm import Session
-
 from tests.db.conftest import planned_task
 
 

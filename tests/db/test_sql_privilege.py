@@ -12,12 +12,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import Engine, make_url, text
+
 from badnet_prune.db.errors import ReadOnlyQueryError
 from badnet_prune.db.query import READER_ROLE, reader_url, run_read_only_query
 from badnet_prune.db.repository import create_sweep
 from badnet_prune.db.session import make_engine, prepare_database, session_scope
-from sqlalchemy import Engine, make_url, text
-
 from tests.db.test_db_query import run_sql
 
 APP_ROLE = "badnet_app"
@@ -184,6 +184,7 @@ def test_the_reader_connection_is_closed_afterwards(migrated) -> None:
 def test_downgrading_past_0003_revokes_the_grants_and_upgrading_restores_them(migrated) -> None:
     from alembic import command
     from alembic.config import Config
+
     from badnet_prune.db.session import ALEMBIC_INI
 
     url, engine = migrated

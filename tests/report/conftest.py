@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from badnet_prune.db.session import make_engine
 from sqlalchemy import Engine
 
+from badnet_prune.db.session import make_engine
 from tests.helpers import cached_quick_badnet, model_entry, write_sweep_toml
 
 CLI = str(Path(sys.executable).with_name("badnet-prune"))

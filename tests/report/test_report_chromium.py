@@ -13,12 +13,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
+
 from badnet_prune.db.repository import list_models
 from badnet_prune.db.results import read_selections
 from badnet_prune.db.session import prepare_database, session_scope
 from badnet_prune.orchestrator.report.write import write_report
-from sqlalchemy import Engine
-
 from bench.report_scale import synthetic_sweep
 from tests.report.conftest import ReportedSweep
 from tests.report.page import parse_page

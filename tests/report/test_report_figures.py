@@ -3,11 +3,11 @@ at their printed precision. Expected values come from db.results readers, not th
 
 from __future__ import annotations
 
+from sqlalchemy import Engine
+
 from badnet_prune.db.repository import list_models
 from badnet_prune.db.results import read_evaluations, read_ranking, read_selections, read_steps
 from badnet_prune.db.session import session_scope
-from sqlalchemy import Engine
-
 from tests.report.conftest import ASR_BOUND, ReportedSweep
 from tests.report.page import (
     exact,
@@ -226,7 +226,6 @@ def test_thresholds_that_select_the_same_step_each_show_their_marker(tmp_path) -
     from badnet_prune.db.session import prepare_database
     from badnet_prune.orchestrator.report.data import read_report
     from badnet_prune.orchestrator.report.figures import curve_figure
-
     from bench.report_scale import synthetic_sweep
 
     engine = prepare_database(f"sqlite:///{tmp_path / 'same.db'}")
@@ -253,7 +252,6 @@ def test_the_verdict_says_what_fine_pruning_removed_and_its_cost(tmp_path) -> No
     smallest threshold whose G'' ASR is at most the bound, that ASR, and B's clean accuracy minus G'''s."""
     from badnet_prune.db.session import prepare_database
     from badnet_prune.orchestrator.report.write import write_report
-
     from bench.report_scale import synthetic_sweep
 
     engine = prepare_database(f"sqlite:///{tmp_path / 'fine.db'}")

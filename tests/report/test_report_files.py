@@ -9,8 +9,8 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np
-from badnet_prune.orchestrator.report.samples import pick_samples
 
+from badnet_prune.orchestrator.report.samples import pick_samples
 from tests.report.conftest import CLI, ReportedSweep, run_cli
 from tests.report.page import cell_classes, model_page, parse_page
 
@@ -78,7 +78,6 @@ def test_hostile_model_names_stay_text_and_their_pages_stay_in_models(tmp_path: 
     model's page is a plain file under models/ that the main page links to."""
     from badnet_prune.db.session import prepare_database
     from badnet_prune.orchestrator.report.write import write_report
-
     from bench.report_scale import synthetic_sweep
 
     engine = prepare_database(f"sqlite:///{tmp_path / 'hostile.db'}")

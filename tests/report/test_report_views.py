@@ -10,11 +10,11 @@ from itertools import product
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, create_engine, make_url, text
+
 from badnet_prune.db.repository import list_models
 from badnet_prune.db.results import read_evaluations, read_selections, read_steps
 from badnet_prune.db.session import make_engine, session_scope
-from sqlalchemy import Engine, create_engine, make_url, text
-
 from tests.report.conftest import ReportedSweep, run_cli, run_sweep
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -114,8 +114,9 @@ def test_the_readme_question_runs_through_the_sql_command(reported: ReportedSwee
 def test_downgrading_drops_the_views_and_upgrading_restores_them(tmp_path: Path) -> None:
     from alembic import command
     from alembic.config import Config
-    from badnet_prune.db.session import ALEMBIC_INI, prepare_database
     from sqlalchemy import inspect
+
+    from badnet_prune.db.session import ALEMBIC_INI, prepare_database
 
     url = f"sqlite:///{tmp_path / 'views.db'}"
     views = {"step_results", "selection_results", "evaluation_results", "fine_tune_results"}  # 0002 and 0005

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from badnet_prune.db.models import Artifact, Model, Selection, Task
-from badnet_prune.db.session import make_engine, session_scope
 from sqlalchemy import select, update
 
+from badnet_prune.db.models import Artifact, Model, Selection, Task
+from badnet_prune.db.session import make_engine, session_scope
 from badnet_prune.numerics.thresholds import parse_thresholds
 from tests.helpers import cached_quick_badnet, model_entry, run_console_script, write_sweep_toml
 
