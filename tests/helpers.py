@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "badnet-prune"
+# Where test processes claim the machine's services (Redis databases, a turn at restarting them): a fixed
+# folder, whatever TMPDIR each session has, since the services are the machine's.
+CLAIMS = Path("/tmp/badnet-prune-tests")
 
 # Run as `python -c PLAIN_KERAS IMAGES.npy MODEL OUT.npy [MODEL OUT.npy ...]`: loads each saved model with
 # plain Keras in safe mode, in a process that never imports this project, and saves its outputs.

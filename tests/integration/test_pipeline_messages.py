@@ -204,6 +204,7 @@ def test_waiting_with_no_worker_says_so(cluster: Cluster, tmp_path: Path) -> Non
         waiting.wait(timeout=30)
 
 
+@pytest.mark.restarts_services
 def test_the_watcher_rides_out_a_postgresql_restart(cluster: Cluster, slow_badnet: Path, tmp_path: Path) -> None:
     import shutil
     import subprocess
