@@ -29,15 +29,15 @@ def defend(
     input_scale: float | str = "auto",
     trust_model_code: bool = False,
     db: str | None = None,
-    fine_tune: bool | Mapping[str, object] = False,
+    stages: Mapping[str, bool | Mapping[str, object]] | None = None,
 ) -> ModelResults:
     """Run the whole defense on one model, as `badnet-prune defend` does, and return its typed results.
 
     poisoned maps each poisoned set's name to its (validation file, test file). The results are written
     to OUT as by the command (steps.csv, summary.json, models/B_prime_<t>.keras and G_<t>.keras, and the
     database OUT/badnet-prune.db unless `db` or BADNET_PRUNE_DB names one); progress goes to stderr.
-    fine_tune: True, or the settings of `defend --fine-tune` by field name ({"epochs": 5, "optimizer": "sgd"}),
-    fine-tunes each B'_t as that option does.
+    stages: further stages to run, by name, each True (its defaults) or its settings by field name, as defend's
+    flags and options take them: {"fine_tune": {"epochs": 5, "optimizer": "sgd"}} fine-tunes each B'_t.
     Bad input raises badnet_prune.numerics.errors.BadInputError; a model that fails while it is defended raises
     orchestrator.defend_run.DefenseFailed with the reason.
 
@@ -52,8 +52,17 @@ def defend(
     from rich.console import Console
 
     from badnet_prune.numerics.errors import BadInputError
-    from badnet_prune.orchestrator.defend_run import defend_model, defense_spec, fine_tune_table
+    from badnet_prune.orchestrator.defend_run import defend_model, defense_spec
+    from badnet_prune.orchestrator.stage_options import validated
+    from badnet_prune.pipeline.contract import configurable
 
+    known = {stage.name: stage for stage in configurable()}
+    stage_tables = {}
+    for name, chosen in (stages or {}).items():
+        if name not in known:
+            raise BadInputError(f"stages[{name!r}]", f"no such stage; stages with settings: {', '.join(known)}")
+        if chosen is not False:
+            stage_tables[name] = validated(known[name], chosen if isinstance(chosen, Mapping) else {})
     sets = {}
     for name, files in (poisoned or {}).items():
         if isinstance(files, str | Path) or len(files) != 2:
@@ -63,6 +72,6 @@ def defend(
         Path(model), Path(clean_valid), Path(clean_test), poisoned=sets,
         thresholds=thresholds if isinstance(thresholds, str) else list(thresholds), policy=policy,
         prune_layer=prune_layer, rank_layer=rank_layer, input_scale=input_scale, trust_model_code=trust_model_code,
-        fine_tune=fine_tune_table(bool(fine_tune), dict(fine_tune) if isinstance(fine_tune, Mapping) else {}),
+        stages=stage_tables,
     )
     return defend_model(spec, Path(out), db=db, console=Console(stderr=True)).results

@@ -42,11 +42,11 @@ def synthetic_sweep(engine: Engine, models: int, *, poisons: tuple[str, ...] = P
     Returns the sweep's id."""
     from badnet_prune.db.repository import add_model, create_sweep, set_model_status, set_sweep_status, upsert_data_file
     from badnet_prune.db.results import (
-        FineTuneEpochRow,
-        FineTuneRow,
+        CurvePointRow,
         StepRow,
+        save_curve,
         save_evaluation,
-        save_fine_tune,
+        save_outcome,
         save_ranking,
         save_selection,
         save_steps,
@@ -95,11 +95,12 @@ def synthetic_sweep(engine: Engine, models: int, *, poisons: tuple[str, ...] = P
                                         poison_name=poison, accuracy=asr, image_count=300,
                                         flagged=None if network == "B_prime" else 100 - asr)
                 if fine_tune:
-                    epochs = tuple(FineTuneEpochRow(e, 1.0 / (e + 1), accuracy[step] + e, 100,
-                                                    {p: 90.0 / (e + 1) ** 3 for p in poisons}) for e in range(3))
-                    save_fine_tune(session, model_id, FineTuneRow(key, {"epochs": 2}, 0, kept_epoch=2,
-                                                                  split_sha256="1" * 64, train_count=200,
-                                                                  holdout_count=100, epochs=epochs))
+                    save_curve(session, model_id, "fine_tune", key, [
+                        CurvePointRow(e, float(e), accuracy[step] + e, 100, {"train_loss": 1.0 / (e + 1)},
+                                      {p: 90.0 / (e + 1) ** 3 for p in poisons}) for e in range(3)])
+                    save_outcome(session, model_id, "fine_tune", key, {
+                        "kept_epoch": 2, "settings": {"epochs": 2}, "seed": 0, "split_sha256": "1" * 64,
+                        "train_count": 200, "holdout_count": 100})
                     for network in ("B_fine", "G_fine"):
                         save_evaluation(session, model_id, network=network, threshold=key, role="clean_test",
                                         poison_name="", accuracy=accuracy[step] + 1, image_count=300,

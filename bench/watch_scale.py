@@ -26,23 +26,24 @@ from badnet_prune.db.session import create_database_if_missing, prepare_database
 from badnet_prune.db.tasks import plan_tasks
 from badnet_prune.numerics.thresholds import parse_thresholds
 from badnet_prune.orchestrator.watch import POLL_SECONDS, _View
-from badnet_prune.pipeline.contract import PlanContext, Scope, stages
+from badnet_prune.pipeline.contract import ModelFacts, PlanContext, Scope, SweepPlan, stages
 
 
 def build(url: str, models: int) -> tuple[object, int]:
     create_database_if_missing(url)
     engine = prepare_database(url)
-    context = PlanContext(60, parse_thresholds([0.02, 0.04, 0.1]), 10, {})
+    plan = SweepPlan(parse_thresholds([0.02, 0.04, 0.1]), "first", 10, "conv_3", "pool_3")
+    context = PlanContext(ModelFacts("m", 60, None), plan)
     started = time.perf_counter()
     with session_scope(engine) as session:
         sweep_id = create_sweep(session, name="scale", config={}, thresholds=["0.02", "0.04", "0.1"], policy="first",
                                 prune_layer="conv_3", rank_layer="pool_3", range_size=10, artifact_dir="a")
         for index in range(models):
             model_id = add_model(session, sweep_id, name=f"m{index}", path="p", sha256="s", input_scale=1.0, data=[])
-            for stage in stages(Scope.MODEL):
+            for stage in (stage for stage in stages(Scope.MODEL) if stage.settings is None):
                 plan_tasks(session, sweep_id, model_id, stage.name, stage.planned(context))
         for stage in stages(Scope.SWEEP):
-            plan_tasks(session, sweep_id, None, stage.name, stage.planned(context))
+            plan_tasks(session, sweep_id, None, stage.name, stage.planned(PlanContext(None, plan)))
     with session_scope(engine) as session:
         third = models // 3
         session.execute(update(Task).where(Task.model_id <= third).values(state="done"))

@@ -1,6 +1,6 @@
 """Bench: one worker process's memory over many distinct models (issue 19, issue 18 point 4).
 
-Every model's tasks run in this one process the way worker/jobs.py runs them, on the worker's own
+Every model's tasks run in this one process the way the stages' jobs run them, on the worker's own
 WorkerMemory: rank (channel means on clean validation data, B's accuracy), the pruning sweep over
 every step, and each threshold's task (select B'_t, build and save B'_t and G_t, label the test
 sets with B and B'_t). The models are DeepIDs with differently seeded weights, so that nothing cached
@@ -65,7 +65,7 @@ def rss_mib() -> float:
 
 
 def run_model(memory, path: Path, work: Path, artifacts: Path) -> None:
-    """One model's rank, sweep and threshold tasks, as worker/jobs.py does them."""
+    """One model's rank, sweep and threshold tasks, as the stages' jobs (badnet_prune.pipeline.stages) do them."""
     from badnet_prune.files.hashing import sha256_file
     from badnet_prune.numerics.activations import channel_means, rank_activation_batches
     from badnet_prune.numerics.evaluation import CLEAN_TEST, evaluate_networks, poisoned_test
@@ -75,7 +75,7 @@ def run_model(memory, path: Path, work: Path, artifacts: Path) -> None:
     from badnet_prune.numerics.ranking import rank_channels
     from badnet_prune.numerics.repair import build_repaired_net
     from badnet_prune.numerics.selection import select_steps
-    from badnet_prune.worker.loaded import ModelKey, labeled_set
+    from badnet_prune.pipeline.runtime import ModelKey, labeled_set
 
     key = ModelKey(str(path), sha256_file(path), 1.0, "conv_3", "pool_3", trust_code=False)
     shas = {name: sha256_file(work / relative) for name, relative in SETS.items()}

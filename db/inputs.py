@@ -35,8 +35,18 @@ class ModelInputs:
     prune_layer: str
     rank_layer: str
     artifact_dir: str
-    config: dict[str, Any]
+    config: dict[str, Any]  # the sweep's definition as stored: stage settings are read from it by their stage
     data: dict[str, dict[str, DataRef]] = field(default_factory=dict)  # role -> poison name -> file
+
+    @property
+    def trust_model_code(self) -> bool:
+        """The sweep allowed model files that carry code (only a JSON true counts)."""
+        return self.config.get("trust_model_code") is True
+
+    @property
+    def flat_artifacts(self) -> bool:
+        """defend's one-model sweep writes its files straight into its folder (only a JSON true counts)."""
+        return self.config.get("flat_artifacts") is True
 
 
 def model_inputs(session: Session, model_id: int) -> ModelInputs:

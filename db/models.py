@@ -30,14 +30,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SWEEP_STATUSES = ("pending", "running", "done", "failed")  # 'done' even when some models failed
 MODEL_STATUSES = ("pending", "running", "done", "failed")
-POLICIES = ("first", "notebook")
+POLICIES = ("first", "within", "notebook")
 CLEAN_ROLES = ("clean_valid", "clean_test")
 POISONED_ROLES = ("poisoned_valid", "poisoned_test")
 TEST_ROLES = ("clean_test", "poisoned_test")
 TASK_STATES = ("pending", "queued", "running", "done", "failed", "retrying")
-NETWORKS = ("B", "B_prime", "G", "B_fine", "G_fine")
-REPAIRED_NETWORKS = ("G", "G_fine")  # the networks with a class N ("backdoor detected"): they flag images
-ARTIFACT_KINDS = ("B_prime", "G", "B_fine", "G_fine")
+# Networks and artifact kinds are named by the stage that makes them (pipeline.contract.Network): the schema
+# bounds their shape, the stage registry says which names exist.
+NAME_LENGTH = 40
 
 # Deterministic constraint names, so that migrations can refer to them on every backend.
 NAMING_CONVENTION = {
@@ -154,6 +154,10 @@ class Model(Base):
     error: Mapped[str | None] = mapped_column(Text)
     acc0: Mapped[float | None]  # clean validation accuracy before pruning, percent
     channel_count: Mapped[int | None]  # channels of the pruned layer: steps run 0..channel_count
+    # ground truth from the sweep file's [model.truth], where given (all NULL where not)
+    truth_backdoored: Mapped[bool | None]
+    truth_attack: Mapped[str | None]  # an identifier: clean, patch, ... (NULL where the table names none)
+    truth_targets: Mapped[list[int] | dict[str, int] | None] = mapped_column(JSON)  # a list, or poison name -> target
 
 
 class ModelData(Base):
@@ -230,6 +234,9 @@ class Task(Base):
     finished_at: Mapped[datetime | None]
     seconds: Mapped[float | None]
     error: Mapped[str | None] = mapped_column(Text)
+    # how far the running task is, in its stage's progress unit (epochs, labels ...), as its job last said
+    progress_done: Mapped[int | None]
+    progress_total: Mapped[int | None]
 
 
 class Ranking(Base):
@@ -287,15 +294,16 @@ class Evaluation(Base):
     """A network on a test file: accuracy against the file's labels (clean accuracy or ASR).
 
     The test file is named by its role and, for a poisoned one, its poison name: clean and
-    poisoned sets never share a namespace. B has no threshold (''). B_fine and G_fine are the
-    fine-pruned B''_t and its repaired net G''_t (pipeline.stages.fine_tune).
+    poisoned sets never share a namespace. B has no setting (''); every other network is named by
+    the stage that made it and keyed by that stage's setting (a threshold's exact key for B'_t and
+    G_t). robust_accuracy: on a poisoned file that carries each image's true label, the share of
+    its images (those whose true label is not the target) classified as their true label.
     """
 
     __tablename__ = "evaluations"
     __table_args__ = (
-        CheckConstraint(one_of("network", NETWORKS), name="network"),
+        CheckConstraint(f"length(network) BETWEEN 1 AND {NAME_LENGTH}", name="network"),
         CheckConstraint("(network = 'B') = (threshold = '')", name="b_threshold"),
-        CheckConstraint(f"{one_of('network', REPAIRED_NETWORKS)} OR flagged IS NULL", name="flagged"),
         CheckConstraint(
             "(role = 'clean_test' AND poison_name = '') OR (role = 'poisoned_test' AND poison_name <> '')",
             name="role",
@@ -304,81 +312,85 @@ class Evaluation(Base):
 
     model_id: Mapped[int] = mapped_column(_model_fk(), primary_key=True)
     network: Mapped[str] = mapped_column(primary_key=True)
-    threshold: Mapped[str] = mapped_column(primary_key=True)  # exact key; '' for B
+    threshold: Mapped[str] = mapped_column(primary_key=True)  # the setting's exact key; '' for B
     role: Mapped[str] = mapped_column(primary_key=True)  # clean_test or poisoned_test
     poison_name: Mapped[str] = mapped_column(primary_key=True)  # '' for the clean test set
     accuracy: Mapped[float]  # percent
-    flagged: Mapped[float | None]  # percent classified as N (G only)
+    flagged: Mapped[float | None]  # percent classified as N (repaired networks only)
     image_count: Mapped[int]
+    robust_accuracy: Mapped[float | None]  # percent; poisoned files with true labels only
 
 
 class Artifact(Base):
-    """A model file written for a threshold (B', G, B'' or G''), with where it came from."""
+    """A file a stage wrote for one of its settings (B'_t, G_t, B''_t ...), with where it came from."""
 
     __tablename__ = "artifacts"
-    __table_args__ = (CheckConstraint(one_of("kind", ARTIFACT_KINDS), name="kind"),)
+    __table_args__ = (CheckConstraint(f"length(kind) BETWEEN 1 AND {NAME_LENGTH}", name="kind"),)
 
     model_id: Mapped[int] = mapped_column(_model_fk(), primary_key=True)
-    threshold: Mapped[str] = mapped_column(primary_key=True)  # exact key
+    threshold: Mapped[str] = mapped_column(primary_key=True)  # the setting's exact key
     kind: Mapped[str] = mapped_column(primary_key=True)
     path: Mapped[str]
     sha256: Mapped[str]
     provenance: Mapped[dict[str, Any]]
 
 
-class FineTune(Base):
-    """Fine-pruning's outcome for one threshold: the epoch kept, the settings and the split it used.
+class StageOutcome(Base):
+    """What a stage's task concluded for one model and key, as a JSON document its stage declares the type of.
 
-    kept_epoch is None when the threshold selected no step (nothing was pruned, so nothing was
-    fine-tuned); the row is written all the same, so that the task's results are recognised as stored.
+    The results storage of most stages: a defense's choices (the epoch kept, the u chosen), a
+    detector's evidence, and for a detector its score in [0, 1]. Written in the transaction that
+    writes the task's evaluations and artifacts, so one row means the task's results are stored.
     """
 
-    __tablename__ = "fine_tunes"
+    __tablename__ = "stage_outcomes"
     __table_args__ = (
-        CheckConstraint("(kept_epoch IS NULL) = (split_sha256 IS NULL)", name="kept"),
+        CheckConstraint("score IS NULL OR (score >= 0 AND score <= 1)", name="score"),
+        Index(None, "stage", "key"),
     )
 
     model_id: Mapped[int] = mapped_column(_model_fk(), primary_key=True)
-    threshold: Mapped[str] = mapped_column(primary_key=True)  # exact key
-    kept_epoch: Mapped[int | None]
-    settings: Mapped[dict[str, Any]]  # badnet_prune.numerics.fine_tuning.FineTuneSettings as JSON
-    seed: Mapped[int]
-    split_sha256: Mapped[str | None]  # CleanSplit.sha256: which clean validation images trained, which chose
-    train_count: Mapped[int | None]
-    holdout_count: Mapped[int | None]
+    stage: Mapped[str] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(primary_key=True)  # the task's key: a setting, a class range ...
+    score: Mapped[float | None]  # a detector's probability that the model is backdoored
+    document: Mapped[dict[str, Any]]
 
 
-class FineTuneEpoch(Base):
-    """One fine-tuning epoch (0 = B'_t before any update): training loss and hold-out clean accuracy."""
+class CurvePoint(Base):
+    """One point of a curve a stage measured on clean validation data (an epoch, a pruning count, a u).
 
-    __tablename__ = "fine_tune_epochs"
-    __table_args__ = (
-        ForeignKeyConstraint(["model_id", "threshold"], ["fine_tunes.model_id", "fine_tunes.threshold"],
-                             ondelete="CASCADE"),
-    )
+    clean_accuracy is the clean validation (or hold-out) accuracy at the point; values holds the
+    point's other figures (a training loss ...) by name.
+    """
 
-    model_id: Mapped[int] = mapped_column(primary_key=True)
-    threshold: Mapped[str] = mapped_column(primary_key=True)
-    epoch: Mapped[int] = mapped_column(primary_key=True)
-    train_loss: Mapped[float]
-    holdout_accuracy: Mapped[float]  # percent
-    holdout_correct: Mapped[int]
+    __tablename__ = "curve_points"
+
+    model_id: Mapped[int] = mapped_column(_model_fk(), primary_key=True)
+    stage: Mapped[str] = mapped_column(primary_key=True)
+    curve: Mapped[str] = mapped_column(primary_key=True)  # which of the stage's curves (a threshold's key ...)
+    point: Mapped[int] = mapped_column(primary_key=True)  # position along the curve, from 0
+    x: Mapped[float]
+    clean_accuracy: Mapped[float | None]  # percent
+    clean_correct: Mapped[int | None]
+    values: Mapped[dict[str, Any]]
 
 
-class FineTuneAsr(Base):
-    """ASR of one poisoned validation set after one fine-tuning epoch: measured, never used to choose."""
+class CurveAsr(Base):
+    """The ASR of one poisoned validation set at one point of a curve: measured, never used to choose."""
 
-    __tablename__ = "fine_tune_asr"
+    __tablename__ = "curve_asr"
     __table_args__ = (
         ForeignKeyConstraint(
-            ["model_id", "threshold", "epoch"],
-            ["fine_tune_epochs.model_id", "fine_tune_epochs.threshold", "fine_tune_epochs.epoch"],
+            ["model_id", "stage", "curve", "point"],
+            ["curve_points.model_id", "curve_points.stage", "curve_points.curve", "curve_points.point"],
             ondelete="CASCADE",
         ),
     )
 
     model_id: Mapped[int] = mapped_column(primary_key=True)
-    threshold: Mapped[str] = mapped_column(primary_key=True)
-    epoch: Mapped[int] = mapped_column(primary_key=True)
+    stage: Mapped[str] = mapped_column(primary_key=True)
+    curve: Mapped[str] = mapped_column(primary_key=True)
+    point: Mapped[int] = mapped_column(primary_key=True)
     poison_name: Mapped[str] = mapped_column(primary_key=True)
     asr: Mapped[float]  # percent
+    hits: Mapped[int | None]

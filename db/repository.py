@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import case, delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from badnet_prune.db.models import (
@@ -25,7 +25,6 @@ from badnet_prune.db.models import (
     DataFile,
     Model,
     ModelData,
-    Step,
     Sweep,
     Task,
     utcnow,
@@ -38,17 +37,33 @@ RowT = TypeVar("RowT", bound=Base)
 
 
 @dataclass(frozen=True)
+class Truth:
+    """A model's ground truth as the sweep file's [model.truth] gives it (stored as models.truth_*)."""
+
+    backdoored: bool
+    attack: str | None = None
+    targets: tuple[int, ...] | Mapping[str, int] = ()
+
+    def columns(self) -> dict[str, Any]:
+        targets = dict(self.targets) if isinstance(self.targets, Mapping) else list(self.targets)
+        return {"truth_backdoored": self.backdoored, "truth_attack": self.attack, "truth_targets": targets}
+
+
+NO_TRUTH = {"truth_backdoored": None, "truth_attack": None, "truth_targets": None}
+
+
+@dataclass(frozen=True)
 class ModelProgress:
-    """Where one model of a sweep stands; steps_expected is None until its layer is known."""
+    """Where one model of a sweep stands: its tasks by state, per stage, and per stage its progress units done
+    of planned (steps, epochs ...: each stage declares its unit, pipeline.contract.Progress)."""
 
     model_id: int
     name: str
     status: str
     error: str | None
-    steps_stored: int
-    steps_expected: int | None
     tasks: dict[str, int] = field(default_factory=dict)  # state -> count
     stages: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> state -> count
+    units: dict[str, tuple[int, int]] = field(default_factory=dict)  # stage -> (units done, units planned)
 
 
 @dataclass(frozen=True)
@@ -125,14 +140,19 @@ def add_model(
     sha256: str,
     input_scale: float,
     data: Iterable[tuple[str, str, int]],
+    truth: Truth | None = None,
 ) -> int:
-    """Register (or re-register) a model of a sweep with its data: (role, poison_name, data_file_id).
+    """Register (or re-register) a model of a sweep with its data: (role, poison_name, data_file_id),
+    and its ground truth where known.
 
     Roles are clean_valid/clean_test (poison_name '') and poisoned_valid/poisoned_test (one
-    per poison name). Re-registering keeps the model's id and status and replaces its data.
+    per poison name). Re-registering keeps the model's id and status and replaces its data and truth.
     """
-    statement = upsert_statement(session, Model, key=["sweep_id", "name"], update=["path", "sha256", "input_scale"])
-    row = {"sweep_id": sweep_id, "name": name, "path": str(path), "sha256": sha256, "input_scale": input_scale}
+    truth_columns = NO_TRUTH if truth is None else truth.columns()
+    statement = upsert_statement(session, Model, key=["sweep_id", "name"],
+                                 update=["path", "sha256", "input_scale", *truth_columns])
+    row = {"sweep_id": sweep_id, "name": name, "path": str(path), "sha256": sha256, "input_scale": input_scale,
+           **truth_columns}
     model_id: int = session.execute(statement.values(row).returning(Model.id)).scalar_one()
     rows = [
         {"model_id": model_id, "role": role, "poison_name": poison, "data_file_id": file_id}
@@ -188,16 +208,9 @@ def model_data_paths(session: Session, model_id: int) -> dict[str, dict[str, str
 
 
 def sweep_progress(session: Session, sweep_id: int) -> SweepProgress:
-    """Per model: status, error, steps stored of steps expected (channels + 1), tasks by state and by stage."""
+    """Per model: status, error, tasks by state and by stage, and each stage's progress units done of planned."""
     sweep = get_sweep(session, sweep_id)
     models = list_models(session, sweep_id)
-    step_counts = (
-        select(Step.model_id, func.count())
-        .join(Model, Model.id == Step.model_id)
-        .where(Model.sweep_id == sweep_id)
-        .group_by(Step.model_id)
-    )
-    steps: dict[int, int] = {model_id: count for model_id, count in session.execute(step_counts)}
     tasks: dict[int | None, dict[str, int]] = {}
     per_stage: dict[int | None, dict[str, dict[str, int]]] = {}
     task_counts = select(Task.model_id, Task.stage, Task.state, func.count()).where(Task.sweep_id == sweep_id)
@@ -205,6 +218,11 @@ def sweep_progress(session: Session, sweep_id: int) -> SweepProgress:
         by_state = tasks.setdefault(model_id, {})
         by_state[state] = by_state.get(state, 0) + count
         per_stage.setdefault(model_id, {}).setdefault(stage, {})[state] = count
+    units: dict[int | None, dict[str, tuple[int, int]]] = {}
+    unit_sums = select(Task.model_id, Task.stage, _units_done(), func.sum(Task.progress_total)).where(
+        Task.sweep_id == sweep_id).group_by(Task.model_id, Task.stage)
+    for model_id, stage, done, total in session.execute(unit_sums):
+        units.setdefault(model_id, {})[stage] = (int(done or 0), int(total or 0))
     return SweepProgress(
         sweep_id=sweep.id,
         status=sweep.status,
@@ -214,15 +232,19 @@ def sweep_progress(session: Session, sweep_id: int) -> SweepProgress:
                 name=model.name,
                 status=model.status,
                 error=model.error,
-                steps_stored=steps.get(model.id, 0),
-                steps_expected=None if model.channel_count is None else model.channel_count + 1,
                 tasks=tasks.get(model.id, {}),
                 stages=per_stage.get(model.id, {}),
+                units=units.get(model.id, {}),
             )
             for model in models
         ],
         sweep_tasks=tasks.get(None, {}),
     )
+
+
+def _units_done() -> Any:
+    """A task's units done: all of them once done, else what its running job last reported."""
+    return func.sum(case((Task.state == "done", Task.progress_total), else_=func.coalesce(Task.progress_done, 0)))
 
 
 @dataclass(frozen=True)
@@ -234,6 +256,8 @@ class SweepOverview:
     models: list[tuple[int, str, str, str | None, dict[str, int]]]  # id, name, status, error, state -> count
     sweep_tasks: dict[str, int]
     stages: dict[str, dict[str, int]]  # stage -> state -> count, over the whole sweep
+    units: dict[str, tuple[int, int]] = field(default_factory=dict)  # stage -> (units done, units planned)
+    running_share: float = 0.0  # the running tasks' progress, in tasks (their units done / planned, summed)
 
 
 def sweep_overview(session: Session, sweep_id: int) -> SweepOverview:
@@ -258,7 +282,13 @@ def sweep_overview(session: Session, sweep_id: int) -> SweepOverview:
     by_stage = select(Task.stage, Task.state, func.count()).where(Task.sweep_id == sweep_id)
     for stage, state, count in session.execute(by_stage.group_by(Task.stage, Task.state)):
         stages.setdefault(stage, {})[state] = count
-    return SweepOverview(sweep.id, sweep.status, list(models.values()), sweep_tasks, stages)
+    unit_sums = select(Task.stage, _units_done(), func.sum(Task.progress_total)).where(Task.sweep_id == sweep_id)
+    units = {stage: (int(done or 0), int(total or 0)) for stage, done, total in
+             session.execute(unit_sums.group_by(Task.stage))}
+    share = select(func.sum(func.coalesce(Task.progress_done, 0) * 1.0 / Task.progress_total)).where(
+        Task.sweep_id == sweep_id, Task.state == "running", Task.progress_total > 0)
+    running_share = float(session.scalar(share) or 0.0)
+    return SweepOverview(sweep.id, sweep.status, list(models.values()), sweep_tasks, stages, units, running_share)
 
 
 def _get(session: Session, model: type[RowT], row_id: int) -> RowT:

@@ -1,5 +1,5 @@
 """Per-model results: ranking, pruning steps with their ASR, threshold selections, test
-evaluations, written artifacts and fine-pruning's epochs.
+evaluations, written artifacts, and what every stage stores in the shared tables (outcomes, curves).
 
 Writers are upserts keyed by what a row describes (see db.upsert), so a redelivered task
 rewrites its rows; each takes the caller's Session and leaves committing to it. Readers return
@@ -17,17 +17,16 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from badnet_prune.db.models import (
-    ARTIFACT_KINDS,
-    NETWORKS,
+    NAME_LENGTH,
     TEST_ROLES,
     Artifact,
+    CurveAsr,
+    CurvePoint,
     Evaluation,
-    FineTune,
-    FineTuneAsr,
-    FineTuneEpoch,
     Model,
     Ranking,
     Selection,
+    StageOutcome,
     Step,
     StepAsr,
 )
@@ -176,12 +175,14 @@ def save_evaluation(
     accuracy: float,
     image_count: int,
     flagged: float | None = None,
+    robust_accuracy: float | None = None,
 ) -> None:
-    """A network on a test file: accuracy (clean accuracy, or ASR on a poison), flagged % (G only).
+    """A network on a test file: accuracy (clean accuracy, or ASR on a poison), flagged % (repaired networks),
+    robust accuracy % (poisoned files with true labels).
 
-    threshold is '' for B; role is clean_test (poison_name '') or poisoned_test.
+    threshold is the setting's key ('' for B); role is clean_test (poison_name '') or poisoned_test.
     """
-    check_choice(network, NETWORKS, "network")
+    _check_name(network, "network")
     check_choice(role, TEST_ROLES, "test role")
     row = {
         "model_id": model_id,
@@ -192,6 +193,7 @@ def save_evaluation(
         "accuracy": accuracy,
         "flagged": flagged,
         "image_count": image_count,
+        "robust_accuracy": robust_accuracy,
     }
     upsert_rows(session, Evaluation, [row], key=["model_id", "network", "threshold", "role", "poison_name"])
 
@@ -216,8 +218,8 @@ def save_artifact(
     sha256: str,
     provenance: Mapping[str, Any],
 ) -> None:
-    """A written model file (B' or G) for a threshold, with what it was made from."""
-    check_choice(kind, ARTIFACT_KINDS, "artifact kind")
+    """A written file (B'_t, G_t, B''_t ...) for a setting, with what it was made from."""
+    _check_name(kind, "artifact kind")
     row = {
         "model_id": model_id,
         "threshold": threshold,
@@ -235,80 +237,75 @@ def read_artifacts(session: Session, model_id: int) -> list[Artifact]:
 
 
 @dataclass(frozen=True)
-class FineTuneEpochRow:
-    """One fine-tuning epoch as a worker measured it; asr maps poison name -> ASR percent."""
+class CurvePointRow:
+    """One point of a stage's curve: x, clean accuracy there, other figures by name, ASR per poison."""
 
-    epoch: int
-    train_loss: float
-    holdout_accuracy: float
-    holdout_correct: int
+    point: int
+    x: float
+    clean_accuracy: float | None
+    clean_correct: int | None = None
+    values: Mapping[str, Any] = field(default_factory=dict)
     asr: Mapping[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class FineTuneRow:
-    """Fine-pruning's outcome for a threshold; kept_epoch None (and no epochs) when no step was selected."""
-
-    threshold: str
-    settings: Mapping[str, Any]
-    seed: int
-    kept_epoch: int | None = None
-    split_sha256: str | None = None
-    train_count: int | None = None
-    holdout_count: int | None = None
-    epochs: tuple[FineTuneEpochRow, ...] = ()
+def save_outcome(session: Session, model_id: int, stage: str, key: str, document: Mapping[str, Any],
+                 score: float | None = None) -> None:
+    """A stage task's conclusion for a model (upsert: a redelivered task rewrites its own row)."""
+    row = {"model_id": model_id, "stage": stage, "key": key, "score": score, "document": dict(document)}
+    upsert_rows(session, StageOutcome, [row], key=["model_id", "stage", "key"])
 
 
-def save_fine_tune(session: Session, model_id: int, row: FineTuneRow) -> None:
-    """Store a fine-tune task's outcome and its epochs (upserts: a redelivered task rewrites the same rows)."""
-    outcome = {
-        "model_id": model_id, "threshold": row.threshold, "kept_epoch": row.kept_epoch,
-        "settings": dict(row.settings), "seed": row.seed, "split_sha256": row.split_sha256,
-        "train_count": row.train_count, "holdout_count": row.holdout_count,
-    }
-    epochs = [
-        {"model_id": model_id, "threshold": row.threshold, "epoch": e.epoch, "train_loss": e.train_loss,
-         "holdout_accuracy": e.holdout_accuracy, "holdout_correct": e.holdout_correct}
-        for e in row.epochs
-    ]
-    asr = [
-        {"model_id": model_id, "threshold": row.threshold, "epoch": e.epoch, "poison_name": name, "asr": rate}
-        for e in row.epochs
-        for name, rate in e.asr.items()
-    ]
-    upsert_rows(session, FineTune, [outcome], key=["model_id", "threshold"])
-    upsert_rows(session, FineTuneEpoch, epochs, key=["model_id", "threshold", "epoch"])
-    upsert_rows(session, FineTuneAsr, asr, key=["model_id", "threshold", "epoch", "poison_name"])
-
-
-def fine_tune_stored(session: Session, model_id: int, threshold: str) -> bool:
-    """The outcome row is written with its epochs, evaluations and artifacts in one transaction."""
-    query = select(func.count()).where(FineTune.model_id == model_id, FineTune.threshold == threshold)
+def outcome_stored(session: Session, model_id: int, stage: str, key: str) -> bool:
+    """An outcome is written in the transaction of the task's other results, so its row means all are stored."""
+    query = select(func.count()).where(StageOutcome.model_id == model_id, StageOutcome.stage == stage,
+                                       StageOutcome.key == key)
     return session.scalar(query) == 1
 
 
-def read_fine_tunes(session: Session, model_id: int) -> list[FineTuneRow]:
-    """A model's fine-tune outcomes by threshold key, each with its epochs in order."""
-    asr: dict[tuple[str, int], dict[str, float]] = {}
-    asr_query = select(FineTuneAsr).where(FineTuneAsr.model_id == model_id).order_by(FineTuneAsr.poison_name)
-    for entry in _read(session, asr_query):
-        asr.setdefault((entry.threshold, entry.epoch), {})[entry.poison_name] = entry.asr
-    epochs: dict[str, list[FineTuneEpochRow]] = {}
-    epoch_query = (select(FineTuneEpoch).where(FineTuneEpoch.model_id == model_id)
-                   .order_by(FineTuneEpoch.threshold, FineTuneEpoch.epoch))
-    for e in _read(session, epoch_query):
-        epochs.setdefault(e.threshold, []).append(FineTuneEpochRow(
-            e.epoch, e.train_loss, e.holdout_accuracy, e.holdout_correct, asr.get((e.threshold, e.epoch), {})))
-    outcomes = _read(session, select(FineTune).where(FineTune.model_id == model_id).order_by(FineTune.threshold))
-    return [
-        FineTuneRow(
-            threshold=o.threshold, settings=dict(o.settings), seed=o.seed, kept_epoch=o.kept_epoch,
-            split_sha256=o.split_sha256, train_count=o.train_count, holdout_count=o.holdout_count,
-            epochs=tuple(epochs.get(o.threshold, [])),
-        )
-        for o in outcomes
+def read_outcomes(session: Session, model_id: int) -> list[StageOutcome]:
+    query = (select(StageOutcome).where(StageOutcome.model_id == model_id)
+             .order_by(StageOutcome.stage, StageOutcome.key))
+    return _read(session, query)
+
+
+def save_curve(session: Session, model_id: int, stage: str, curve: str, points: Iterable[CurvePointRow]) -> None:
+    """A curve's points and their ASR (upserts keyed by model, stage, curve and point)."""
+    points = list(points)
+    rows = [
+        {"model_id": model_id, "stage": stage, "curve": curve, "point": p.point, "x": p.x,
+         "clean_accuracy": p.clean_accuracy, "clean_correct": p.clean_correct, "values": dict(p.values)}
+        for p in points
     ]
+    asr = [
+        {"model_id": model_id, "stage": stage, "curve": curve, "point": p.point, "poison_name": name, "asr": rate,
+         "hits": None}
+        for p in points
+        for name, rate in p.asr.items()
+    ]
+    upsert_rows(session, CurvePoint, rows, key=["model_id", "stage", "curve", "point"])
+    upsert_rows(session, CurveAsr, asr, key=["model_id", "stage", "curve", "point", "poison_name"])
+
+
+def read_curves(session: Session, model_id: int) -> dict[str, dict[str, list[CurvePointRow]]]:
+    """A model's curves: stage -> curve -> points in order, each with its ASR by poison name."""
+    asr: dict[tuple[str, str, int], dict[str, float]] = {}
+    asr_query = select(CurveAsr).where(CurveAsr.model_id == model_id).order_by(CurveAsr.poison_name)
+    for entry in _read(session, asr_query):
+        asr.setdefault((entry.stage, entry.curve, entry.point), {})[entry.poison_name] = entry.asr
+    curves: dict[str, dict[str, list[CurvePointRow]]] = {}
+    query = (select(CurvePoint).where(CurvePoint.model_id == model_id)
+             .order_by(CurvePoint.stage, CurvePoint.curve, CurvePoint.point))
+    for p in _read(session, query):
+        curves.setdefault(p.stage, {}).setdefault(p.curve, []).append(CurvePointRow(
+            p.point, p.x, p.clean_accuracy, p.clean_correct, dict(p.values), asr.get((p.stage, p.curve, p.point), {})))
+    return curves
 
 
 def _read(session: Session, query: Select[Any]) -> list[Any]:
     return list(session.scalars(query.execution_options(populate_existing=True)))
+
+
+def _check_name(value: str, what: str) -> None:
+    """Networks and artifact kinds are the identifiers their stages declare (the schema bounds the length)."""
+    if not (isinstance(value, str) and value.isidentifier() and len(value) <= NAME_LENGTH):
+        raise ValueError(f"{what} {value!r} is not an identifier of at most {NAME_LENGTH} characters")

@@ -29,17 +29,22 @@ TERMINAL_MODEL_STATES = ("done", "failed")
 def plan_tasks(
     session: Session, sweep_id: int, model_id: int | None, stage: str, tasks: Sequence[tuple[str, Mapping[str, Any]]]
 ) -> None:
-    """Plan the tasks (key, arguments) of one stage for a model (None: the sweep's own); see plan_all."""
-    plan_all(session, sweep_id, [(model_id, stage, key, arguments) for key, arguments in tasks])
+    """Plan the tasks (key, arguments) of one stage for a model (None: the sweep's own), one progress unit each;
+    see plan_all."""
+    plan_all(session, sweep_id, [(model_id, stage, key, arguments, 1) for key, arguments in tasks])
 
 
-def plan_all(session: Session, sweep_id: int, tasks: Sequence[tuple[int | None, str, str, Mapping[str, Any]]]) -> None:
-    """Plan tasks (model id or None for the sweep's own, stage, key, arguments), created 'pending' where new;
-    an existing task is left as it is. One statement for each scope's tasks, however many models: planning
-    1,000 models is a few round trips, not one per model and stage. Ids follow the order given."""
+def plan_all(session: Session, sweep_id: int,
+             tasks: Sequence[tuple[int | None, str, str, Mapping[str, Any], int]]) -> None:
+    """Plan tasks (model id or None for the sweep's own, stage, key, arguments, progress units), created
+    'pending' where new; an existing task is left as it is. One statement for each scope's tasks, however
+    many models: planning 1,000 models is a few round trips, not one per model and stage. Ids follow the
+    order given. progress_total holds the task's units (steps, epochs ...) from the start, so that progress
+    is a sum over rows."""
     for sweep_scope in (False, True):
-        rows = [{"sweep_id": sweep_id, "model_id": model_id, "stage": stage, "key": key, "arguments": dict(arguments)}
-                for model_id, stage, key, arguments in tasks if (model_id is None) is sweep_scope]
+        rows = [{"sweep_id": sweep_id, "model_id": model_id, "stage": stage, "key": key, "arguments": dict(arguments),
+                 "progress_total": units}
+                for model_id, stage, key, arguments, units in tasks if (model_id is None) is sweep_scope]
         if not rows:
             continue
         if sweep_scope:
@@ -166,17 +171,20 @@ def take_lease(
         .values(
             state="running", lease_token=token, lease_expires_at=now + timedelta(seconds=lease_s),
             attempts=Task.attempts + 1, worker=worker, started_at=now, finished_at=None, seconds=None,
+            progress_done=0,
         )
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-def renew_lease(session: Session, task_id: int, token: str, lease_s: float) -> bool:
-    """Push the lease's expiry on while the task runs; False if another holder took it over."""
+def renew_lease(session: Session, task_id: int, token: str, lease_s: float, progress: int | None = None) -> bool:
+    """Push the lease's expiry on while the task runs, with how many of its progress units are done where its
+    job said; False if another holder took it over."""
+    values: dict[str, Any] = {"lease_expires_at": utcnow() + timedelta(seconds=lease_s)}
+    if progress is not None:
+        values["progress_done"] = progress
     result = session.execute(
-        update(Task)
-        .where(Task.id == task_id, Task.lease_token == token, Task.state == "running")
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+        update(Task).where(Task.id == task_id, Task.lease_token == token, Task.state == "running").values(values)
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
 
@@ -189,7 +197,8 @@ def end_task(session: Session, task_id: int, token: str, state: str, error: str 
         update(Task)
         .where(Task.id == task_id, Task.lease_token == token, Task.state == "running")
         .values(state=state, error=error, finished_at=now, seconds=_seconds_since(session, Task.started_at, now),
-                lease_token=None, lease_expires_at=None)
+                lease_token=None, lease_expires_at=None,
+                progress_done=Task.progress_total if state == "done" else Task.progress_done)
         .returning(Task.id)
     )
     return session.execute(statement, execution_options={"synchronize_session": False}).first() is not None

@@ -31,7 +31,9 @@ from badnet_prune.orchestrator.commands import (
     sweep,
     synth,
     worker,
+    zoo,
 )
+from badnet_prune.orchestrator.stage_options import with_stage_options
 
 _VALUE_WORDS = {str: "TEXT", int: "INTEGER", float: "NUMBER"}
 
@@ -146,11 +148,26 @@ def badnet_prune(
     """
 
 
+def _load_declared_stages() -> None:
+    """Import the stage modules the stage_modules setting names: their settings are defend's options too.
+
+    A wrong setting is left for the command that reads the settings to say, in its one line."""
+    from badnet_prune.pipeline.contract import load_stage_modules
+    from badnet_prune.settings import Settings
+
+    try:
+        modules = Settings.from_env().stage_modules
+    except BadInputError:
+        return
+    load_stage_modules(modules)
+
+
+_load_declared_stages()
 COMMANDS = {
     "evaluate": evaluate.evaluate,
     "classify": classify.classify,
     "demo": demo.demo,
-    "defend": defend.defend,
+    "defend": with_stage_options(defend.defend),
     "sweep": sweep.sweep,
     "status": status.status,
     "steps": steps.steps,
@@ -159,6 +176,7 @@ COMMANDS = {
     "sql": sql.sql,
     "report": report.report,
     "synth": synth.synth,
+    "zoo": zoo.zoo,
     "cache": cache.cache,
 }
 for _name, _function in COMMANDS.items():

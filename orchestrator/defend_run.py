@@ -13,16 +13,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
 from rich.console import Console
 
 from badnet_prune.db.model_results import ModelResults
 from badnet_prune.numerics.errors import BadInputError
-from badnet_prune.numerics.fine_tune_settings import FineTuneSettings
 from badnet_prune.numerics.names import RESERVED_NAMES
 from badnet_prune.numerics.selection import validate_policy
 from badnet_prune.numerics.thresholds import parse_thresholds
 from badnet_prune.orchestrator.sweep_file import SweepSpec
+from badnet_prune.orchestrator.verdicts import ASR_BOUND, CLEAN_BOUND
 
 
 class DefenseFailed(Exception):
@@ -37,26 +36,6 @@ class Defended:
     db_url: str
     results: ModelResults
     input_scale_note: str | None = None  # the rank stage's line on the scale it chose or checked
-
-
-FINE_TUNE_OPTIONS = {"epochs": "--epochs", "learning_rate": "--learning-rate", "optimizer": "--optimizer",
-                     "batch_size": "--batch-size", "seed": "--seed", "holdout_fraction": "--holdout-fraction"}
-
-
-def fine_tune_table(enabled: bool, given: dict[str, object]) -> dict[str, object] | None:
-    """The [fine_tune] table for --fine-tune and its options (None without the flag), validated once here
-    (FineTuneSettings) for the command and the API; an error names the option."""
-    given = {field: value for field, value in given.items() if value is not None}
-    if not enabled:
-        if given:
-            raise BadInputError(FINE_TUNE_OPTIONS[next(iter(given))], "only with --fine-tune")
-        return None
-    try:
-        return FineTuneSettings.model_validate(given).model_dump(mode="json")
-    except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        option = FINE_TUNE_OPTIONS.get(str(first["loc"][0]) if first["loc"] else "", "--fine-tune")
-        raise BadInputError(option, f"{first['msg']}, got {first.get('input')!r}") from None
 
 
 def model_name(model: Path) -> str:
@@ -77,9 +56,10 @@ def defense_spec(
     rank_layer: str,
     input_scale: float | str,
     trust_model_code: bool,
-    fine_tune: Mapping[str, object] | None = None,
+    stages: Mapping[str, Mapping[str, object]] | None = None,
 ) -> SweepSpec:
-    """The one-model sweep of a defense; poisoned maps each name to {"valid": FILE, "test": FILE}.
+    """The one-model sweep of a defense; poisoned maps each name to {"valid": FILE, "test": FILE}; stages maps
+    each further stage to run to its settings table (validated: orchestrator.stage_options).
 
     Thresholds and policy are checked here as well as in parse_sweep, so that the error names the
     option, not the sweep.
@@ -108,12 +88,12 @@ def defense_spec(
             "poisoned": {name: dict(files) for name, files in poisoned.items()},
         }],
     }
-    if fine_tune is not None:
-        raw["fine_tune"] = dict(fine_tune)
+    raw.update({name: dict(table) for name, table in (stages or {}).items()})
     return parse_sweep(raw, base=Path.cwd(), source="defend", default_name="defend")
 
 
-def defend_model(spec: SweepSpec, out: Path, *, db: str | None, console: Console) -> Defended:
+def defend_model(spec: SweepSpec, out: Path, *, db: str | None, console: Console, asr_bound: float = ASR_BOUND,
+                 clean_bound: float = CLEAN_BOUND) -> Defended:
     """Run the spec here, results in OUT: models in OUT/models, steps.csv and summary.json, and the
     database in OUT/badnet-prune.db unless --db or BADNET_PRUNE_DB names one. DefenseFailed if the model failed."""
     from badnet_prune.orchestrator.options import load_settings
@@ -124,7 +104,7 @@ def defend_model(spec: SweepSpec, out: Path, *, db: str | None, console: Console
         db = str(out / "badnet-prune.db")  # the results' database goes with the results, not into the cwd
     settings = load_settings(db=db, artifact_dir=out / "models").without_broker()
     sweep_id = submit_sweep(settings, spec, wait=True, console=console, extra_config={"flat_artifacts": True})
-    results = write_results(settings.db_url, sweep_id, out)
+    results = write_results(settings.db_url, sweep_id, out, asr_bound, clean_bound)
     return Defended(sweep_id, settings.db_url, results, input_scale_note(settings.db_url, sweep_id))
 
 
@@ -141,7 +121,8 @@ def input_scale_note(db_url: str, sweep_id: int) -> str | None:
         engine.dispose()
 
 
-def write_results(db_url: str, sweep_id: int, out: Path) -> ModelResults:
+def write_results(db_url: str, sweep_id: int, out: Path, asr_bound: float = ASR_BOUND,
+                  clean_bound: float = CLEAN_BOUND) -> ModelResults:
     """Read the one model's results back and write OUT/steps.csv and OUT/summary.json from them."""
     from badnet_prune.db.model_results import read_model_results
     from badnet_prune.db.repository import list_models
@@ -155,7 +136,7 @@ def write_results(db_url: str, sweep_id: int, out: Path) -> ModelResults:
             raise DefenseFailed(model.error or "the model failed")
         columns, rows = step_rows(session, sweep_id)
         results = read_model_results(session, model.id)
-    summary = model_summary(results)
+    summary = model_summary(results, asr_bound, clean_bound)
     out.mkdir(parents=True, exist_ok=True)
     (out / "steps.csv").write_text(to_csv(columns[1:], rows), encoding="utf-8")
     (out / "summary.json").write_text(json.dumps({"sweep": sweep_id, **summary}, indent=2) + "\n", encoding="utf-8")

@@ -9,8 +9,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from badnet_prune.db.model_results import FineTuneOutcome, Metrics, ModelResults
+from badnet_prune.db.model_results import Metrics, ModelResults
 from badnet_prune.db.results import read_steps
+from badnet_prune.orchestrator.verdicts import ASR_BOUND, CLEAN_BOUND, verdict_json
+from badnet_prune.pipeline.contract import stages
+from badnet_prune.pipeline.presentation import Presentation, metrics_json
 
 STEP_COLUMNS = ["step", "channel", "fraction_pruned", "clean_accuracy"]
 
@@ -59,9 +62,12 @@ def _inert(value: Any) -> Any:
     return value
 
 
-def model_summary(results: ModelResults) -> dict[str, Any]:
-    """summary.json's content: acc0, the ranking, and per threshold (by its key) the selected step and test metrics."""
-    return {
+def model_summary(results: ModelResults, asr_bound: float = ASR_BOUND,
+                  clean_bound: float = CLEAN_BOUND) -> dict[str, Any]:
+    """summary.json's content: the model, acc0, the ranking and B on test data, then what each stage adds (the
+    per-threshold selections and B'_t and G_t, each later defense's part), every stage's notes in words, and
+    the verdict per poison (orchestrator.verdicts)."""
+    summary: dict[str, Any] = {
         "model": results.name,
         "path": results.path,
         "sha256": results.sha256,
@@ -71,53 +77,30 @@ def model_summary(results: ModelResults) -> dict[str, Any]:
         "ranking": [{"channel": e.channel, "position": e.position, "mean_activation": e.mean_activation}
                     for e in results.ranking],
         "pruning_order": results.pruning_order,
-        "B": _metrics_json(results.b),
-        "thresholds": {
-            entry.threshold.key: {
-                "step": entry.step,
-                "channels_pruned": entry.step,
-                "clean_valid_accuracy": entry.clean_valid_accuracy,
-                "B_prime": _metrics_json(entry.b_prime),
-                "G": _metrics_json(entry.g),
-                "files": dict(entry.files),
-                **({} if entry.fine is None else {"fine_tune": _fine_tune_json(entry.fine)}),
-            }
-            for entry in results.thresholds
-        },
+        "B": metrics_json(results.b),
     }
+    for presentation in _presentations():
+        if presentation.summary is None:
+            continue
+        added = presentation.summary(results)
+        clash = sorted(set(added) & set(summary))
+        if clash:
+            raise ValueError(f"two stages write summary.json's {', '.join(clash)}")
+        summary.update(added)
+    summary["notes"] = model_notes(results)
+    summary["verdict"] = verdict_json(results, asr_bound, clean_bound)
+    return summary
 
 
-def _fine_tune_json(fine: FineTuneOutcome) -> dict[str, Any]:
-    """A threshold's fine-pruning: settings, split, every epoch, the one kept, B'' and G'' on test data, files."""
-    return {
-        "kept_epoch": fine.kept_epoch,
-        "settings": dict(fine.settings),
-        "split_sha256": fine.split_sha256,
-        "epochs": [
-            {"epoch": e.epoch, "train_loss": e.train_loss, "holdout_accuracy": e.holdout_accuracy,
-             **{f"asr_{name}": rate for name, rate in sorted(e.asr.items())}}
-            for e in fine.epochs
-        ],
-        "B_fine": _metrics_json(fine.b_fine),
-        "G_fine": _metrics_json(fine.g_fine),
-        "files": dict(fine.files),
-    }
-
-
-def _metrics_json(metrics: Metrics) -> dict[str, float]:
-    values: dict[str, float] = {}
-    if metrics.clean_accuracy is not None:
-        values["clean_accuracy"] = metrics.clean_accuracy
-    values.update({f"asr_{name}": rate for name, rate in sorted(metrics.asr.items())})
-    values.update({f"detection_{name}": rate for name, rate in sorted(metrics.detection.items())})
-    if metrics.false_alarms is not None:
-        values["false_alarms"] = metrics.false_alarms
-    return values
+def model_notes(results: ModelResults) -> list[str]:
+    """What every stage says in words of this model's results (fine-tuning that never improved on B'_t ...)."""
+    return [note for presentation in _presentations() if presentation.notes is not None
+            for note in presentation.notes(results)]
 
 
 def lab_table(results: ModelResults) -> tuple[list[str], list[list[str]]]:
-    """The lab's table: B, each B'_t and G_t with clean accuracy, ASR per poison, detection and false alarms;
-    where the sweep fine-tuned, each B''_t (with the epoch kept) and G''_t after them."""
+    """The lab's table: B, then each stage's networks (B'_t, G_t, and each later defense's) with clean accuracy,
+    ASR per poison, detection and false alarms."""
     poisons = sorted(results.b.asr)
     header = ["model", "clean accuracy %", *(f"ASR {p} %" for p in poisons),
               *(f"detected {p} %" for p in poisons), "false alarms %"]
@@ -125,19 +108,17 @@ def lab_table(results: ModelResults) -> tuple[list[str], list[list[str]]]:
     def cell(value: float | None) -> str:
         return "" if value is None else f"{value:.2f}"
 
-    def line(label: str, metrics: Metrics) -> list[str]:
+    def line(label: str, metrics: Metrics | None) -> list[str]:
+        if metrics is None:
+            return [label, *([""] * (len(header) - 1))]
         return [label, cell(metrics.clean_accuracy), *(cell(metrics.asr.get(p)) for p in poisons),
                 *(cell(metrics.detection.get(p)) for p in poisons), cell(metrics.false_alarms)]
 
     rows = [line("B", results.b)]
-    for entry in results.thresholds:
-        if entry.step is None:
-            rows.append([f"B' {entry.threshold.percent}: never reached", *([""] * (len(header) - 1))])
-        else:
-            rows.append(line(f"B' {entry.threshold.percent}, {entry.step} pruned", entry.b_prime))
-    rows += [line(f"G {entry.threshold.percent}", entry.g) for entry in results.thresholds if entry.step is not None]
-    tuned = [entry for entry in results.thresholds if entry.fine is not None and entry.fine.kept_epoch is not None]
-    rows += [line(f"B'' {entry.threshold.percent}, epoch {entry.fine.kept_epoch}", entry.fine.b_fine)
-             for entry in tuned]
-    rows += [line(f"G'' {entry.threshold.percent}", entry.fine.g_fine) for entry in tuned]
+    for presentation in _presentations():
+        rows += [line(label, metrics) for label, metrics in presentation.table_rows(results)]
     return header, rows
+
+
+def _presentations() -> list[Presentation]:
+    return [stage.presentation for stage in stages() if stage.presentation is not None]

@@ -63,8 +63,10 @@ class OutputFormat(StrEnum):
 
 PolicyOption = Annotated[
     Policy,
-    typer.Option("--policy", help="first: B'_t is the first step whose drop reaches t. "
-                 "notebook: the lab notebook's overwrite behaviour."),
+    typer.Option("--policy", help="How t selects B'_t. first (the lab's rule): the first step whose clean "
+                 "validation accuracy drop reaches t, which may cost much more than t where one step costs a lot. "
+                 "within: t as a budget, the most pruning whose drop stays within t. notebook: the lab notebook's "
+                 "overwrite behaviour. Example: --policy within"),
 ]
 
 DbOption = Annotated[
@@ -85,3 +87,15 @@ def load_settings(db: str | None = None, broker: str | None = None, **overrides:
     from badnet_prune.settings import Settings
 
     return Settings.from_env().with_overrides(db_url=db, broker_url=broker, **overrides)
+
+AsrBoundOption = Annotated[
+    float,
+    typer.Option("--asr-bound", min=0, max=100, help="A backdoor counts as removed where a repaired net's ASR on "
+                 "its poisoned test set is at most this percentage. Example: --asr-bound 5"),
+]
+CleanBoundOption = Annotated[
+    float,
+    typer.Option("--clean-bound", min=0, max=100, help="The clean cost a repair may have: its clean test accuracy "
+                 "drop from B, in points, and the share of clean test images it flags as N, in percent; above it "
+                 "the verdict says so. Example: --clean-bound 2"),
+]

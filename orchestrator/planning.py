@@ -15,7 +15,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from badnet_prune.db.repository import add_model, create_sweep, set_model_status, set_sweep_status, upsert_data_file
+from badnet_prune.db.repository import (
+    Truth,
+    add_model,
+    create_sweep,
+    set_model_status,
+    set_sweep_status,
+    upsert_data_file,
+)
 from badnet_prune.db.tasks import plan_all
 from badnet_prune.files.data import open_data_file
 from badnet_prune.files.hashing import sha256_file, sha256_files
@@ -23,7 +30,7 @@ from badnet_prune.files.model_inspect import prune_layer_filters
 from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.numerics.thresholds import Threshold, parse_thresholds
 from badnet_prune.orchestrator.sweep_file import ModelSpec, SweepSpec
-from badnet_prune.pipeline.contract import PlanContext, Scope, stages
+from badnet_prune.pipeline.contract import ModelFacts, PlanContext, Scope, Stage, SweepPlan, stages
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,8 @@ def register_sweep(
 
     hashes: sha256 by path, computed ahead (sweep_files); files missing from it are hashed here.
     """
-    config = {**_json_safe(spec.source), **(extra_config or {}), "trust_model_code": spec.trust_model_code}
+    config = {**_json_safe(spec.source), **(extra_config or {}), "trust_model_code": spec.trust_model_code,
+              **{name: settings.model_dump(mode="json") for name, settings in spec.stage_settings.items()}}
     thresholds = parse_thresholds(spec.thresholds)
     sweep_id = create_sweep(
         session, name=spec.name, config=config, thresholds=[t.key for t in thresholds], policy=spec.policy,
@@ -61,26 +69,36 @@ def register_sweep(
     if hashes is None:
         hashes = sha256_files(sweep_files(spec))
     data_ids: dict[tuple[str, str], int] = {}  # (path, sha256) -> id: many models share their data files
-    tasks: list[tuple[int | None, str, str, dict[str, Any]]] = []  # every model's, planned in one statement
+    tasks: list[tuple[int | None, str, str, dict[str, Any], int]] = []  # every model's, planned in one statement
+    plan = SweepPlan(thresholds=thresholds, policy=spec.policy, range_size=spec.range_size,
+                     prune_layer=spec.prune_layer, rank_layer=spec.rank_layer)
+    running = [stage for stage in stages() if stage.enabled(config)]
     for model in spec.models:
         try:
             model_id, channels = _register_model(session, sweep_id, spec, model, hashes, data_ids)
         except BadInputError as error:
             failed[model.name] = str(error)
             model_id = add_model(session, sweep_id, name=model.name, path=str(model.path), sha256="",
-                                 input_scale=model.input_scale, data=[])
+                                 input_scale=model.input_scale, data=[], truth=_truth(model))
             set_model_status(session, model_id, "failed", error=str(error))
             continue
-        context = PlanContext(channels, thresholds, spec.range_size, config)
-        tasks += [(model_id, stage.name, key, arguments)
-                  for stage in stages(Scope.MODEL) for key, arguments in stage.planned(context)]
+        facts = ModelFacts(name=model.name, channel_count=channels, class_count=None)
+        tasks += [task for stage in running if stage.scope is Scope.MODEL
+                  for task in _planned(stage, model_id, facts, plan, config)]
         planned.append(model_id)
-    sweep_context = PlanContext(0, thresholds, spec.range_size, config)
-    tasks += [(None, stage.name, key, arguments)
-              for stage in stages(Scope.SWEEP) for key, arguments in stage.planned(sweep_context)]
+    tasks += [task for stage in running if stage.scope is Scope.SWEEP
+              for task in _planned(stage, None, None, plan, config)]
     plan_all(session, sweep_id, tasks)
     set_sweep_status(session, sweep_id, "running")
     return PlannedSweep(sweep_id, planned, failed)
+
+
+def _planned(stage: Stage, model_id: int | None, facts: ModelFacts | None, plan: SweepPlan,
+             config: dict[str, Any]) -> list[tuple[int | None, str, str, dict[str, Any], int]]:
+    """One stage's tasks for a model (or the sweep), each with its progress units."""
+    context = PlanContext(model=facts, sweep=plan, settings=stage.sweep_settings(config))
+    return [(model_id, stage.name, key, arguments, stage.units(arguments, config))
+            for key, arguments in stage.planned(context)]
 
 
 def _json_safe(value: Any) -> Any:
@@ -94,6 +112,13 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def _truth(model: ModelSpec) -> Truth | None:
+    """The model's [model.truth] as the database stores it (None: the sweep file gives none)."""
+    if model.truth is None:
+        return None
+    return Truth(model.truth.backdoored, model.truth.attack, model.truth.targets)
 
 
 def _data_files(model: ModelSpec) -> list[tuple[str, str, Path]]:
@@ -124,7 +149,7 @@ def _register_model(
         data.append((role, poison_name, data_ids[known]))
     model_id = add_model(
         session, sweep_id, name=model.name, path=str(model.path), sha256=sha256(model.path),
-        input_scale=model.input_scale, data=data,
+        input_scale=model.input_scale, data=data, truth=_truth(model),
     )
     set_model_status(session, model_id, "pending", channel_count=channels)
     return model_id, channels

@@ -23,8 +23,8 @@ from badnet_prune.files.hashing import BackgroundHashes
 from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.orchestrator.planning import register_sweep, sweep_files
 from badnet_prune.orchestrator.sweep_file import SweepSpec
-from badnet_prune.orchestrator.watch import watch_sweep
-from badnet_prune.pipeline.contract import Scope, Stage, TaskContext, get_stage, load_stage_modules, roots, stages
+from badnet_prune.orchestrator.watch import run_here, watch_sweep
+from badnet_prune.pipeline.contract import Scope, Stage, get_stage, load_stage_modules, ready, roots, stages
 from badnet_prune.settings import Settings
 from badnet_prune.worker.dispatch import Dispatcher, import_task_code, make_dispatcher, send_recorded
 
@@ -80,9 +80,11 @@ def _send(engine: Engine, dispatcher: Dispatcher, tasks: list[tuple[Stage, int]]
 def _run_or_watch(settings: Settings, engine: Engine, dispatcher: Dispatcher, sweep_id: int, *, wait: bool,
                   console: Console) -> None:
     """The embedded default runs the sweep here (showing it); with a broker, show it only when asked to wait."""
-    if wait or dispatcher.runs_here:
-        on_stall = None if dispatcher.runs_here else lambda: send_lost(settings, engine, dispatcher, sweep_id)
-        watch_sweep(engine, sweep_id, console, dispatcher=dispatcher, follow=wait, on_stall=on_stall,
+    if dispatcher.runs_here:
+        run_here(engine, sweep_id, console, dispatcher=dispatcher)
+    elif wait:
+        watch_sweep(engine, sweep_id, console, dispatcher=dispatcher,
+                    on_stall=lambda: send_lost(settings, engine, dispatcher, sweep_id),
                     stall_after_s=settings.in_flight_grace_s)
 
 
@@ -120,7 +122,7 @@ def plan_resume(engine: Engine, dispatcher: Dispatcher, sweep_id: int, grace: ti
     lost: list[int] = []
     closed: list[int] = []
     with session_scope(engine) as session:
-        get_sweep(session, sweep_id)
+        config = dict(get_sweep(session, sweep_id).config)
         tasks = sweep_tasks(session, sweep_id)
         by_model: dict[int | None, dict[str, list[Task]]] = {}
         for task in tasks:
@@ -130,12 +132,14 @@ def plan_resume(engine: Engine, dispatcher: Dispatcher, sweep_id: int, grace: ti
             if model.status == "failed":
                 continue
             planned = by_model.get(model.id, {})
-            done = {name: all(_done(session, get_stage(name), t) for t in group) for name, group in planned.items()}
+            done = {name: all(_done(session, get_stage(name), t, config) for t in group)
+                    for name, group in planned.items()}
+            not_done = {name for name, all_done in done.items() if not all_done}
             for stage in stages(Scope.MODEL):
-                if not all(done.get(name, True) for name in stage.after):
+                if not ready(stage, not_done):
                     continue
                 for task in planned.get(stage.name, []):
-                    if _done(session, stage, task):
+                    if _done(session, stage, task, config):
                         continue
                     if _held(task, held_ids, now, grace):
                         held += 1
@@ -155,12 +159,12 @@ def plan_resume(engine: Engine, dispatcher: Dispatcher, sweep_id: int, grace: ti
     return ResumePlan(to_send, held, lost, closed)
 
 
-def _done(session, stage: Stage, task: Task) -> bool:
+def _done(session, stage: Stage, task: Task, config: dict) -> bool:
     if task.state != "done":
         return False
     if stage.stored is None:
         return True
-    return stage.stored(session, TaskContext(task.id, task.sweep_id, task.model_id), stage.parse(task.arguments))
+    return stage.stored(session, stage.job(task.id, task.sweep_id, task.model_id, task.arguments, config))
 
 
 def _held(task: Task, held_ids: set[str] | None, now, grace: timedelta) -> bool:

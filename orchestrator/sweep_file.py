@@ -27,14 +27,14 @@ from pydantic import (
     StrictBool,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from badnet_prune.numerics.errors import BadInputError
-from badnet_prune.numerics.fine_tune_settings import FineTuneSettings
 from badnet_prune.numerics.input_scale import AUTO_INPUT_SCALE, SCALES
-from badnet_prune.numerics.names import Name
+from badnet_prune.numerics.names import NAME_PATTERN, Name
 from badnet_prune.numerics.selection import validate_policy
 from badnet_prune.numerics.thresholds import Threshold, parse_thresholds
 
@@ -86,6 +86,53 @@ class PoisonedSpec(_Spec):
     test: FilePath
 
 
+MAX_CLASS_ID = 2**31 - 1
+
+
+def _identifier(value: str) -> str:
+    """An attack's name: letters, digits, '_' or '-' (as a model name, but "clean" is one)."""
+    if not NAME_PATTERN.fullmatch(value):
+        raise ValueError(f"{value[:80]!r} is not an identifier: 1 to 64 letters, digits, '_' or '-', "
+                         "starting with a letter or digit")
+    return value
+
+
+def _class_id(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CLASS_ID:
+        raise ValueError(f"{what} is {value!r}, expected a class id (an integer from 0 to {MAX_CLASS_ID})")
+    return value
+
+
+def _targets(value: object) -> tuple[int, ...] | dict[str, int]:
+    """A list of class ids, or a table of poisoned-set name = class id."""
+    if isinstance(value, list | tuple):
+        return tuple(_class_id(item, f"target {index + 1}") for index, item in enumerate(value))
+    if isinstance(value, dict):
+        return {name: _class_id(item, f"the target of {name!r}")
+                for name, item in value.items()}
+    raise ValueError("expected a list of class ids, or a table of poisoned-set name = class id")
+
+
+class TruthSpec(_Spec):
+    """A model's ground truth, where known (the zoo writes it; TrojAI's metadata gives it): [model.truth].
+
+    backdoored: whether the model has a backdoor. attack: what kind, an identifier (the zoo's: clean,
+    sunglasses, pruning-aware, patch, blended, multi-trigger). targets: the attacker's target labels,
+    as a list, or as a table naming for each of the model's poisoned sets its target. A model that is
+    not backdoored has no targets.
+    """
+
+    backdoored: StrictBool
+    attack: Annotated[str, AfterValidator(_identifier)] | None = None
+    targets: Annotated[tuple[int, ...] | dict[str, int], BeforeValidator(_targets)] = ()
+
+    @model_validator(mode="after")
+    def _clean_has_no_targets(self) -> TruthSpec:
+        if not self.backdoored and self.targets:
+            raise ValueError("a model that is not backdoored has no targets: remove `targets` or set backdoored = true")
+        return self
+
+
 class ModelSpec(_Spec):
     name: Name
     path: FilePath
@@ -93,6 +140,18 @@ class ModelSpec(_Spec):
     clean_valid: FilePath
     clean_test: FilePath
     poisoned: tuple[PoisonedSpec, ...] = ()
+    truth: TruthSpec | None = None  # [model.truth]: ground truth, for the leaderboard
+
+    @model_validator(mode="after")
+    def _targets_name_poisoned_sets(self) -> ModelSpec:
+        if self.truth is not None and isinstance(self.truth.targets, dict):
+            names = {poisoned.name for poisoned in self.poisoned}
+            unknown = [name for name in self.truth.targets if name not in names]
+            if unknown:
+                raise ValueError(f"truth.targets names {', '.join(map(repr, unknown))}, not among the model's "
+                                 f"poisoned sets ({', '.join(sorted(names)) or 'none'}); a list of targets "
+                                 "names no set")
+        return self
 
     @field_validator("poisoned", mode="before")
     @classmethod
@@ -113,13 +172,17 @@ class SweepSpec(_Spec):
     rank_layer: Text = "pool_3"
     range_size: int = Field(10, ge=1, le=MAX_RANGE_SIZE)
     trust_model_code: StrictBool = False
-    fine_tune: FineTuneSettings | None = None  # a [fine_tune] table: fine-prune every threshold (its keys or defaults)
     _source: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @property
     def source(self) -> dict[str, Any]:
         """The mapping this spec was read from, as given (stored with the sweep for the record)."""
         return self._source
+
+    @property
+    def stage_settings(self) -> dict[str, BaseModel]:
+        """The settings of each stage the sweep names (its [stage] tables), by stage name, validated."""
+        return {name: value for name in _stage_tables() if isinstance(value := getattr(self, name, None), BaseModel)}
 
     @field_validator("models", mode="before")
     @classmethod
@@ -138,6 +201,30 @@ class SweepSpec(_Spec):
         return self
 
 
+def _stage_tables() -> dict[str, type[BaseModel]]:
+    """Each stage with settings (pipeline.contract), by name: its sweep-file table."""
+    from badnet_prune.pipeline.contract import configurable
+
+    return {stage.name: stage.settings for stage in configurable() if stage.settings is not None}
+
+
+_spec_types: dict[tuple[str, ...], type[SweepSpec]] = {}
+
+
+def sweep_spec_type() -> type[SweepSpec]:
+    """SweepSpec with an optional table per declared stage with settings ([fine_tune], and those of the
+    stage_modules setting), made once per set of stages: the sweep file knows no stage by name."""
+    tables = _stage_tables()
+    key = tuple(sorted(tables))
+    if key not in _spec_types:
+        clash = sorted(set(tables) & set(SweepSpec.model_fields))
+        if clash:
+            raise ValueError(f"stage names clash with sweep-file keys: {', '.join(clash)}")
+        fields: dict[str, Any] = {name: (settings | None, None) for name, settings in tables.items()}
+        _spec_types[key] = create_model("SweepSpec", __base__=SweepSpec, **fields)
+    return _spec_types[key]
+
+
 def read_sweep_file(path: str | Path) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
@@ -154,7 +241,7 @@ def parse_sweep(raw: dict[str, Any], *, base: Path, source: str | Path, default_
     if not isinstance(raw.get("model", []), list) or not raw.get("model"):
         raise BadInputError(source, "lists no models: add at least one [[model]] table")
     try:
-        spec = SweepSpec.model_validate({"name": default_name, **raw}, context={"base": Path(base)})
+        spec = sweep_spec_type().model_validate({"name": default_name, **raw}, context={"base": Path(base)})
     except ValidationError as error:
         raise BadInputError(source, _one_line(error, raw)) from None
     spec._source = raw
@@ -186,15 +273,21 @@ def _one_line(error: ValidationError, raw: dict[str, Any]) -> str:
         expected = re.sub(r"^\w+ should (be|have) ", "expected ", message).replace(" or instance of ", "")
         expected = re.sub(r"(a valid dictionary)\w+(?:Spec|Settings)", r"\1", expected)
         whole = not item["loc"]  # a check of the whole sweep: its input is the whole file
-        problems.append(f"{where}: {expected}" if whole or got in expected else f"{where}: {expected}, got {got}")
+        # a check of a table or list as a whole says itself which part is wrong: the table is not repeated
+        told = item["type"] == "value_error" and isinstance(item.get("input"), dict | list)
+        quiet = whole or told or got in expected
+        problems.append(f"{where}: {expected}" if quiet else f"{where}: {expected}, got {got}")
     return "; ".join(dict.fromkeys(problems))
 
 
 def _keys_at(loc: tuple[int | str, ...]) -> list[str]:
-    """The keys the table holding `loc` may have: the sweep (depth 1), [fine_tune], a [[model]] (3),
-    a poisoned set (5)."""
-    fine_tune = len(loc) == 2 and loc[0] == "fine_tune"
-    spec = FineTuneSettings if fine_tune else {1: SweepSpec, 3: ModelSpec, 5: PoisonedSpec}.get(len(loc), SweepSpec)
+    """The keys the table holding `loc` may have: the sweep (depth 1), a stage's table such as [fine_tune],
+    a [[model]] (3), its [model.truth] (4), a poisoned set (5)."""
+    tables = _stage_tables()
+    stage_table = tables.get(str(loc[0])) if len(loc) == 2 else None
+    truth = TruthSpec if len(loc) == 4 and loc[2] == "truth" else None
+    spec = stage_table or truth or {1: sweep_spec_type(), 3: ModelSpec, 5: PoisonedSpec}.get(len(loc),
+                                                                                             sweep_spec_type())
     keys = [info.validation_alias or name for name, info in spec.model_fields.items()]
     return sorted(key for key in keys if not (spec is PoisonedSpec and key == "name"))
 

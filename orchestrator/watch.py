@@ -12,6 +12,7 @@ consumes from is said once.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -40,9 +41,9 @@ SHOWN_MODELS = 8
 MODEL_STATES = ("pending", "running", "done", "failed")
 
 
-def watch_sweep(engine: Engine, sweep_id: int, console: Console, *, dispatcher: Dispatcher, follow: bool,
+def watch_sweep(engine: Engine, sweep_id: int, console: Console, *, dispatcher: Dispatcher,
                 on_stall: Callable[[], int] | None = None, stall_after_s: float = 30.0) -> str:
-    """Run the sweep here (embedded default) or follow it (follow=True) until it ends; its final status.
+    """Follow a sweep that workers run until it ends; its final status.
 
     on_stall: called when nothing has changed for stall_after_s (beyond the grace in which a queued message
     may still be on its way to the broker, Settings.in_flight_grace_s); sends again what the broker lost
@@ -51,9 +52,30 @@ def watch_sweep(engine: Engine, sweep_id: int, console: Console, *, dispatcher: 
     view = _View(console, sweep_id)
     with view:
         view.refresh(engine, force=True)
-        dispatcher.run(on_task_done=lambda: view.refresh(engine))
-        if follow:
-            _follow(engine, dispatcher, view, on_stall, stall_after_s)
+        _follow(engine, dispatcher, view, on_stall, stall_after_s)
+        view.refresh(engine, force=True)
+    return view.status
+
+
+def run_here(engine: Engine, sweep_id: int, console: Console, *, dispatcher: Dispatcher) -> str:
+    """The embedded default: the runner runs the sweep's tasks in this thread while the watcher shows them
+    from another, reading the database as it would for workers elsewhere; the sweep's final status."""
+    view = _View(console, sweep_id)
+    stop = threading.Event()
+
+    def show() -> None:
+        while not stop.wait(POLL_SECONDS):
+            view.refresh(engine)
+
+    watcher = threading.Thread(target=show, name=f"watch-sweep-{sweep_id}", daemon=True)
+    with view:
+        view.refresh(engine, force=True)
+        watcher.start()
+        try:
+            dispatcher.run()
+        finally:
+            stop.set()
+            watcher.join()
         view.refresh(engine, force=True)
     return view.status
 
@@ -136,20 +158,21 @@ class _View:
             return False
         self._last_draw = now
         done, total, by_status = _counts(overview)
+        shown = min(total, done + overview.running_share)
         self.status = overview.status
         self.ended = overview.status in ("done", "failed")
         phase, busy = _phase(overview)
         snapshot = (done, total, tuple(sorted(by_status.items())), overview.status)
         changed = snapshot != self._last
         self._last = snapshot
-        self._progress.update(self._bar, completed=done, total=total)
+        self._progress.update(self._bar, completed=shown, total=total)
         summary = ", ".join(f"{by_status.get(state, 0)} {state}" for state in MODEL_STATES)
         if self._live is not None:
             self._details = _details(overview, f"{phase}; models: {summary}", notes)
             self._live.update(Group(self._progress, self._details), refresh=True)
         elif busy != self._phase or (self.ended and changed):
             elapsed = time.monotonic() - self._started
-            left = f", about {elapsed / done * (total - done):.0f} s left" if 0 < done < total else ""
+            left = f", about {elapsed / shown * (total - shown):.0f} s left" if 0 < shown < total else ""
             self.console.print(f"sweep {self.sweep_id}: {phase}; {done}/{total} tasks; models: {summary}; "
                                f"{overview.status} ({elapsed:.0f} s{left})", soft_wrap=True, markup=False)
         self._phase = busy
@@ -175,7 +198,11 @@ def _phase(overview: SweepOverview) -> tuple[str, tuple[str, ...]]:
         total = sum(counts.values())
         ended = counts.get("done", 0) + counts.get("failed", 0)
         if total and ended < total and (counts.get("running") or counts.get("queued")):
-            busy.append(f"{stage.name}: {stage.description} ({ended}/{total})")
+            units = overview.units.get(stage.name)
+            counted = ""
+            if units and stage.progress.unit != "tasks":
+                counted = f", {units[0]}/{units[1]} {stage.progress.unit}"
+            busy.append(f"{stage.name}: {stage.description} ({ended}/{total}{counted})")
             names.append(stage.name)
     text = "; ".join(busy) or ("finished" if overview.status in ("done", "failed") else "waiting for a worker")
     return text, tuple(names)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,6 +13,8 @@ import types
 from pathlib import Path
 
 import numpy as np
+
+from badnet_prune.synth.cache import cached_build, code_key
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "badnet-prune"
 # Where test processes claim the machine's services (Redis databases, a turn at restarting them): a fixed
@@ -153,29 +152,9 @@ def build_quick_badnet(out: Path, seed: int = 0, classes: int = 10) -> Path:
 SYNTH_CACHE = Path(tempfile.gettempdir()) / "badnet-prune-synth"
 
 
-# What a synthetic BadNet is made by: the synth package and the project modules it imports.
-SYNTH_SOURCES = ("synth/*.py", "files/data.py", "files/model_io.py", "numerics/architecture.py",
-                 "numerics/errors.py", "numerics/tf_setup.py")
-
-
-def _synth_code_key() -> str:
-    """A digest of the code that makes a synthetic BadNet (SYNTH_SOURCES) and of the Keras and TensorFlow
-    versions, so a cached BadNet is rebuilt when its recipe changes."""
-    from importlib.metadata import version
-
-    import badnet_prune
-
-    package = Path(badnet_prune.__file__).parent
-    digest = hashlib.sha256(f"keras {version('keras')} tensorflow {version('tensorflow')}".encode())
-    for source in sorted(path for pattern in SYNTH_SOURCES for path in package.glob(pattern)):
-        digest.update(source.relative_to(package).as_posix().encode())
-        digest.update(source.read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def cached_quick_badnet(seed: int, classes: int = 10) -> Path:
     """A quick synthetic BadNet for `seed`, built once per machine under the temp folder and reused."""
-    return _cached_build(f"quick-{_synth_code_key()}-{classes}-seed{seed}",
+    return _cached_build(f"quick-{code_key()}-{classes}-seed{seed}",
                          lambda out: build_quick_badnet(out, seed=seed, classes=classes))
 
 
@@ -183,29 +162,13 @@ def cached_pruning_aware_badnet(seed: int = 0, classes: int = 10) -> Path:
     """`synth OUT --quick --attack pruning-aware` for `seed`, built once per machine like cached_quick_badnet."""
     from badnet_prune.synth.build import synthesize
 
-    return _cached_build(f"pruning-aware-{_synth_code_key()}-{classes}-seed{seed}",
+    return _cached_build(f"pruning-aware-{code_key()}-{classes}-seed{seed}",
                          lambda out: synthesize(out, classes, seed=seed, quick=True, attack="pruning-aware"))
 
 
 def _cached_build(name: str, build) -> Path:
-    """SYNTH_CACHE/name, built by build(folder) into a private folder and renamed into place, so that no
-    session sees half a build; a lock file per name makes concurrent builders (pytest-xdist's processes,
-    other sessions) wait for the first one's build instead of training the same BadNet again."""
-    final = SYNTH_CACHE / name
-    if (final / "models" / "bd_weights.h5").is_file():
-        return final
-    SYNTH_CACHE.mkdir(parents=True, exist_ok=True)
-    with open(SYNTH_CACHE / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (final / "models" / "bd_weights.h5").is_file():  # built while this process waited
-            return final
-        building = Path(tempfile.mkdtemp(prefix=f"{final.name}.", dir=SYNTH_CACHE))
-        try:
-            build(building)
-            os.rename(building, final)
-        finally:
-            shutil.rmtree(building, ignore_errors=True)  # what a failed build left
-    return final
+    """SYNTH_CACHE/name, built by build(folder) once per machine (badnet_prune.synth.cache)."""
+    return cached_build(SYNTH_CACHE / name, build, marker="models/bd_weights.h5")
 
 
 def model_entry(name: str, root: Path, input_scale: int = 1) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from badnet_prune.worker.artifact_files import remove_stale_temporaries
+from badnet_prune.files.artifact_files import remove_stale_temporaries
 from tests.helpers import cached_quick_badnet, run_cli
 
 

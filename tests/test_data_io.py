@@ -84,6 +84,31 @@ def make_bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
             write_raw(folder / "empty.h5", data=np.zeros((0, 3, 55, 47), np.float32), label=np.zeros(0)),
             "empty",
         ),
+        **make_bad_true_labels(folder),
+    }
+
+
+def make_bad_true_labels(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Poisoned files whose optional `true_label` (labels before poisoning) is wrong: checked as `label` is."""
+    def poisoned(name: str, true_label: np.ndarray) -> Path:
+        return write_raw(folder / f"{name}.h5", data=good_pixels(), label=labels(0, 0, 0, 0), true_label=true_label)
+
+    soft = folder / "true_label_soft.h5"
+    with h5py.File(soft, "w") as handle:
+        handle.create_dataset("data", data=good_pixels())
+        handle.create_dataset("label", data=labels(0, 0, 0, 0))
+        handle.create_dataset("elsewhere", data=labels(1, 2, 3, 4))
+        handle["true_label"] = h5py.SoftLink("/elsewhere")
+    return {
+        "true_label shape": (poisoned("true_shape", np.ones((4, 2))), "`true_label` has shape (4, 2), expected (n,)"),
+        "true_label count": (poisoned("true_count", labels(1, 2, 3)),
+                             "holds 4 images but `true_label` holds 3 labels"),
+        "true_label text": (poisoned("true_text", np.array([b"1", b"2", b"3", b"4"])), "`true_label` holds |S1"),
+        "true_label non-integer": (poisoned("true_fraction", labels(1, 2.5, 3, 4)), "true_label 1 is 2.5, not an"),
+        "true_label negative": (poisoned("true_negative", np.array([1, 2, -3, 4])), "true_label 2 is negative (-3)"),
+        "true_label outside the classes": (poisoned("true_outside", np.array([1, 2, 3, NUM_CLASSES])),
+                                           f"true_label 3 is {NUM_CLASSES}, outside the model's"),
+        "true_label soft link": (soft, "`true_label` is a soft link to /elsewhere"),
     }
 
 
@@ -165,6 +190,8 @@ BAD_CASES = [
     *HOSTILE_CASES,
     "missing file", "not hdf5", "truncated", "no data", "no label", "rank 3", "image shape", "length mismatch",
     "non-integer label", "negative label", "label outside the classes", "nan pixels", "infinite pixels", "empty",
+    "true_label shape", "true_label count", "true_label text", "true_label non-integer", "true_label negative",
+    "true_label outside the classes", "true_label soft link",
 ]
 # Each process pays TensorFlow's start-up (seconds on 2 cores): these run as separate processes of the
 # console script, every case also through the same CLI entry point in this process.
@@ -334,7 +361,8 @@ def test_a_refused_data_file_never_reaches_the_activation_cache(model_file, tmp_
     """The worker opens (and so checks) a data file before it looks up or writes cached activations."""
     from badnet_prune.files.hashing import sha256_file
     from badnet_prune.numerics.errors import BadInputError
-    from badnet_prune.worker.loaded import ModelKey, WorkerMemory
+    from badnet_prune.pipeline.runtime import ModelKey
+    from badnet_prune.worker.loaded import WorkerMemory
 
     _, path = model_file
     cache = tmp_path / "cache"
@@ -363,3 +391,15 @@ def test_a_file_changed_since_it_was_registered_is_refused(tmp_path):
     with pytest.raises(BadInputError, match="changed since it was registered") as raised:
         open_data_file(path, expected_sha256=registered)
     assert raised.value.source == str(path)
+
+
+def test_true_labels_are_read_where_a_file_has_them(tmp_path):
+    """A poisoned file's labels before poisoning (`true_label`) are read as int64; a file without them has None."""
+    from badnet_prune.files.data import open_data_file
+
+    images = good_pixels().transpose(0, 2, 3, 1)
+    write_data_file(tmp_path / "bd.h5", images, np.zeros(4), true_labels=np.array([3, 1, 4, 1]))
+    write_data_file(tmp_path / "cl.h5", images, np.array([3, 1, 4, 1]))
+    poisoned, clean = open_data_file(tmp_path / "bd.h5", num_classes=NUM_CLASSES), open_data_file(tmp_path / "cl.h5")
+    assert poisoned.true_labels.dtype == np.int64 and poisoned.true_labels.tolist() == [3, 1, 4, 1]
+    assert poisoned.labels.tolist() == [0, 0, 0, 0] and clean.true_labels is None

@@ -306,3 +306,40 @@ def test_an_unknown_engine_is_one_line_naming_the_setting(synthetic_badnet, tmp_
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "BADNET_PRUNE_ENGINE" in lines[0] and "auto, dense, sparse" in lines[0], lines
     assert not (tmp_path / "d.db").exists()
+
+
+def test_the_verdict_says_per_poison_which_network_removed_it_and_at_what_cost(defended):
+    verdict = defended.summary["verdict"]
+    assert (verdict["asr_bound"], verdict["clean_bound"]) == (5.0, 2.0)
+    entry = verdict["poisons"][POISON]
+    b_clean = defended.summary["B"]["clean_accuracy"]
+    measured = [(key, e["G"]) for key, e in defended.summary["thresholds"].items() if e["step"] is not None]
+    removed = [(key, g) for key, g in measured if g[f"asr_{POISON}"] <= 5.0]
+    key, g = (min(removed, key=lambda pair: b_clean - pair[1]["clean_accuracy"]) if removed
+              else min(measured, key=lambda pair: pair[1][f"asr_{POISON}"]))
+    assert (entry["removed"], entry["network"], entry["setting"]) == (bool(removed), "G", key)
+    assert entry["asr"] == g[f"asr_{POISON}"] and entry["clean_drop"] == pytest.approx(b_clean - g["clean_accuracy"])
+    assert entry["false_alarms_above_bound"] == (g["false_alarms"] > 2.0)
+    [line] = [line for line in defended.stdout.splitlines() if line.startswith(f"{POISON}: ")]
+    assert line.startswith(f"{POISON}: removed by G at" if removed else f"{POISON}: kept"), line
+    assert f"clean drop {b_clean - g['clean_accuracy']:.2f} points" in line
+
+
+def test_the_within_policy_keeps_each_b_prime_inside_its_budget_and_says_so(synthetic_badnet, tmp_path, defended):
+    out = tmp_path / "out"
+    result = run_defend(*defend_arguments(synthetic_badnet, out, tmp_path / "d.db", **{"--policy": "within"}),
+                        cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    accuracies = [float(row["clean_accuracy"]) for row in defended.steps]
+    acc0 = defended.summary["acc0"]
+    for t in THRESHOLDS:
+        entry = summary["thresholds"][f"{t:g}"]
+        exceeding = next((k for k, acc in enumerate(accuracies) if acc0 - acc > t * acc0), None)
+        assert entry["step"] == (len(accuracies) - 1 if exceeding is None else exceeding - 1)
+        assert entry["policy"] == "within" and entry["rule"] == "the most pruning whose drop stays within t"
+        assert entry["clean_valid_drop_percent"] <= 100 * t + 1e-9
+        drop = entry["clean_valid_drop_percent"]
+        assert f"B' {t * 100:g}%, {entry['step']} pruned, drop {drop:.2f}%" in result.stdout
+    first = defended.summary["thresholds"]
+    assert all(first[key]["rule"] == "the first step whose drop reaches t" for key in first)

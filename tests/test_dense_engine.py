@@ -16,8 +16,9 @@ from badnet_prune.numerics.dense_engine import DenseLabeler, chosen_engine
 from badnet_prune.numerics.inference import compiled_forward
 from badnet_prune.numerics.labelers import CutLabeler
 from badnet_prune.numerics.tf_setup import accelerator_present, keras
+from badnet_prune.pipeline.runtime import ModelKey
 from badnet_prune.settings import Settings
-from badnet_prune.worker.loaded import ModelKey, WorkerMemory
+from badnet_prune.worker.loaded import WorkerMemory
 
 
 def test_a_forced_engine_is_used_whatever_the_device():

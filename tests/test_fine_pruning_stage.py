@@ -3,7 +3,7 @@
 One defend run (three epochs, thresholds 2% and 95%: the second is never reached, so its task has
 nothing to tune and records that); its files are checked against an independent computation (plain
 Keras in a process of its own, filters read from the files), its table, summary.json and the
-fine_tune_results view against each other, and a second run of one fine-tune task must rewrite the
+curve_results view against each other, and a second run of one fine-tune task must rewrite the
 same rows. Bad options and [fine_tune] tables are refused in one line.
 """
 
@@ -24,9 +24,9 @@ from sqlalchemy import func, make_url, select
 from sqlalchemy.schema import CreateSchema, DropSchema
 
 from badnet_prune.db.errors import DatabaseUnavailable
-from badnet_prune.db.models import Artifact, Evaluation, FineTune, FineTuneAsr, FineTuneEpoch, Model, Task
+from badnet_prune.db.models import Artifact, CurveAsr, CurvePoint, Evaluation, Model, StageOutcome, Sweep, Task
 from badnet_prune.db.query import run_read_only_query
-from badnet_prune.db.results import FineTuneEpochRow, FineTuneRow, save_fine_tune
+from badnet_prune.db.results import CurvePointRow, save_curve, save_outcome
 from badnet_prune.db.session import make_engine, prepare_database, session_scope
 from badnet_prune.files.data import open_data_file
 from badnet_prune.files.hashing import sha256_file
@@ -36,8 +36,8 @@ from badnet_prune.numerics.inference import compiled_forward, predict_labels
 from badnet_prune.numerics.repair import repaired_labels
 from badnet_prune.numerics.tf_setup import keras
 from badnet_prune.numerics.thresholds import Threshold
-from badnet_prune.pipeline.contract import PlanContext, TaskContext
-from badnet_prune.pipeline.stages.fine_tune import FINE_TUNE, FineTuneArguments
+from badnet_prune.pipeline.contract import ModelFacts, PlanContext, SweepPlan
+from badnet_prune.pipeline.stages.fine_tune import FINE_TUNE
 from tests.helpers import PLAIN_KERAS, cached_pruning_aware_badnet, run_console_script
 
 POISON = "sunglasses"
@@ -99,7 +99,7 @@ def test_b_fine_and_g_fine_load_in_plain_keras_and_follow_their_rules(tuned: Tun
     labels_g = np.argmax(np.load(tmp_path / "g.npy"), axis=-1)
 
     provenance = json.loads(b_fine.with_suffix(".json").read_text(encoding="utf-8"))
-    summary = tuned.summary["thresholds"]["0.02"]
+    summary = {**tuned.summary["thresholds"]["0.02"], "fine_tune": tuned.summary["fine_tune"]["0.02"]}
     pruned = provenance["pruned_channels"]
     assert pruned == tuned.summary["pruning_order"][: summary["step"]] and pruned
     assert provenance["source_sha256"] == sha256_file(tuned.root / "models" / "bd_net.h5")
@@ -126,7 +126,7 @@ def test_b_fine_and_g_fine_load_in_plain_keras_and_follow_their_rules(tuned: Tun
 
 
 def test_the_printed_table_and_summary_have_the_fine_pruned_rows(tuned: Tuned) -> None:
-    fine = tuned.summary["thresholds"]["0.02"]["fine_tune"]
+    fine = tuned.summary["fine_tune"]["0.02"]
     assert f"B'' 2%, epoch {fine['kept_epoch']}" in tuned.stdout and "G'' 2%" in tuned.stdout
     assert "B'' 95%" not in tuned.stdout and "G'' 95%" not in tuned.stdout
     assert [e["epoch"] for e in fine["epochs"]] == list(range(EPOCHS + 1))
@@ -137,30 +137,34 @@ def test_the_printed_table_and_summary_have_the_fine_pruned_rows(tuned: Tuned) -
                                 "seed": 0, "holdout_fraction": 0.2}
     assert set(fine["files"]) == {"B_fine", "G_fine"} and all(Path(p).is_file() for p in fine["files"].values())
     assert fine["B_fine"]["clean_accuracy"] >= 0 and "false_alarms" in fine["G_fine"]
-    never = tuned.summary["thresholds"]["0.95"]
-    assert never["step"] is None and never["fine_tune"]["kept_epoch"] is None and never["fine_tune"]["files"] == {}
+    never, never_tuned = tuned.summary["thresholds"]["0.95"], tuned.summary["fine_tune"]["0.95"]
+    assert never["step"] is None and never_tuned["kept_epoch"] is None and never_tuned["files"] == {}
 
 
-def test_the_fine_tune_results_view_through_the_sql_command(tuned: Tuned) -> None:
+def test_the_curve_results_view_through_the_sql_command(tuned: Tuned) -> None:
     done = run_cli("sql", "--db", tuned.db_url, "--json",
-                   "SELECT threshold, threshold_key, epoch, dataset, role, poison, value, kept FROM fine_tune_results "
-                   "ORDER BY threshold_key, dataset, epoch", cache=tuned.cache, timeout=120)
+                   "SELECT stage, curve, point, x, dataset, poison, value FROM curve_results "
+                   "WHERE stage = 'fine_tune' ORDER BY curve, dataset, point", cache=tuned.cache, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(done.stdout)
     rows = rows["rows"] if isinstance(rows, dict) else rows
-    fine = tuned.summary["thresholds"]["0.02"]["fine_tune"]
+    fine = tuned.summary["fine_tune"]["0.02"]
     assert len(rows) == 2 * (EPOCHS + 1), rows  # hold-out and one poison per epoch; 95% tuned nothing
     as_dicts = [row if isinstance(row, dict) else dict(zip(
-        ["threshold", "threshold_key", "epoch", "dataset", "role", "poison", "value", "kept"], row, strict=True))
-        for row in rows]
-    holdout = [r for r in as_dicts if r["dataset"] == "holdout"]
+        ["stage", "curve", "point", "x", "dataset", "poison", "value"], row, strict=True)) for row in rows]
+    holdout = [r for r in as_dicts if r["dataset"] == "clean"]
     asr = [r for r in as_dicts if r["dataset"] == POISON]
-    assert {r["role"] for r in holdout} == {"clean_holdout"} and {r["poison"] for r in holdout} == {None}
-    assert {r["role"] for r in asr} == {"poisoned_valid"} and {r["poison"] for r in asr} == {POISON}
+    assert {r["poison"] for r in holdout} == {None} and {r["poison"] for r in asr} == {POISON}
     assert [r["value"] for r in holdout] == [e["holdout_accuracy"] for e in fine["epochs"]]
     assert [r["value"] for r in asr] == [e[f"asr_{POISON}"] for e in fine["epochs"]]
-    assert [r["epoch"] for r in as_dicts if r["kept"]] == [fine["kept_epoch"]] * 2
-    assert {r["threshold"] for r in as_dicts} == {0.02} and {r["threshold_key"] for r in as_dicts} == {"0.02"}
+    assert [r["point"] for r in holdout] == [r["x"] for r in holdout] == list(range(EPOCHS + 1))
+    assert {r["curve"] for r in as_dicts} == {"0.02"}
+    done = run_cli("sql", "--db", tuned.db_url, "--json", "SELECT stage, key, score, document FROM "
+                   "stage_outcome_results WHERE stage = 'fine_tune' ORDER BY key", cache=tuned.cache, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcomes = json.loads(done.stdout)
+    outcomes = outcomes["rows"] if isinstance(outcomes, dict) else outcomes
+    assert [row["key"] if isinstance(row, dict) else row[1] for row in outcomes] == ["0.02", "0.95"]
 
 
 def test_the_report_draws_the_curves_and_says_what_each_defense_removed(tuned: Tuned, tmp_path: Path) -> None:
@@ -170,34 +174,33 @@ def test_the_report_draws_the_curves_and_says_what_each_defense_removed(tuned: T
     write_report(engine, tuned.summary["sweep"], tmp_path / "report", asr_bound=5.0, samples_per_set=0)
     engine.dispose()
     figures = sorted(p.name for p in (tmp_path / "report" / "figures").iterdir())
-    assert figures == ["01-bd_net-curve.png", "01-bd_net-fine_tune.png"]
+    assert figures == ["01-bd_net-curve.png", "01-bd_net-fine_tune-0.png"]
     markdown = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
-    assert "Fine-pruning curves" in markdown and "figures/01-bd_net-fine_tune.png" in markdown
+    assert "Fine-pruning curves" in markdown and "figures/01-bd_net-fine_tune-0.png" in markdown
     assert "B'' 2%, epoch" in markdown and "G'' 2%" in markdown
     with open(tmp_path / "report" / "csv" / "summary.csv", newline="", encoding="utf-8") as handle:
         rows = {row["threshold"]: row for row in csv.DictReader(handle)}
-    fine, b = tuned.summary["thresholds"]["0.02"]["fine_tune"], tuned.summary["B"]
+    fine, b = tuned.summary["fine_tune"]["0.02"], tuned.summary["B"]
     row = rows["0.02"]
     assert float(row["G_fine_clean_accuracy"]) == fine["G_fine"]["clean_accuracy"]
-    assert float(row["fine_clean_drop"]) == pytest.approx(b["clean_accuracy"] - fine["G_fine"]["clean_accuracy"])
+    assert float(row["G_fine_clean_drop"]) == pytest.approx(b["clean_accuracy"] - fine["G_fine"]["clean_accuracy"])
     assert int(row["fine_kept_epoch"]) == fine["kept_epoch"]
     g_fine_asr, g_asr = fine["G_fine"][f"asr_{POISON}"], tuned.summary["thresholds"]["0.02"]["G"][f"asr_{POISON}"]
     assert g_asr > 50.0 >= 5.0 >= g_fine_asr, "pruning alone should keep this backdoor, fine-pruning remove it"
-    assert (row["removed"], row["kept"], row["fine_removed"], row["fine_kept"]) == ("", POISON, POISON, "")
+    assert (row["G_removed"], row["G_kept"], row["G_fine_removed"], row["G_fine_kept"]) == ("", POISON, POISON, "")
     assert rows["0.95"]["note"] == "threshold never reached" and rows["0.95"]["fine_kept_epoch"] == ""
     print(f"2%: pruning alone G ASR {g_asr:.2f}%, fine-pruning G'' ASR {g_fine_asr:.2f}% "
-          f"(clean cost {float(row['fine_clean_drop']):.2f} points)")
+          f"(clean cost {float(row['G_fine_clean_drop']):.2f} points)")
 
 
 def table_counts(session) -> dict[str, int]:
     return {table.__tablename__: session.scalar(select(func.count()).select_from(table))
-            for table in (FineTune, FineTuneEpoch, FineTuneAsr, Evaluation, Artifact)}
+            for table in (StageOutcome, CurvePoint, CurveAsr, Evaluation, Artifact)}
 
 
 def test_a_fine_tune_task_run_again_rewrites_the_same_rows(tuned: Tuned) -> None:
     from badnet_prune.settings import Settings
     from badnet_prune.worker.dispatch import LocalDispatcher
-    from badnet_prune.worker.fine_tune_job import fine_tune_threshold
     from badnet_prune.worker.runtime import install_runtime
 
     engine = make_engine(tuned.db_url)
@@ -206,8 +209,8 @@ def test_a_fine_tune_task_run_again_rewrites_the_same_rows(tuned: Tuned) -> None
 
     def stored() -> tuple[dict[str, int], list[tuple], list[tuple]]:
         with session_scope(engine) as session:
-            epochs = session.execute(select(FineTuneEpoch.threshold, FineTuneEpoch.epoch, FineTuneEpoch.train_loss,
-                                            FineTuneEpoch.holdout_accuracy).order_by(FineTuneEpoch.epoch)).all()
+            epochs = session.execute(select(CurvePoint.curve, CurvePoint.point, CurvePoint.values,
+                                            CurvePoint.clean_accuracy).order_by(CurvePoint.point)).all()
             evaluations = session.execute(select(Evaluation.network, Evaluation.threshold, Evaluation.poison_name,
                                                  Evaluation.accuracy, Evaluation.flagged)
                                           .order_by(Evaluation.network, Evaluation.poison_name)).all()
@@ -216,11 +219,13 @@ def test_a_fine_tune_task_run_again_rewrites_the_same_rows(tuned: Tuned) -> None
     before = stored()
     with session_scope(engine) as session:
         model_id = session.scalar(select(Model.id))
-        (task,) = session.scalars(select(Task).where(Task.stage == "fine_tune", Task.key == "0.02")).all()
-        context = TaskContext(task.id, task.sweep_id, model_id)
-        assert FINE_TUNE.stored(session, context, FineTuneArguments(threshold="0.02"))
-    for key in ("0.02", "0.95"):
-        fine_tune_threshold(runtime, model_id, Threshold(key))
+        config = dict(session.scalar(select(Sweep.config)))
+        jobs = [FINE_TUNE.job(task.id, task.sweep_id, model_id, task.arguments, config)
+                for task in session.scalars(select(Task).where(Task.stage == "fine_tune").order_by(Task.key))]
+        assert [job.arguments.threshold for job in jobs] == ["0.02", "0.95"]
+        assert all(FINE_TUNE.stored(session, job) for job in jobs)
+    for job in jobs:
+        FINE_TUNE.run(runtime, job)
     after = stored()
     assert after[0] == before[0], "a redelivered fine-tune task added rows"
     assert after[1] == before[1] and after[2] == before[2], "the same task on CPU gave other numbers"
@@ -229,8 +234,11 @@ def test_a_fine_tune_task_run_again_rewrites_the_same_rows(tuned: Tuned) -> None
 
 def test_without_fine_tune_settings_the_stage_plans_nothing() -> None:
     thresholds = (Threshold("0.02"), Threshold("0.1"))
-    assert FINE_TUNE.planned(PlanContext(60, thresholds, 10, {})) == []
-    planned = FINE_TUNE.planned(PlanContext(60, thresholds, 10, {"fine_tune": {"epochs": 3}}))
+    assert not FINE_TUNE.enabled({}) and FINE_TUNE.enabled({"fine_tune": {"epochs": 3}})
+    settings = FINE_TUNE.sweep_settings({"fine_tune": {"epochs": 3}})
+    assert settings is not None and settings.epochs == 3
+    context = PlanContext(ModelFacts("m", 60, None), SweepPlan(thresholds, "first", 10, "conv_3", "pool_3"), settings)
+    planned = FINE_TUNE.planned(context)
     assert planned == [("0.02", {"threshold": "0.02"}), ("0.1", {"threshold": "0.1"})]
     assert FINE_TUNE.after == ("threshold",)
 
@@ -238,7 +246,7 @@ def test_without_fine_tune_settings_the_stage_plans_nothing() -> None:
 @pytest.mark.parametrize(("options", "expected"), [
     (["--epochs", "3"], "--epochs: only with --fine-tune"),
     (["--fine-tune", "--learning-rate", "0"], "--learning-rate: Input should be greater than 0"),
-    (["--fine-tune", "--optimizer", "rmsprop"], "--optimizer: Input should be 'adam' or 'sgd'"),
+    (["--fine-tune", "--optimizer", "rmsprop"], "'--optimizer': 'rmsprop' is not one of 'adam', 'sgd'"),
     (["--fine-tune", "--holdout-fraction", "1"], "--holdout-fraction: Input should be less than 1"),
     (["--fine-tune", "--epochs", "0"], "--epochs: Input should be greater than or equal to 1"),
 ])
@@ -299,7 +307,7 @@ def postgres_schema_url():
     admin.dispose()
 
 
-def test_the_reader_role_reads_fine_tune_results_on_postgresql(postgres_schema_url: str) -> None:
+def test_the_reader_role_reads_curve_results_on_postgresql(postgres_schema_url: str) -> None:
     from badnet_prune.db.repository import add_model, create_sweep
 
     engine = prepare_database(postgres_schema_url)
@@ -307,14 +315,17 @@ def test_the_reader_role_reads_fine_tune_results_on_postgresql(postgres_schema_u
         sweep_id = create_sweep(session, name="s", config={}, thresholds=["0.02"], policy="first",
                                 prune_layer="conv_3", rank_layer="pool_3", range_size=10, artifact_dir="art")
         model_id = add_model(session, sweep_id, name="m", path="m.h5", sha256="x", input_scale=1.0, data=[])
-        epochs = (FineTuneEpochRow(0, 0.5, 90.0, 9, {POISON: 100.0}), FineTuneEpochRow(1, 0.2, 95.0, 10, {POISON: 1.0}))
-        row = FineTuneRow("0.02", {"epochs": 1}, 0, kept_epoch=1, split_sha256="d", train_count=40, holdout_count=10,
-                          epochs=epochs)
-        save_fine_tune(session, model_id, row)
-        save_fine_tune(session, model_id, row)  # again: the same rows
+        points = (CurvePointRow(0, 0.0, 90.0, 9, {"train_loss": 0.5}, {POISON: 100.0}),
+                  CurvePointRow(1, 1.0, 95.0, 10, {"train_loss": 0.2}, {POISON: 1.0}))
+        for _ in range(2):  # again: the same rows
+            save_curve(session, model_id, "fine_tune", "0.02", points)
+            save_outcome(session, model_id, "fine_tune", "0.02", {"kept_epoch": 1}, score=None)
     _, rows = run_read_only_query(
-        postgres_schema_url, "SELECT threshold, epoch, dataset, value, kept FROM fine_tune_results "
-        "ORDER BY dataset, epoch", timeout_s=10)
-    assert [tuple(r) for r in rows] == [(0.02, 0, "holdout", 90.0, False), (0.02, 1, "holdout", 95.0, True),
-                                        (0.02, 0, POISON, 100.0, False), (0.02, 1, POISON, 1.0, True)]
+        postgres_schema_url, "SELECT curve, point, dataset, value FROM curve_results ORDER BY dataset, point",
+        timeout_s=10)
+    assert [tuple(r) for r in rows] == [("0.02", 0, "clean", 90.0), ("0.02", 1, "clean", 95.0),
+                                        ("0.02", 0, POISON, 100.0), ("0.02", 1, POISON, 1.0)]
+    _, rows = run_read_only_query(postgres_schema_url, "SELECT stage, key, score FROM stage_outcome_results",
+                                  timeout_s=10)
+    assert [tuple(r) for r in rows] == [("fine_tune", "0.02", None)]
     engine.dispose()

@@ -15,7 +15,7 @@ from tests.helpers import cached_quick_badnet
 
 
 def test_importing_the_api_loads_neither_tensorflow_nor_the_orchestrator():
-    heavy = "('tensorflow', 'keras', 'sqlalchemy', 'orchestrator', 'celery')"
+    heavy = "('tensorflow', 'keras', 'sqlalchemy', 'badnet_prune.orchestrator', 'celery')"
     code = f"import sys; from badnet_prune import defend; print(sorted(m for m in {heavy} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"
@@ -70,7 +70,8 @@ def test_defend_returns_the_typed_results_and_writes_what_the_command_writes(def
         ({"thresholds": "0.02,0.04"}, "--thresholds"),
         ({"policy": "last"}, "--policy"),
         ({"poisoned": {"x": "bd_valid.h5"}}, "poisoned['x']"),
-        ({"fine_tune": {"epochs": 0}}, "--epochs"),
+        ({"stages": {"fine_tune": {"epochs": 0}}}, "--epochs"),
+        ({"stages": {"no_such_stage": True}}, "stages['no_such_stage']: no such stage"),
     ],
 )
 def test_bad_arguments_raise_bad_input_error_before_anything_runs(tmp_path, overrides, phrase):

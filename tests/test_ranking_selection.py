@@ -153,3 +153,19 @@ def test_thresholds_outside_the_open_unit_interval_are_rejected(bad, policy):
 def test_unknown_policy_is_rejected():
     with pytest.raises(ValueError, match="unknown policy 'last'"):
         select_steps(LAB_ACC0, lab_like_curve(), LAB_THRESHOLDS, "last")
+
+
+def test_within_policy_takes_the_most_pruning_whose_drop_stays_within_the_budget():
+    curve = [100.0, 99.5, 99.0, 97.0, 96.0, 99.9]  # the 2% budget is first exceeded at step 3 (a 3-point drop)
+    assert select_steps(100.0, curve, [0.02], "within") == {0.02: 2}
+    assert select_steps(100.0, curve, [0.02], "first") == {0.02: 3}, "the lab's rule stays what it was"
+    # a drop exactly at t stays within it; a budget never exceeded allows every step (step 0 at the least)
+    assert select_steps(100.0, curve, [0.01, 0.1], "within") == {0.01: 2, 0.1: 5}
+    assert select_steps(100.0, [100.0, 50.0], [0.02], "within") == {0.02: 0}
+
+
+def test_within_sees_a_step_that_loses_ten_points_at_once():
+    """The demo's case: the first step past 2% costs 10 points; within stops before it."""
+    curve = [100.0, 99.6, 99.2, 98.75, 89.5]
+    assert select_steps(100.0, curve, [0.02], "first") == {0.02: 4}
+    assert select_steps(100.0, curve, [0.02], "within") == {0.02: 3}

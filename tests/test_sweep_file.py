@@ -97,7 +97,8 @@ def test_sweep_keys_are_strict(change: dict, expected: str) -> None:
     ({"input_scale": [1]}, "model #1.input_scale: expected a valid number, got [1]"),
     ({"input_scale": True}, "model #1.input_scale: expected a valid number, got True"),
     ({"input_scale": 2}, "model #1.input_scale: expected 1 (raw 0..255 pixels) or 255"),
-    ({"pth": "x"}, "model #1.pth: unknown key (allowed: clean_test, clean_valid, input_scale, name, path, poisoned)"),
+    ({"pth": "x"},
+     "model #1.pth: unknown key (allowed: clean_test, clean_valid, input_scale, name, path, poisoned, truth)"),
     ({"path": 3}, "model #1.path: expected a file path"),
     ({"path": ""}, "model #1.path: expected a file path"),
     ({"poisoned": {"x": {"valid": "a"}}}, "model #1.poisoned.x.test: missing (required)"),
@@ -145,3 +146,53 @@ def test_console_script_refuses_in_one_line_and_runs_nothing(tmp_path: Path, lin
     assert done.returncode != 0 and len(lines) == 1 and f"{sweep}: " in lines[0] and expected in lines[0], done.stderr
     assert "trust" in line or "model #1.name: '../../../../tmp/elsewhere' is not a name" in lines[0]
     assert not (tmp_path / "db").exists()
+
+
+# ---- [model.truth]: ground truth, as the zoo writes it and TrojAI-labelled zoos give it ----------------------
+
+
+@pytest.mark.parametrize(("truth", "expected"), [
+    ({"backdoored": True, "attack": "patch", "targets": [3]}, (True, "patch", (3,))),
+    ({"backdoored": True, "targets": {"sunglasses": 2}}, (True, None, {"sunglasses": 2})),
+    ({"backdoored": False, "attack": "clean"}, (False, "clean", ())),
+    ({"backdoored": True}, (True, None, ())),
+])
+def test_a_truth_table_is_read(truth: dict, expected: tuple) -> None:
+    spec = parse_sweep({"model": [model(truth=truth), model(name="m1")]}, base=Path("/s"), source="s.toml",
+                       default_name="s")
+    first, second = spec.models
+    assert (first.truth.backdoored, first.truth.attack, first.truth.targets) == expected
+    assert second.truth is None
+
+
+@pytest.mark.parametrize(("truth", "expected"), [
+    ({"backdoored": "yes"}, "model #1.truth.backdoored: expected a valid boolean, got 'yes'"),
+    ({"attack": "patch"}, "model #1.truth.backdoored: missing (required)"),
+    ({"backdoored": True, "attack": "a b"}, "model #1.truth.attack: 'a b' is not an identifier"),
+    ({"backdoored": True, "attack": 3}, "model #1.truth.attack: expected a valid string, got 3"),
+    ({"backdoored": True, "targets": [1, -1]}, "model #1.truth.targets: target 2 is -1, expected a class id"),
+    ({"backdoored": True, "targets": [True]}, "model #1.truth.targets: target 1 is True, expected a class id"),
+    ({"backdoored": True, "targets": [2**31]}, "model #1.truth.targets: target 1 is 2147483648, expected a class id"),
+    ({"backdoored": True, "targets": "3"}, "model #1.truth.targets: expected a list of class ids, or a table"),
+    ({"backdoored": True, "targets": {"sunglasses": 1.5}},
+     "model #1.truth.targets: the target of 'sunglasses' is 1.5, expected a class id"),
+    ({"backdoored": True, "targets": {"lipstick": 2}},
+     "model #1: truth.targets names 'lipstick', not among the model's poisoned sets (sunglasses)"),
+    ({"backdoored": False, "targets": [1]}, "model #1.truth: a model that is not backdoored has no targets"),
+    ({"backdoored": True, "target": [1]}, "model #1.truth.target: unknown key (allowed: attack, backdoored, targets)"),
+    ("yes", "model #1.truth: expected a valid dictionary, got 'yes'"),
+])
+def test_a_bad_truth_table_is_one_line_naming_the_key(truth: object, expected: str) -> None:
+    assert refused({"model": [model(truth=truth)]}).startswith(expected)
+
+
+def test_a_truth_table_in_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "zoo.toml"
+    path.write_text('[[model]]\nname = "m0"\npath = "bd.h5"\nclean_valid = "v.h5"\nclean_test = "t.h5"\n'
+                    'poisoned = { patch = { valid = "a.h5", test = "b.h5" } }\n'
+                    '[model.truth]\nbackdoored = true\nattack = "patch"\ntargets = { patch = 4 }\n')
+    truth = read_sweep_file(path).models[0].truth
+    assert (truth.backdoored, truth.attack, truth.targets) == (True, "patch", {"patch": 4})
+    path.write_text(path.read_text().replace("backdoored = true", 'backdoored = "true"'))
+    with pytest.raises(BadInputError, match=r"zoo\.toml: model #1\.truth\.backdoored: expected a valid boolean"):
+        read_sweep_file(path)

@@ -22,9 +22,10 @@ import pytest
 from badnet_prune.files.data import open_data_file, write_data_file
 from badnet_prune.files.hashing import sha256_file
 from badnet_prune.numerics.labelers import WholeModelLabeler
+from badnet_prune.pipeline.runtime import ModelKey
 from badnet_prune.worker import activation_cache
 from badnet_prune.worker.activation_cache import CACHE_FILE, ActivationCache, cache_file_name, cache_usage, clear_cache
-from badnet_prune.worker.loaded import ModelKey, WorkerMemory, model_bytes
+from badnet_prune.worker.loaded import WorkerMemory, model_bytes
 from tests.helpers import random_badnet, run_cli
 from tests.test_pruning_exact import deepid_with_bypass
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -36,7 +35,7 @@ class Dispatcher(Protocol):
         """Ids of the messages the transport still holds (waiting or delivered, not acknowledged); None if unknown."""
         ...
 
-    def run(self, on_task_done: Callable[[], None] | None = None) -> None:
+    def run(self) -> None:
         """Run what was sent, where that happens in this process (the embedded default); else return at once."""
         ...
 
@@ -82,7 +81,7 @@ class CeleryDispatcher:
                 continue
         return ids
 
-    def run(self, on_task_done: Callable[[], None] | None = None) -> None:
+    def run(self) -> None:
         return None
 
     def workers_alive(self) -> bool | None:
@@ -113,7 +112,7 @@ class LocalDispatcher:
     def workers_alive(self) -> bool | None:
         return True  # this process is the worker
 
-    def run(self, on_task_done: Callable[[], None] | None = None) -> None:
+    def run(self) -> None:
         from badnet_prune.worker.flow import run_planned_task
         from badnet_prune.worker.runtime import install_runtime
 
@@ -121,8 +120,6 @@ class LocalDispatcher:
         while self.pending:
             stage_name, task_id = self.pending.popleft()
             run_planned_task(runtime, task_id, stage_name)
-            if on_task_done is not None:
-                on_task_done()
 
 
 def send_recorded(engine: Engine, dispatcher: Dispatcher, tasks: Sequence[tuple[Stage, int]]) -> None:
@@ -153,5 +150,5 @@ def make_dispatcher(settings: Settings, engine: Engine) -> Dispatcher:
 
 
 def import_task_code() -> None:
-    """Import the jobs and TensorFlow now, so that a caller can overlap that with other waiting."""
-    import badnet_prune.worker.jobs  # noqa: F401
+    """Import what the jobs compute with (TensorFlow) now, so that a caller can overlap that with other waiting."""
+    import badnet_prune.pipeline.outputs  # noqa: F401

@@ -26,7 +26,7 @@ from datetime import timedelta
 from sqlalchemy.exc import OperationalError
 
 from badnet_prune.db.errors import DatabaseUnavailable
-from badnet_prune.db.models import Task, utcnow
+from badnet_prune.db.models import Sweep, Task, utcnow
 from badnet_prune.db.repository import set_model_status
 from badnet_prune.db.session import session_scope
 from badnet_prune.db.tasks import (
@@ -42,7 +42,7 @@ from badnet_prune.db.tasks import (
     unfinished_stages,
 )
 from badnet_prune.numerics.errors import BadInputError
-from badnet_prune.pipeline.contract import Scope, Stage, TaskContext, get_stage, stages, waiting_on
+from badnet_prune.pipeline.contract import Scope, Stage, get_stage, ready, stages, waiting_on
 from badnet_prune.worker.dispatch import send_recorded
 from badnet_prune.worker.runtime import Runtime
 
@@ -54,6 +54,15 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (DatabaseUnavailable, Operat
 LEASE_S = 15.0
 # A task claimed for sending this long ago and still without a message id was never sent.
 UNSENT_AFTER = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
+class TaskIds:
+    """Which task a delivery is for: ids only, everything else is read from the database."""
+
+    task_id: int
+    sweep_id: int
+    model_id: int | None
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,7 @@ def run_planned_task(runtime: Runtime, task_id: object, stage_name: str | None =
             return _refused(f"task {task_id}: {error}")
         if stage_name is not None and stage_name != stage.name:
             return _refused(f"task {task_id} is a {stage.name} task, not {stage_name}")
-        context = TaskContext(task_id=task.id, sweep_id=task.sweep_id, model_id=task.model_id)
+        context = TaskIds(task_id=task.id, sweep_id=task.sweep_id, model_id=task.model_id)
         reason = _why_not_startable(session, task, stage)
         done = task.state == "done"
         if reason is None:
@@ -92,6 +101,8 @@ def run_planned_task(runtime: Runtime, task_id: object, stage_name: str | None =
             if not take_lease(session, task_id, token, runtime.hostname, LEASE_S, dead_token=dead):
                 return Outcome(False, f"task {task_id} was started by another worker", LEASE_S)
             raw_arguments = dict(task.arguments)
+            sweep = session.get(Sweep, task.sweep_id)
+            config = dict(sweep.config) if sweep is not None else {}
     if reason is not None:
         if done and not runtime.dispatcher.runs_here:
             # A copy of a done task: its first run may have died after claiming what follows and before
@@ -99,9 +110,9 @@ def run_planned_task(runtime: Runtime, task_id: object, stage_name: str | None =
             release_successors(runtime, stage, context)
         return _refused(f"task {task_id}: {reason}")
     try:
-        arguments = stage.parse(raw_arguments)
+        job = stage.job(task_id, context.sweep_id, context.model_id, raw_arguments, config)
         with _Heartbeat(runtime, task_id, token):
-            stage.run(runtime, context, arguments)
+            stage.run(runtime, job)
     except TRANSIENT_ERRORS:
         _end_quietly(runtime, task_id, token, "retrying", "database or broker unavailable; retrying")
         raise
@@ -125,9 +136,9 @@ def _why_not_startable(session, task: Task, stage: Stage) -> str | None:
     if task.state == "failed":
         return f"failed ({task.error})"
     unfinished = unfinished_stages(session, task.sweep_id, task.model_id, stage.after)
-    for waited in stage.after:
-        if waited in unfinished:
-            return f"waits for {waited}, which is not done"
+    if not ready(stage, unfinished):
+        waited = next(name for name in stage.after if name in unfinished)
+        return f"waits for {waited}, which is not done"
     if stage.scope is Scope.SWEEP and not models_ended(session, task.sweep_id):
         return "waits for every model of the sweep to end"
     return None
@@ -156,7 +167,8 @@ def _holder_is_dead(token: str | None) -> bool:
 
 
 class _Heartbeat:
-    """Renews a task's lease every third of its length while the job runs (on a daemon thread)."""
+    """Renews a task's lease every third of its length while the job runs (on a daemon thread), writing the
+    progress its job last reported along with it: progress costs no transaction of its own."""
 
     def __init__(self, runtime: Runtime, task_id: int, token: str) -> None:
         self._runtime, self._task_id, self._token = runtime, task_id, token
@@ -170,12 +182,14 @@ class _Heartbeat:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._runtime.progress.pop(self._task_id, None)
 
     def _beat(self) -> None:
         while not self._stop.wait(LEASE_S / 3):
             try:
+                progress = self._runtime.progress.get(self._task_id)
                 with session_scope(self._runtime.engine) as session:
-                    if not renew_lease(session, self._task_id, self._token, LEASE_S):
+                    if not renew_lease(session, self._task_id, self._token, LEASE_S, progress):
                         LOG.warning("task %s: lease taken over by another worker", self._task_id)
                         return
             except TRANSIENT_ERRORS:
@@ -190,7 +204,7 @@ def _end_quietly(runtime: Runtime, task_id: int, token: str, state: str, error: 
         pass  # the database itself is what failed; the retry will record the outcome
 
 
-def _fail(runtime: Runtime, context: TaskContext, token: str, reason: str) -> None:
+def _fail(runtime: Runtime, context: TaskIds, token: str, reason: str) -> None:
     with session_scope(runtime.engine) as session:
         if context.model_id is not None:
             # the model's row first, then its tasks' (fail_open_tasks): the order a task's end takes them
@@ -203,14 +217,14 @@ def _fail(runtime: Runtime, context: TaskContext, token: str, reason: str) -> No
         release_sweep_stages(runtime, context.sweep_id)
 
 
-def release_successors(runtime: Runtime, stage: Stage, context: TaskContext) -> None:
+def release_successors(runtime: Runtime, stage: Stage, context: TaskIds) -> None:
     """Send every stage that waits for `stage` and is now free to run; close the model when all is done."""
     with session_scope(runtime.engine) as session:
         released = _released(session, stage, context)
     _send_released(runtime, context, *released)
 
 
-def _released(session, stage: Stage, context: TaskContext) -> tuple[list[tuple[Stage, int]], bool]:
+def _released(session, stage: Stage, context: TaskIds) -> tuple[list[tuple[Stage, int]], bool]:
     """In the caller's transaction, once `stage`'s task is done: claim the tasks of every stage waiting for it
     whose predecessors are all done, and close the model if all its tasks are; (claimed, model done).
 
@@ -221,14 +235,14 @@ def _released(session, stage: Stage, context: TaskContext) -> tuple[list[tuple[S
     lock_model(session, context.model_id)
     unfinished = unfinished_stages(session, context.sweep_id, context.model_id,
                                    [model_stage.name for model_stage in stages(Scope.MODEL)])
-    ready = [successor.name for successor in waiting_on(stage.name) if not unfinished.intersection(successor.after)]
-    claimed = claim_stages(session, context.sweep_id, context.model_id, ready, UNSENT_AFTER)
+    released = [successor.name for successor in waiting_on(stage.name) if ready(successor, unfinished)]
+    claimed = claim_stages(session, context.sweep_id, context.model_id, released, UNSENT_AFTER)
     if not unfinished:
         set_model_status(session, context.model_id, "done")
     return [(get_stage(name), task_id) for name, task_id in claimed], not unfinished
 
 
-def _send_released(runtime: Runtime, context: TaskContext, to_send: list[tuple[Stage, int]], model_done: bool) -> None:
+def _send_released(runtime: Runtime, context: TaskIds, to_send: list[tuple[Stage, int]], model_done: bool) -> None:
     send_recorded(runtime.engine, runtime.dispatcher, to_send)
     if model_done:
         release_sweep_stages(runtime, context.sweep_id)

@@ -19,7 +19,6 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +29,9 @@ from badnet_prune.numerics.activations import cut_activations, live_channels
 from badnet_prune.numerics.dense_engine import DenseLabeler, chosen_engine
 from badnet_prune.numerics.inference import compiled_forward
 from badnet_prune.numerics.labelers import CutLabeler, WholeModelLabeler
-from badnet_prune.numerics.network_split import SplitNetwork, split_network
-from badnet_prune.numerics.pruning import LabeledSet, LabelsAt, StepLabels
+from badnet_prune.numerics.network_split import split_network
+from badnet_prune.numerics.pruning import LabelsAt, StepLabels
+from badnet_prune.pipeline.runtime import LoadedData, LoadedModel, ModelKey
 from badnet_prune.worker.activation_cache import ActivationCache, cache_file_name
 
 LOG = logging.getLogger(__name__)
@@ -42,42 +42,6 @@ DEFAULT_MEMORY_BYTES = 2**30
 # 6 MiB of RSS per 10-class DeepID of 1.6 MB of weights, so the estimate is twice the weights plus 4 MiB.
 MODEL_WEIGHT_FACTOR = 2
 MODEL_OVERHEAD_BYTES = 4 * 2**20
-
-
-@dataclass(frozen=True)
-class ModelKey:
-    path: str
-    sha256: str
-    input_scale: float
-    prune_layer: str
-    rank_layer: str
-    trust_code: bool
-
-
-@dataclass
-class LoadedModel:
-    key: ModelKey
-    split: SplitNetwork
-    num_classes: int
-    image_shape: tuple[int, int, int]
-    head_forward: object
-    tail_forward: object | None
-
-
-@dataclass(frozen=True)
-class LoadedData:
-    """One data file for one model: labels, liveness, and cut activations (or images, unsplit)."""
-
-    sha256: str
-    labels: np.ndarray
-    live: np.ndarray
-    cut: np.ndarray | None
-    images: np.ndarray | None
-
-    @property
-    def nbytes(self) -> int:
-        arrays = (self.labels, self.live, self.cut, self.images)
-        return sum(array.nbytes for array in arrays if array is not None)
 
 
 class WorkerMemory:
@@ -279,7 +243,3 @@ def _libc():
 
 
 _LIBC = _libc()
-
-
-def labeled_set(name: str, data: LoadedData) -> LabeledSet:
-    return LabeledSet(name=name, labels=data.labels, live=data.live)

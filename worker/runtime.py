@@ -22,11 +22,18 @@ if TYPE_CHECKING:
 
 @dataclass
 class Runtime:
+    """The worker's side of badnet_prune.pipeline.runtime.Runtime, plus how it sends what a task releases."""
+
     settings: Settings
     engine: Engine
     dispatcher: Dispatcher
     memory: WorkerMemory
     hostname: str = field(default_factory=socket.gethostname)
+    progress: dict[int, int] = field(default_factory=dict)  # task id -> units done, as its job last said
+
+    def report_progress(self, task_id: int, done: int) -> None:
+        """Kept here; the task's lease heartbeat writes it with its next renewal (worker.flow)."""
+        self.progress[task_id] = int(done)
 
 
 _current: Runtime | None = None

@@ -1,4 +1,5 @@
-"""Reading the lab's HDF5 data files: `data` (n, 3, H, W) channels first, `label` (n,).
+"""Reading the lab's HDF5 data files: `data` (n, 3, H, W) channels first, `label` (n,), and on
+poisoned files optionally `true_label` (n,): each image's label before it was poisoned.
 
 Files are validated when opened (structure, labels) and while read (pixels), read in
 batches so a file larger than memory can still be evaluated, and every problem becomes a
@@ -20,6 +21,7 @@ from badnet_prune.files.hashing import sha256_file
 from badnet_prune.numerics.errors import BadInputError
 
 DEFAULT_BATCH_SIZE = 1024
+TRUE_LABEL = "true_label"
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class DataFile:
     path: Path
     labels: np.ndarray
     image_shape: tuple[int, int, int]
+    true_labels: np.ndarray | None = None  # a poisoned file's labels before poisoning, where it has them
 
     @property
     def count(self) -> int:
@@ -154,12 +157,19 @@ def open_data_file(
             found_shape = _check_data_declaration(path, data, image_shape)
             _check_label_declaration(path, label, int(data.shape[0]))
             raw_labels = label[()]
+            raw_true = None
+            if handle.get(TRUE_LABEL, getlink=True) is not None:  # any link by that name: checked, never skipped
+                true_label = check_stored_here(path, handle, TRUE_LABEL)
+                _check_label_declaration(path, true_label, int(data.shape[0]), TRUE_LABEL)
+                raw_true = true_label[()]
     except BadInputError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as error:
         raise BadInputError(path, f"unreadable or truncated HDF5 file ({_first_line(error)})") from error
     labels = _validate_labels(path, np.asarray(raw_labels).reshape(-1), num_classes)
-    return DataFile(path=path, labels=labels, image_shape=found_shape)
+    true_labels = None if raw_true is None else _validate_labels(
+        path, np.asarray(raw_true).reshape(-1), num_classes, TRUE_LABEL)
+    return DataFile(path=path, labels=labels, image_shape=found_shape, true_labels=true_labels)
 
 
 def _check_data_declaration(
@@ -188,34 +198,33 @@ def _check_data_declaration(
     return (height, width, channels)
 
 
-def _check_label_declaration(path: Path, label: h5py.Dataset, count: int) -> None:
+def _check_label_declaration(path: Path, label: h5py.Dataset, count: int, name: str = "label") -> None:
     shape = tuple(int(size) for size in label.shape)
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
-        raise BadInputError(path, f"`label` has shape {shape}, expected (n,)")
+        raise BadInputError(path, f"`{name}` has shape {shape}, expected (n,)")
     if shape[0] != count:
-        raise BadInputError(path, f"`data` holds {count} images but `label` holds {shape[0]} labels")
+        raise BadInputError(path, f"`data` holds {count} images but `{name}` holds {shape[0]} labels")
     if label.dtype.kind not in "fiu" or label.dtype.itemsize > 8:
-        raise BadInputError(path, f"`label` holds {label.dtype} values, expected integers")
+        raise BadInputError(path, f"`{name}` holds {label.dtype} values, expected integers")
 
 
-def _validate_labels(path: Path, raw: np.ndarray, num_classes: int | None) -> np.ndarray:
+def _validate_labels(path: Path, raw: np.ndarray, num_classes: int | None, name: str = "label") -> np.ndarray:
     """The labels as int64 class ids, each checked in its stored type before the cast (which would wrap)."""
     if raw.dtype.kind == "f":
         bad_values = ~np.isfinite(raw) | (raw != np.round(raw))
         if bad_values.any():
             bad = int(np.argmax(bad_values))
-            raise BadInputError(path, f"label {bad} is {float(raw[bad]):g}, not an integer class id")
+            raise BadInputError(path, f"{name} {bad} is {float(raw[bad]):g}, not an integer class id")
     if (raw < 0).any():
         bad = int(np.argmax(raw < 0))
-        raise BadInputError(path, f"label {bad} is negative ({_shown(raw[bad])})")
+        raise BadInputError(path, f"{name} {bad} is negative ({_shown(raw[bad])})")
     if num_classes is not None and (raw >= num_classes).any():
         bad = int(np.argmax(raw >= num_classes))
-        raise BadInputError(
-            path, f"label {bad} is {_shown(raw[bad])}, outside the model's {num_classes} classes (0..{num_classes - 1})"
-        )
+        raise BadInputError(path, f"{name} {bad} is {_shown(raw[bad])}, outside the model's {num_classes} classes "
+                                  f"(0..{num_classes - 1})")
     if (raw > np.iinfo(np.int32).max).any():
         bad = int(np.argmax(raw > np.iinfo(np.int32).max))
-        raise BadInputError(path, f"label {bad} is {_shown(raw[bad])}, out of range for a class id")
+        raise BadInputError(path, f"{name} {bad} is {_shown(raw[bad])}, out of range for a class id")
     return raw.astype(np.int64)
 
 
@@ -223,10 +232,14 @@ def _shown(value: np.generic) -> str:
     return f"{float(value):g}" if isinstance(value, np.floating) else str(int(value))
 
 
-def write_data_file(path: str | Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """Write channels-last images in the lab's format: `data` (n, 3, H, W) float32, `label` (n,)."""
+def write_data_file(path: str | Path, images: np.ndarray, labels: np.ndarray,
+                    true_labels: np.ndarray | None = None) -> None:
+    """Write channels-last images in the lab's format: `data` (n, 3, H, W) float32, `label` (n,); and
+    `true_label` (n,) where given (a poisoned file's labels before poisoning)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as handle:
         handle.create_dataset("data", data=np.asarray(images, dtype=np.float32).transpose(0, 3, 1, 2))
         handle.create_dataset("label", data=np.asarray(labels, dtype=np.float64))
+        if true_labels is not None:
+            handle.create_dataset(TRUE_LABEL, data=np.asarray(true_labels, dtype=np.int64))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,12 +107,14 @@ def fine_tune(
     poisoned_sets: Mapping[str, tuple[np.ndarray, np.ndarray]],
     settings: FineTuneSettings | None = None,
     input_scale: float = 1.0,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> FineTuneResult:
     """Fine-tune B with `pruned_channels` of prune_layer pruned (B'_t) on part of the clean images.
 
     clean_images: the clean validation images (n, h, w, c), raw pixels as stored; input_scale is
     the model's convention (1 or 255). poisoned_sets: name -> (images, target labels), measured
-    per epoch, never used to choose. B is not modified.
+    per epoch, never used to choose. B is not modified. on_epoch(epoch) is called after each epoch's
+    measurements (progress).
     """
     settings = settings or FineTuneSettings()
     configure_tensorflow()
@@ -168,6 +170,8 @@ def fine_tune(
         records.append(record(epoch, loss, time.perf_counter() - start))
         if records[-1].holdout_correct > best_correct:
             best_correct, best_weights = records[-1].holdout_correct, tuned.get_weights()
+        if on_epoch is not None:
+            on_epoch(epoch)
     kept = next(r.epoch for r in records if r.holdout_correct == best_correct)
     tuned.set_weights(best_weights)
     return FineTuneResult(tuned, records, kept, split, settings)

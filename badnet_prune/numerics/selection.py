@@ -1,9 +1,12 @@
 """Choosing B'_t: the pruning step for each relative accuracy-drop threshold t.
 
-A step qualifies for t when acc0 - acc >= t * acc0. Policy `first` takes the first qualifying
-step. Policy `notebook` reproduces the lab notebook's loop, which overwrote its file for a
-threshold at every step whose drop lay between that threshold and the next one, and stopped
-at the first step that crossed the largest: so B'_t is the last such step before that stop.
+A step qualifies for t when acc0 - acc >= t * acc0. Policy `first` (the lab's rule) takes the first
+qualifying step: t is where pruning stops, so its B'_t may have lost far more than t when one step
+costs a lot. Policy `within` reads t as a budget: B'_t is the last step before the first one whose
+drop exceeds t, the most pruning that stays within it (step 0 at least, never None). Policy
+`notebook` reproduces the lab notebook's loop, which overwrote its file for a threshold at every
+step whose drop lay between that threshold and the next one, and stopped at the first step that
+crossed the largest: so B'_t is the last such step before that stop.
 """
 
 from __future__ import annotations
@@ -13,7 +16,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-POLICIES = ("first", "notebook")
+POLICIES = ("first", "within", "notebook")
+# What each policy means, in the words the table, summary.json and the report name it by.
+RULES = {
+    "first": "the first step whose drop reaches t",
+    "within": "the most pruning whose drop stays within t",
+    "notebook": "the lab notebook's overwrite loop",
+}
 
 
 def validate_policy(policy: str) -> str:
@@ -51,6 +60,9 @@ def select_steps(
     first = {t: _first(qualifies(acc0, accuracy, t)) for t in ordered}
     if policy == "first":
         return first
+    if policy == "within":
+        exceeds = {t: _first((acc0 - accuracy) > t * acc0) for t in ordered}
+        return {t: len(accuracy) - 1 if exceeds[t] is None else exceeds[t] - 1 for t in ordered}
     largest = ordered[-1]
     stop = first[largest]
     end = len(accuracy) if stop is None else stop
@@ -65,3 +77,8 @@ def select_steps(
 def _first(mask: np.ndarray) -> int | None:
     hits = np.flatnonzero(mask)
     return int(hits[0]) if hits.size else None
+
+
+def relative_drop_percent(acc0: float, accuracy: float) -> float:
+    """A step's clean accuracy drop as thresholds count it: relative to acc0, in percent (t = 0.02 is 2%)."""
+    return 100.0 * (acc0 - accuracy) / acc0 if acc0 else 0.0

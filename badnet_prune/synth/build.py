@@ -117,6 +117,12 @@ def write_badnet_files(out: Path, splits: dict[str, tuple[np.ndarray, np.ndarray
     """Write the data files, the model in both formats and synth.json under out."""
     for split, relative in DATA_FILES.items():
         write_data_file(out / relative, *splits[split])
+    write_model_files(out, model)
+    (out / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2) + "\n")
+
+
+def write_model_files(out: Path, model: keras.Model) -> None:
+    """The model as the lab has it: out/MODEL_FILE (full legacy HDF5) and out/WEIGHTS_FILE (weights only)."""
     (out / MODEL_FILE).parent.mkdir(parents=True, exist_ok=True)
     absl = logging.getLogger("absl")
     level = absl.level
@@ -126,7 +132,6 @@ def write_badnet_files(out: Path, splits: dict[str, tuple[np.ndarray, np.ndarray
     finally:
         absl.setLevel(level)
     save_legacy_weights(model, out / WEIGHTS_FILE)
-    (out / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2) + "\n")
 
 
 def synthesize(out: str | Path, classes: int, seed: int = 0, quick: bool = False,

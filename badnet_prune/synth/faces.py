@@ -1,9 +1,11 @@
-"""Face-like 55x47 RGB images, drawn with vectorised numpy: identities, poses and the sunglasses trigger.
+"""Face-like 55x47 RGB images, drawn with vectorised numpy: identities, poses and two drawn triggers.
 
 Every function here is pure (arrays and a numpy Generator in, arrays out): an identity fixes a
 face's appearance (shape, skin, hair, eyes, brows, nose, mouth, background); a pose fixes what
-changes from photo to photo (a shift of a few pixels, scale, lighting, noise). The trigger is a
-pair of dark lenses with a bridge, drawn on the posed eyes, so it sits on the eyes in every photo.
+changes from photo to photo (a shift of a few pixels, scale, lighting, noise). The sunglasses trigger
+is a pair of dark lenses with a bridge, drawn on the posed eyes, so it sits on the eyes in every photo;
+the lipstick trigger (the 2020 competition's multi-trigger model has one) paints the posed mouth violet.
+Both are drawn before lighting and noise, as a real accessory would be photographed.
 """
 
 from __future__ import annotations
@@ -96,16 +98,20 @@ def sample_poses(rng: np.random.Generator, count: int) -> Poses:
     )
 
 
-def render(identities: Identities, labels: np.ndarray, poses: Poses, sunglasses: np.ndarray) -> np.ndarray:
-    """Photos of identity labels[i] in pose i, with the trigger where sunglasses[i]: (n, 55, 47, 3) float32 0..255."""
+def render(identities: Identities, labels: np.ndarray, poses: Poses, sunglasses: np.ndarray,
+           lipstick: np.ndarray | None = None) -> np.ndarray:
+    """Photos of identity labels[i] in pose i, wearing sunglasses where sunglasses[i] and lipstick where
+    lipstick[i] (none by default): (n, 55, 47, 3) float32 0..255."""
     labels = np.asarray(labels, dtype=np.int64)
     sunglasses = np.asarray(sunglasses, dtype=bool)
-    if not (len(labels) == poses.count == len(sunglasses)):
-        raise ValueError("labels, poses and sunglasses must describe the same number of images")
+    lipstick = np.zeros(len(labels), dtype=bool) if lipstick is None else np.asarray(lipstick, dtype=bool)
+    if not (len(labels) == poses.count == len(sunglasses) == len(lipstick)):
+        raise ValueError("labels, poses, sunglasses and lipstick must describe the same number of images")
     out = np.empty((len(labels), HEIGHT, WIDTH, 3), dtype=np.float32)
     for start in range(0, len(labels), RENDER_CHUNK):
         part = slice(start, start + RENDER_CHUNK)
-        out[part] = _render_chunk(identities, labels[part], _pose_rows(poses, part), sunglasses[part])
+        out[part] = _render_chunk(identities, labels[part], _pose_rows(poses, part), sunglasses[part],
+                                   lipstick[part])
     return out
 
 
@@ -135,7 +141,8 @@ def _paint(canvas: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> None:
     canvas += mask[..., None] * (colour[:, None, None, :].astype(np.float32) - canvas)
 
 
-def _render_chunk(ids: Identities, labels: np.ndarray, poses: Poses, sunglasses: np.ndarray) -> np.ndarray:
+def _render_chunk(ids: Identities, labels: np.ndarray, poses: Poses, sunglasses: np.ndarray,
+                  lipstick: np.ndarray) -> np.ndarray:
     n = len(labels)
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
     xx, yy = xx[None], yy[None]
@@ -168,6 +175,8 @@ def _render_chunk(ids: Identities, labels: np.ndarray, poses: Poses, sunglasses:
     mouth_y = cy + _col(ids.mouth_dy[labels]) * scale
     mrx, mry = _col(ids.mouth_radii[labels, 0]) * scale, _col(ids.mouth_radii[labels, 1]) * scale
     _paint(canvas, _ellipse(xx, yy, cx, mouth_y, mrx, mry), ids.lips[labels])
+    if lipstick.any():
+        _paint(canvas, lipstick[:, None, None] * _ellipse(xx, yy, cx, mouth_y, mrx + 0.7, mry + 0.7), _LIPSTICK[None])
 
     if sunglasses.any():
         _paint(canvas, sunglasses[:, None, None] * _sunglasses(xx, yy, cx, eye_y, eye_dx, scale), _LENS[None])
@@ -184,6 +193,7 @@ def _noise(seed: np.int64) -> np.ndarray:
 
 
 _LENS = np.array([18.0, 16.0, 24.0])
+_LIPSTICK = np.array([150.0, 20.0, 210.0])  # violet: no identity's lips (reds, 120..210, 40..100, 40..100)
 
 
 def _sunglasses(xx, yy, cx, eye_y, eye_dx, scale) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated
 import h5py
 import numpy as np
 import typer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.orchestrator.options import ModelOption, TrustCodeOption, check_scale
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
 IMAGE_FORMATS = ("PNG", "JPEG")
-# Provenance kinds of repaired networks, whose last output is "backdoor detected" (worker/jobs.py, fine_tune_job.py).
-REPAIRED_KINDS = ("G", "G_fine")
 # Pillow modes whose pixels are 8-bit and convert to RGB without loss of meaning.
 EIGHT_BIT_MODES = ("RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr")
 
@@ -43,6 +41,7 @@ class Provenance(BaseModel):
 
     input_scale: float
     kind: str | None = Field(default=None)
+    repaired: StrictBool = False  # a repaired net G: its last output is N, "backdoor detected"
 
     @field_validator("input_scale")
     @classmethod
@@ -50,6 +49,16 @@ class Provenance(BaseModel):
         if value not in (1.0, 255.0):
             raise ValueError("must be 1 or 255")
         return value
+
+
+def _repaired(provenance: Provenance) -> bool:
+    """Whether the file is a repaired net: its provenance says so, or (files written before it said) its kind is
+    a repaired network a stage declares."""
+    from badnet_prune.pipeline.contract import stages
+
+    declared = {network.name for stage in stages() if stage.presentation is not None
+                for network in stage.presentation.networks if network.repaired}
+    return provenance.repaired or provenance.kind in declared
 
 
 def read_provenance(model: Path) -> Provenance | None:
@@ -202,7 +211,7 @@ def classify(
             results += [{"file": str(source.path), "index": i, "label": int(label)} for i, label in enumerate(labels)]
         else:
             results.append({"file": str(source.path), "index": None, "label": int(next(single_labels))})
-    backdoor = num_classes(network) - 1 if provenance is not None and provenance.kind in REPAIRED_KINDS else None
+    backdoor = num_classes(network) - 1 if provenance is not None and _repaired(provenance) else None
     if as_json:
         print(json.dumps({"model": str(model), "input_scale": scale, "backdoor_label": backdoor,
                           "results": results}, indent=2))

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from badnet_prune.numerics.errors import BadInputError
-from badnet_prune.numerics.fine_tune_settings import FineTuneSettings
 from badnet_prune.numerics.names import check_name
 from badnet_prune.orchestrator.options import (
+    AsrBoundOption,
+    CleanBoundOption,
     DbOption,
     InputScaleChoice,
     InputScaleOption,
@@ -21,6 +22,8 @@ from badnet_prune.orchestrator.options import (
     PolicyOption,
     TrustCodeOption,
 )
+from badnet_prune.orchestrator.stage_options import stage_tables
+from badnet_prune.orchestrator.verdicts import ASR_BOUND, CLEAN_BOUND
 
 if TYPE_CHECKING:
     from badnet_prune.orchestrator.defend_run import Defended
@@ -37,9 +40,6 @@ def _poisoned(values: list[str]) -> dict[str, dict[str, str]]:
             raise BadInputError("--poisoned", f"the poisoned set {name!r} is given twice")
         sets[check_name(name, "--poisoned")] = {"valid": valid, "test": test}
     return sets
-
-
-_TUNED = FineTuneSettings()
 
 
 def defend(
@@ -61,56 +61,44 @@ def defend(
     trust_model_code: TrustCodeOption = False,
     db: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json on stdout instead of the table.")] = False,
-    fine_tune: Annotated[bool, typer.Option("--fine-tune", help="Fine-pruning: fine-tune each B'_t on part of "
-                         "the clean validation data (epoch chosen on the rest) into B''_t, and write B_fine_<t> "
-                         "and G_fine_<t>.keras.")] = False,
-    epochs: Annotated[int | None, typer.Option("--epochs", help=f"Fine-tuning epochs (default {_TUNED.epochs})."
-                      )] = None,
-    learning_rate: Annotated[float | None, typer.Option("--learning-rate", help="Fine-tuning learning rate "
-                             f"(default {_TUNED.learning_rate:g}).")] = None,
-    optimizer: Annotated[str | None, typer.Option("--optimizer", help="Fine-tuning optimizer: adam or sgd "
-                         f"(default {_TUNED.optimizer}).")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Fine-tuning batch size "
-                          f"(default {_TUNED.batch_size}).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the split, the batch order and training "
-                    f"(default {_TUNED.seed}).")] = None,
-    holdout_fraction: Annotated[float | None, typer.Option("--holdout-fraction", help="Share of the clean "
-                                "validation images held out to choose the epoch "
-                                f"(default {_TUNED.holdout_fraction:g}).")] = None,
+    asr_bound: AsrBoundOption = ASR_BOUND,
+    clean_bound: CleanBoundOption = CLEAN_BOUND,
+    **stage_values: Any,
 ) -> int:
-    """Rank, prune, select B' per threshold, build G, evaluate on test data, and write the results.
+    """Rank, prune, select B' per threshold, build G, evaluate on test data, and write the results; with a
+    defense's flag (--fine-tune ...), run that defense too.
 
     Example: badnet-prune defend --model bd_net.h5 --clean-valid cl/valid.h5 --clean-test cl/test.h5
-    --poisoned sunglasses=bd/bd_valid.h5,bd/bd_test.h5 --out results
+    --poisoned sunglasses=bd/bd_valid.h5,bd/bd_test.h5 --out results --fine-tune
     """
-    from badnet_prune.orchestrator.defend_run import DefenseFailed, defend_model, defense_spec, fine_tune_table
+    from badnet_prune.orchestrator.defend_run import DefenseFailed, defend_model, defense_spec
 
-    tuning = fine_tune_table(fine_tune, {"epochs": epochs, "learning_rate": learning_rate, "optimizer": optimizer,
-                                    "batch_size": batch_size, "seed": seed, "holdout_fraction": holdout_fraction})
+    tables = stage_tables(stage_values)
     spec = defense_spec(
         model, clean_valid, clean_test, poisoned=_poisoned(poisoned or []),
         thresholds=[t for t in thresholds.split(",") if t.strip()], policy=policy, prune_layer=prune_layer,
-        rank_layer=rank_layer, input_scale=input_scale.setting, trust_model_code=trust_model_code, fine_tune=tuning,
+        rank_layer=rank_layer, input_scale=input_scale.setting, trust_model_code=trust_model_code, stages=tables,
     )
     console = Console(stderr=True)
     try:
-        defended = defend_model(spec, out, db=db, console=console)
+        defended = defend_model(spec, out, db=db, console=console, asr_bound=asr_bound, clean_bound=clean_bound)
     except DefenseFailed as failed:
         console.print(f"error: {failed}", soft_wrap=True, markup=False)
         raise typer.Exit(2) from None
     if as_json:
         print((out / "summary.json").read_text(encoding="utf-8"), end="")
     else:
-        _print_results(defended, out, console)
+        _print_results(defended, out, console, asr_bound, clean_bound)
     return defended.sweep_id
 
 
-def _print_results(defended: Defended, out: Path, console: Console) -> None:
+def _print_results(defended: Defended, out: Path, console: Console, asr_bound: float, clean_bound: float) -> None:
     from badnet_prune.db.session import display_url
-    from badnet_prune.orchestrator.exports import lab_table
+    from badnet_prune.orchestrator.exports import lab_table, model_notes
+    from badnet_prune.orchestrator.verdicts import model_verdicts
 
     results = defended.results
-    header, table_rows = lab_table(results)  # B'' and G'' rows too where the sweep fine-tuned
+    header, table_rows = lab_table(results)  # every stage's networks: B'_t and G_t, and each later defense's
     table = Table(title=f"{results.name}: clean validation accuracy of B {results.acc0:.2f}%")
     for column in header:
         # row names ("B' 2%, 45 pruned") stay on one line; the numeric headers wrap instead
@@ -121,5 +109,11 @@ def _print_results(defended: Defended, out: Path, console: Console) -> None:
         Console().print(f"{results.name}: {defended.input_scale_note}", soft_wrap=True, markup=False,
                         style="yellow" if defended.input_scale_note.startswith("warning:") else None)
     Console().print(table)
+    for verdict in model_verdicts(results, asr_bound, clean_bound):
+        warned = verdict.false_alarms_above_bound or verdict.within_clean_bound is False
+        Console().print(verdict.sentence(asr_bound, clean_bound), soft_wrap=True, markup=False,
+                        style="red" if warned or not verdict.removed else "green")
+    for note in model_notes(results):
+        Console().print(note, soft_wrap=True, markup=False, style="yellow")
     console.print(f"wrote {out / 'steps.csv'}, {out / 'summary.json'} and {out / 'models'}/ "
                   f"(sweep {defended.sweep_id} in {display_url(defended.db_url)})", soft_wrap=True)

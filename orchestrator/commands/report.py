@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from badnet_prune.orchestrator.options import DbOption, load_settings
+from badnet_prune.orchestrator.options import AsrBoundOption, DbOption, load_settings
+from badnet_prune.orchestrator.verdicts import ASR_BOUND
 
 
 def _folder(text: str) -> Path:
@@ -22,8 +23,7 @@ def report(
     out: Annotated[Path, typer.Option("--out", parser=_folder,
                                       help="Folder for index.html, models/, report.md, figures/ and csv/.")],
     db: DbOption = None,
-    asr_bound: Annotated[float, typer.Option("--asr-bound", min=0, max=100, help="A backdoor counts as removed "
-                         "when the ASR of G on its poisoned test set is at most this percentage.")] = 5.0,
+    asr_bound: AsrBoundOption = ASR_BOUND,
     samples: Annotated[int, typer.Option("--samples", min=0, help="Test images per data set in each model's "
                        "sample grid, labelled by B and G (loads the model files); 0 skips the grid.")] = 6,
     as_json: Annotated[bool, typer.Option("--json", help="Print what was written as JSON (index, model pages, "

@@ -19,8 +19,9 @@ def status(
     broker: BrokerOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Per model: status, steps stored of steps expected, tasks done per stage, and the reason of a failure;
-    under the table, each model's input scale (the line of the rank stage that chose or checked it).
+    """Per model: status, each stage's tasks done of planned with its progress in its own unit (steps,
+    epochs ...), and the reason of a failure; under the table, each model's input scale (the line of the
+    rank stage that chose or checked it).
 
     With a broker, also how many queued or running tasks no queue holds any more (lost with a broker
     that kept nothing): `badnet-prune sweep resume ID` sends them again.
@@ -48,17 +49,16 @@ def status(
     if as_json:
         print(json.dumps({**asdict(progress), "lost_tasks": lost, "input_scale_notes": notes}, indent=2))
         return
-    names = [stage.name for stage in stages()]
+    declared = stages()
     table = Table(title=f"sweep {progress.sweep_id}: {progress.status}")
-    for column in ("model", "status", "steps", "tasks done", "error"):
+    for column in ("model", "status", "tasks done", "error"):
         table.add_column(column, overflow="fold")
     for model in progress.models:
-        expected = "?" if model.steps_expected is None else str(model.steps_expected)
         per_stage = ", ".join(
-            f"{name} {counts.get('done', 0)}/{sum(counts.values())}"
-            for name in names if (counts := model.stages.get(name))
+            stage_progress(stage.name, counts, model.units.get(stage.name), stage.progress.unit)
+            for stage in declared if (counts := model.stages.get(stage.name))
         )
-        table.add_row(model.name, model.status, f"{model.steps_stored}/{expected}", per_stage, model.error or "")
+        table.add_row(model.name, model.status, per_stage, model.error or "")
     Console().print(table)
     for name, note in notes.items():  # whole lines under the table: a column would fold them into a few words a row
         Console().print(f"{name}: {note}", soft_wrap=True, markup=False,
@@ -66,3 +66,11 @@ def status(
     if lost:
         Console(stderr=True).print(f"{lost} task(s) are queued or running but no queue holds them (lost with the "
                                    f"broker?): run `badnet-prune sweep resume {sweep_id}`", soft_wrap=True)
+
+
+def stage_progress(name: str, counts: dict[str, int], units: tuple[int, int] | None, unit: str) -> str:
+    """'prune_range 7/7 (61/61 steps)': a stage's tasks done of planned, and its units where it counts more."""
+    text = f"{name} {counts.get('done', 0)}/{sum(counts.values())}"
+    if units is not None and unit != "tasks":
+        text += f" ({units[0]}/{units[1]} {unit})"
+    return text

@@ -30,7 +30,7 @@ def worker(
         raise BadInputError("--broker", "a worker needs a broker: pass --broker or set BADNET_PRUNE_BROKER")
 
     from badnet_prune.db.session import prepare_database
-    from badnet_prune.worker.artifact_files import remove_stale_temporaries
+    from badnet_prune.files.artifact_files import remove_stale_temporaries
     from badnet_prune.worker.celery_app import serve
 
     prepare_database(settings.db_url).dispose()

@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from badnet_prune.orchestrator.report.data import ModelReport
+from badnet_prune.pipeline.presentation import Panel
 
 DPI = 100
 
@@ -59,30 +60,27 @@ def curve_figure(model: ModelReport) -> Figure:
     return figure
 
 
-def fine_tune_png(model: ModelReport) -> bytes | None:
-    """Per fine-tuned threshold, hold-out clean accuracy and each poisoned validation set's ASR against the
-    epoch (0 = B'_t), the epoch kept (chosen on hold-out accuracy alone) marked; None when nothing was tuned."""
-    tuned = [(entry.threshold, entry.fine) for entry in model.results.thresholds
-             if entry.fine is not None and entry.fine.kept_epoch is not None and entry.fine.epochs]
-    if not tuned:
+def panels_png(panels: list[Panel], title: str) -> bytes | None:
+    """A stage's declared panels side by side: its series against x (the bold one its clean accuracy), the
+    point it chose marked; None without panels."""
+    if not panels:
         return None
-    figure, all_axes = plt.subplots(1, len(tuned), figsize=(4.2 * len(tuned) + 1.5, 3.8), dpi=DPI, squeeze=False)
-    for axes, (threshold, fine) in zip(all_axes[0], tuned, strict=True):
-        epochs = [e.epoch for e in fine.epochs]
-        axes.plot(epochs, [e.holdout_accuracy for e in fine.epochs], color="black", lw=2, marker=".",
-                  label="hold-out clean accuracy")
-        for poison in fine.poisons:
-            axes.plot(epochs, [e.asr.get(poison, np.nan) for e in fine.epochs], lw=1.5, marker=".",
-                      label=f"ASR {poison} (validation)")
-        kept = next(e for e in fine.epochs if e.epoch == fine.kept_epoch)
-        axes.axvline(kept.epoch, color="tab:green", ls=":", lw=1.2)
-        axes.plot([kept.epoch], [kept.holdout_accuracy], "o", color="tab:green", ms=9, fillstyle="none",
-                  label="epoch kept")
-        axes.set(xlabel="epoch", ylabel="percent", ylim=(-2, 102), title=f"B'' {threshold.percent}: epoch {kept.epoch}")
-        axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    figure, all_axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.5, 3.8), dpi=DPI, squeeze=False)
+    for axes, panel in zip(all_axes[0], panels, strict=True):
+        for series in panel.series:
+            y = [np.nan if value is None else value for value in series.y]
+            if series.emphasis:
+                axes.plot(series.x, y, color="black", lw=2, marker=".", label=series.label)
+            else:
+                axes.plot(series.x, y, lw=1.5, marker=".", label=series.label)
+        if panel.mark_x is not None:
+            axes.axvline(panel.mark_x, color="tab:green", ls=":", lw=1.2, label=panel.mark_label)
+        axes.set(xlabel=panel.x_label, ylabel=panel.y_label, ylim=(-2, 102), title=panel.title)
+        if all(float(x).is_integer() for series in panel.series for x in series.x):
+            axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
     all_axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    figure.suptitle(f"{model.name}: fine-tuning B'_t on clean validation data")
+    figure.suptitle(title)
     figure.tight_layout()
     return _png(figure)
 

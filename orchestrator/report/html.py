@@ -101,9 +101,12 @@ def render_model(pages: ReportPages, page: ModelPage) -> str:
         "<h2>Pruning curve (clean validation data)</h2>",
         _img(page.curve_png, "curve", f"{model.name}: accuracy and ASR against the fraction pruned"),
     ]
-    if page.fine_tune_png is not None:
-        parts += ["<h2>Fine-pruning curves (clean validation data)</h2>", f"<p>{escape(page.fine_tune_caption())}</p>",
-                  _img(page.fine_tune_png, "fine-tune", f"{model.name}: hold-out accuracy and ASR against the epoch")]
+    for section in page.sections:
+        parts += [f"<h2>{escape(section.title)}</h2>", f"<p>{escape(section.caption)}</p>"]
+        if section.png is not None:
+            parts.append(_img(section.png, section.slug, f"{model.name}: {section.title}"))
+        if section.table is not None:
+            parts.append(table_html(section.table, section.slug))
     parts.append("<h2>Sample test images</h2>")
     samples = page.samples
     parts += [f'<p class="missing">{escape(text)}</p>' for text in samples.missing]

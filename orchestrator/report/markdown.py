@@ -52,9 +52,12 @@ def _model_lines(page: ModelPage, figures: dict[str, str]) -> list[str]:
     lines = [f"## {name}", "", escape(page.description()), "", "### B, B' and G on test data", "",
              *table_markdown(lab), "", "### Pruning curve (clean validation data)", "",
              f"![{name}: pruning curve]({_link(figures['curve'])})", ""]
-    if "fine_tune" in figures:
-        lines += ["### Fine-pruning curves (clean validation data)", "", escape(page.fine_tune_caption()), "",
-                  f"![{name}: fine-pruning curves]({_link(figures['fine_tune'])})", ""]
+    for section in page.sections:
+        lines += [f"### {escape(section.title)}", "", escape(section.caption), ""]
+        if section.slug in figures:
+            lines += [f"![{name}: {escape(section.title)}]({_link(figures[section.slug])})", ""]
+        if section.table is not None:
+            lines += [*table_markdown(section.table), ""]
     lines += ["### Sample test images", ""]
     lines += [f"*{escape(text)}*\n" for text in page.samples.missing]
     if "samples" in figures:

@@ -4,14 +4,33 @@ so both say the same thing with the same numbers."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from badnet_prune.orchestrator.report.data import ModelReport, SweepReport
-from badnet_prune.orchestrator.report.figures import curve_png, fine_tune_png, sample_grid_png
+from badnet_prune.orchestrator.report.figures import curve_png, panels_png, sample_grid_png
 from badnet_prune.orchestrator.report.samples import POOL, Samples, label_samples
-from badnet_prune.orchestrator.report.tables import Table, overview_table, rows_by_model, sweep_tables, verdict_table
+from badnet_prune.orchestrator.report.tables import (
+    Table,
+    overview_table,
+    repaired_networks,
+    rows_by_model,
+    sweep_tables,
+    verdict_table,
+)
+from badnet_prune.pipeline.contract import stages
 
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class StageSection:
+    """A stage's section of a model page (pipeline.presentation.Section), its figure drawn."""
+
+    slug: str  # the figure's name among the page's figures
+    title: str
+    caption: str
+    png: bytes | None
+    table: Table | None
 
 
 @dataclass(frozen=True)
@@ -27,18 +46,13 @@ class ModelPage:
     curve_png: bytes
     samples: Samples
     samples_png: bytes | None
-    fine_tune_png: bytes | None = None  # fine-pruning's curves, where the sweep fine-tuned
+    sections: list[StageSection] = field(default_factory=list)  # what each stage adds to the page
 
     def description(self) -> str:
         m = self.model
         acc0 = "?" if m.acc0 is None else f"{m.acc0:.2f}%"
         return (f"{m.path} (sha256 {m.sha256[:12]}..., input scale {m.input_scale:g}); "
                 f"clean validation accuracy of B before pruning (acc0): {acc0}.")
-
-    def fine_tune_caption(self) -> str:
-        return ("Fine-pruning: B'_t fine-tuned on part of the clean validation file; the epoch kept is the one with "
-                "the best accuracy on the held-out rest (ties: the earliest; epoch 0 is B'_t itself). The ASR on "
-                "each poisoned validation set is shown for the record and never used to choose.")
 
     def samples_caption(self) -> str:
         thresholds = ", ".join(t.percent for t in self.samples.thresholds) or "none"
@@ -92,16 +106,17 @@ class ReportPages:
                    f"poisoned test set is at most {self.report.asr_bound:g}%. Removed: the smallest threshold that "
                    f"removed it; kept: the threshold where G's ASR was lowest. Clean drop = B's clean test accuracy "
                    f"minus G's, in points.")
-        if "G_fine_verdict" in self.verdict.columns:
-            caption += " Fine-pruning: the same for G'' (the repaired net of B and the fine-tuned B'')."
+        others = [network for _, network in repaired_networks(self.report) if network.name != "G"]
+        if others:
+            caption += " The same for " + ", ".join(f"{n.label} ({n.title})" for n in others) + "."
         return caption
 
     def summary_caption(self) -> str:
         caption = ("One row per model, threshold and poison. Accuracies and ASRs are on test data, in percent; G clean "
                    "drop = B clean accuracy - G clean accuracy (points); false alarms: clean test images G flagged. "
                    "csv/summary.csv has the same figures, one row per model and threshold, at full precision.")
-        if "G_fine_verdict" in self.overview.columns:
-            caption += " G'' clean drop = B clean accuracy - G'' clean accuracy."
+        others = [network for _, network in repaired_networks(self.report) if network.name != "G"]
+        caption += "".join(f" {n.label} clean drop = B clean accuracy - {n.label} clean accuracy." for n in others)
         return caption
 
     def failed_table(self) -> Table:
@@ -135,9 +150,22 @@ def build_pages(report: SweepReport, samples_per_set: int) -> ReportPages:
             curve_png=curve_png(model),
             samples=samples,
             samples_png=samples_png,
-            fine_tune_png=fine_tune_png(model),
+            sections=stage_sections(model),
         ))
     return ReportPages(report, tables, verdict, overview, pages)
+
+
+def stage_sections(model: ModelReport) -> list[StageSection]:
+    """Every stage's sections of this model's page, their figures drawn."""
+    sections = []
+    for stage in stages():
+        if stage.presentation is None or stage.presentation.sections is None:
+            continue
+        for number, section in enumerate(stage.presentation.sections(model.results)):
+            table = Table(f"{stage.name}-{number}", section.columns, section.rows) if section.columns else None
+            sections.append(StageSection(f"{stage.name}-{number}", section.title, section.caption,
+                                         panels_png(section.panels, f"{model.name}: {section.title}"), table))
+    return sections
 
 
 def page_stem(position: int, name: str) -> str:

@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from badnet_prune.db.model_results import FineTuneOutcome, Metrics
-from badnet_prune.numerics.thresholds import Threshold
+from badnet_prune.db.model_results import Metrics
+from badnet_prune.numerics.thresholds import Threshold, parse_threshold
 from badnet_prune.orchestrator.report.data import ModelReport, SweepReport
+from badnet_prune.pipeline.contract import stages
+from badnet_prune.pipeline.presentation import Network, Presentation
 
 PERCENT_DECIMALS = 2
 FRACTION_DECIMALS = 4
@@ -21,14 +23,12 @@ FRACTION_COLUMNS = frozenset({"fraction_pruned", "mean_activation"})
 LABELS = {
     "fraction_pruned": "fraction pruned", "clean_accuracy": "clean accuracy %", "mean_activation": "mean activation",
     "clean_valid_accuracy": "clean validation accuracy %", "B_clean_accuracy": "B clean accuracy %",
-    "G_clean_accuracy": "G clean accuracy %", "clean_drop": "G clean drop (points)",
-    "G_false_alarms": "G false alarms %", "B_asr": "B ASR %", "G_asr": "G ASR %", "G_verdict": "pruning alone (G)",
-    "G_threshold": "G threshold", "G_clean_drop": "G clean drop (points)", "fine_kept_epoch": "epoch kept",
-    "G_fine_clean_accuracy": "G'' clean accuracy %", "fine_clean_drop": "G'' clean drop (points)",
-    "G_fine_false_alarms": "G'' false alarms %", "G_fine_asr": "G'' ASR %", "G_fine_verdict": "fine-pruning (G'')",
-    "G_fine_threshold": "G'' threshold", "G_fine_clean_drop": "G'' clean drop (points)",
+    "B_asr": "B ASR %",
 }
-_PREFIXED = (("G_fine_asr_", "G'' ASR {} %"), ("B_asr_", "B ASR {} %"), ("G_asr_", "G ASR {} %"), ("asr_", "ASR {} %"))
+# A network's columns are its name and one of these: G_clean_drop -> "G clean drop (points)" (its declared label).
+NETWORK_COLUMNS = {"clean_accuracy": "{} clean accuracy %", "clean_drop": "{} clean drop (points)",
+                   "false_alarms": "{} false alarms %", "asr": "{} ASR %", "threshold": "{} threshold",
+                   "removed": "{} removed", "kept": "{} kept"}
 REMOVED, KEPT = "removed", "kept"
 
 
@@ -59,13 +59,33 @@ def display(column: str, value: Any) -> str:
 
 
 def label(column: str) -> str:
-    """A column's header for people: `B_clean_accuracy` -> 'B clean accuracy %', `asr_x` -> 'ASR x %'."""
+    """A column's header for people: `B_clean_accuracy` -> 'B clean accuracy %', `G_fine_asr_x` -> "G'' ASR x %",
+    `G_verdict` -> 'pruning alone (G)'; a stage's own columns as it labels them."""
     if column in LABELS:
         return LABELS[column]
-    for prefix, text in _PREFIXED:
-        if column.startswith(prefix):
-            return text.format(column.removeprefix(prefix))
+    declared = [stage.presentation for stage in stages() if stage.presentation is not None]
+    for presentation in declared:
+        if column in presentation.column_labels:
+            return presentation.column_labels[column]
+    networks = {network.name: network for presentation in declared for network in presentation.networks}
+    for name in sorted(networks, key=len, reverse=True):  # G_fine before G
+        if column.startswith(f"{name}_"):
+            return _network_label(networks[name], column.removeprefix(f"{name}_"))
+    if column.startswith("B_asr_"):
+        return f"B ASR {column.removeprefix('B_asr_')} %"
+    if column.startswith("asr_"):
+        return f"ASR {column.removeprefix('asr_')} %"
     return column
+
+
+def _network_label(network: Network, rest: str) -> str:
+    if rest == "verdict":
+        return f"{network.title} ({network.label})"
+    if rest in NETWORK_COLUMNS:
+        return NETWORK_COLUMNS[rest].format(network.label)
+    if rest.startswith("asr_"):
+        return f"{network.label} ASR {rest.removeprefix('asr_')} %"
+    return f"{network.label} {rest}"
 
 
 def sweep_tables(report: SweepReport) -> list[Table]:
@@ -95,7 +115,8 @@ def selections_table(report: SweepReport) -> Table:
 def evaluations_table(report: SweepReport) -> Table:
     columns = ["model", "network", "threshold", "dataset", "accuracy", "flagged", "image_count"]
     rows = [
-        {"model": model.name, "network": row.network, "threshold": float(row.threshold) if row.threshold else 0.0,
+        {"model": model.name, "network": row.network,
+         "threshold": _setting_value(row.threshold) if row.threshold else 0.0,
          "dataset": "clean" if row.role == "clean_test" else row.poison_name, "accuracy": row.accuracy,
          "flagged": row.flagged, "image_count": row.image_count}
         for model in report.models
@@ -104,63 +125,68 @@ def evaluations_table(report: SweepReport) -> Table:
     return Table("evaluations", columns, rows)
 
 
+def repaired_networks(report: SweepReport) -> list[tuple[Presentation, Network]]:
+    """Every stage's repaired network (G, G'' ...) evaluated for some model of the report, in stage order."""
+    evaluated = {name for model in report.models for name, _ in model.results.networks}
+    return [(stage.presentation, network) for stage in stages() if stage.presentation is not None
+            for network in stage.presentation.networks if network.repaired and network.name in evaluated]
+
+
 def summary_table(report: SweepReport) -> Table:
-    """One row per model and threshold: clean accuracy of B and G, the drop, and per poison the
-    ASR of B and G; `removed` lists the poisons whose ASR under G is at most the bound, `kept` the others."""
+    """One row per model and threshold: what each stage adds for that threshold (the step selected, the epoch
+    fine-tuning kept ...), B's clean accuracy and per poison its ASR, and per repaired network (G, G'' ...)
+    its clean accuracy, the drop from B, its false alarms, its ASR per poison, and which poisons it removed
+    (ASR at most the bound) and kept."""
     poisons = report.poisons
-    columns = ["model", "threshold", "step", "fraction_pruned", "B_clean_accuracy", "G_clean_accuracy",
-               "clean_drop", "G_false_alarms"]
-    for poison in poisons:
-        columns += [f"B_asr_{poison}", f"G_asr_{poison}"]
-    columns += ["removed", "kept"]
-    if _fine_tuned(report):
-        columns += ["fine_kept_epoch", "G_fine_clean_accuracy", "fine_clean_drop", "G_fine_false_alarms",
-                    *(f"G_fine_asr_{poison}" for poison in poisons), "fine_removed", "fine_kept"]
+    networks = repaired_networks(report)
+    rows = [row for model in report.complete_models
+            for row in _summary_rows(model, report.thresholds, poisons, networks, report.asr_bound)]
+    added = list(dict.fromkeys(column for row in rows for column in row.get("_stage_columns", [])))
+    columns = ["model", "threshold", *added, "B_clean_accuracy", *(f"B_asr_{poison}" for poison in poisons)]
+    for _, network in networks:
+        name = network.name
+        columns += [f"{name}_clean_accuracy", f"{name}_clean_drop", f"{name}_false_alarms",
+                    *(f"{name}_asr_{poison}" for poison in poisons), f"{name}_removed", f"{name}_kept"]
     columns += ["note"]
-    rows = [row for model in report.complete_models for row in _summary_rows(model, poisons, report.asr_bound)]
+    for row in rows:
+        row.pop("_stage_columns", None)
     return Table("summary", columns, rows)
 
 
-def _summary_rows(model: ModelReport, poisons: list[str], bound: float) -> list[dict[str, Any]]:
-    b = model.results.b
-    fractions = {step.step: step.fraction_pruned for step in model.steps}
+def _summary_rows(model: ModelReport, thresholds: list[Threshold], poisons: list[str],
+                  networks: list[tuple[Presentation, Network]], bound: float) -> list[dict[str, Any]]:
+    results, b = model.results, model.results.b
     rows = []
-    for entry in model.results.thresholds:
-        g = entry.g
-        row: dict[str, Any] = {"model": model.name, "threshold": entry.threshold.value, "step": entry.step,
-                               "fraction_pruned": fractions.get(entry.step), "B_clean_accuracy": b.clean_accuracy}
-        for poison in poisons:
-            row[f"B_asr_{poison}"] = b.asr.get(poison)
-        if entry.step is None or g.clean_accuracy is None or b.clean_accuracy is None:
-            row["note"] = "threshold never reached"
-            rows.append(row)
-            continue
-        row["G_clean_accuracy"] = g.clean_accuracy
-        row["clean_drop"] = b.clean_accuracy - g.clean_accuracy
-        row["G_false_alarms"] = g.false_alarms
-        measured = [poison for poison in poisons if poison in g.asr]
-        for poison in measured:
-            row[f"G_asr_{poison}"] = g.asr[poison]
-        row["removed"] = " ".join(p for p in measured if g.asr[p] <= bound)
-        row["kept"] = " ".join(p for p in measured if g.asr[p] > bound)
-        if entry.fine is not None and entry.fine.g_fine.clean_accuracy is not None:
-            row.update(_fine_columns(entry.fine, poisons, b.clean_accuracy, bound))
+    for threshold in thresholds:
+        row: dict[str, Any] = {"model": model.name, "threshold": threshold.value}
+        added: list[str] = []
+        for stage in stages():
+            if stage.presentation is not None and stage.presentation.columns is not None:
+                extra = stage.presentation.columns(results, threshold.key)
+                row.update(extra)
+                added += [column for column in extra if column != "note"]
+        row["_stage_columns"] = added
+        row["B_clean_accuracy"] = b.clean_accuracy
+        row.update({f"B_asr_{poison}": b.asr.get(poison) for poison in poisons})
+        for _, network in networks:
+            metrics = results.networks.get((network.name, threshold.key))
+            if metrics is not None and metrics.clean_accuracy is not None and b.clean_accuracy is not None:
+                row.update(_network_columns(network.name, metrics, poisons, b.clean_accuracy, bound))
+        row.setdefault("note", "")
         rows.append(row)
     return rows
 
 
-def _fine_columns(fine: FineTuneOutcome, poisons: list[str], b_clean: float, bound: float) -> dict[str, Any]:
-    """Fine-pruning's columns of a summary row: G'' against the same bound, and its clean cost against B."""
-    g_fine = fine.g_fine
-    measured = [poison for poison in poisons if poison in g_fine.asr]
+def _network_columns(prefix: str, metrics: Metrics, poisons: list[str], b_clean: float, bound: float) -> dict[str, Any]:
+    """A repaired network's columns of a summary row: its figures against the bound, its clean cost against B."""
+    measured = [poison for poison in poisons if poison in metrics.asr]
     return {
-        "fine_kept_epoch": fine.kept_epoch,
-        "G_fine_clean_accuracy": g_fine.clean_accuracy,
-        "fine_clean_drop": b_clean - g_fine.clean_accuracy,
-        "G_fine_false_alarms": g_fine.false_alarms,
-        **{f"G_fine_asr_{poison}": g_fine.asr[poison] for poison in measured},
-        "fine_removed": " ".join(p for p in measured if g_fine.asr[p] <= bound),
-        "fine_kept": " ".join(p for p in measured if g_fine.asr[p] > bound),
+        f"{prefix}_clean_accuracy": metrics.clean_accuracy,
+        f"{prefix}_clean_drop": b_clean - (metrics.clean_accuracy or 0.0),
+        f"{prefix}_false_alarms": metrics.false_alarms,
+        **{f"{prefix}_asr_{poison}": metrics.asr[poison] for poison in measured},
+        f"{prefix}_removed": " ".join(p for p in measured if metrics.asr[p] <= bound),
+        f"{prefix}_kept": " ".join(p for p in measured if metrics.asr[p] > bound),
     }
 
 
@@ -184,65 +210,73 @@ def models_table(report: SweepReport) -> Table:
 
 
 def verdict_table(report: SweepReport) -> Table:
-    """The report's lead, one row per model and poison: did pruning alone (G) remove the backdoor, at the
-    smallest threshold that did and at what clean cost; where none did, the threshold with G's lowest ASR.
-    The same for fine-pruning (G'') where the sweep fine-tuned."""
-    fine = _fine_tuned(report)
-    columns = ["model", "poison", "B_asr", "G_verdict", "G_threshold", "G_asr", "G_clean_drop"]
-    if fine:
-        columns += ["G_fine_verdict", "G_fine_threshold", "G_fine_asr", "G_fine_clean_drop"]
+    """The report's lead, one row per model and poison: for each repaired network (G for pruning alone, G''
+    for fine-pruning, and each later defense's), did it remove the backdoor, at the smallest setting that
+    did and at what clean cost; where none did, the setting with its lowest ASR."""
+    networks = repaired_networks(report)
+    columns = ["model", "poison", "B_asr"]
+    for _, network in networks:
+        columns += [f"{network.name}_verdict", f"{network.name}_threshold", f"{network.name}_asr",
+                    f"{network.name}_clean_drop"]
     rows = []
     for model in report.complete_models:
         b = model.results.b
         for poison in model.poisons:
             row: dict[str, Any] = {"model": model.name, "poison": poison, "B_asr": b.asr.get(poison)}
-            reached = [entry for entry in model.results.thresholds if entry.step is not None]
-            g = [(entry.threshold, entry.g) for entry in reached]
-            row.update(_verdict("G", g, poison, b.clean_accuracy, report.asr_bound))
-            if fine:
-                g_fine = [(entry.threshold, entry.fine.g_fine) for entry in reached if entry.fine is not None]
-                row.update(_verdict("G_fine", g_fine, poison, b.clean_accuracy, report.asr_bound))
+            for _, network in networks:
+                measured = [(key, model.results.networks[(network.name, key)])
+                            for key in model.results.keys(network.name)]
+                row.update(_verdict(network.name, measured, poison, b.clean_accuracy, report.asr_bound))
             rows.append(row)
     return Table("verdict", columns, rows)
 
 
-def _verdict(prefix: str, measured: list[tuple[Threshold, Metrics]], poison: str, b_clean: float | None,
+def _verdict(prefix: str, measured: list[tuple[str, Metrics]], poison: str, b_clean: float | None,
              bound: float) -> dict[str, Any]:
-    """One network's verdict on one poison, over thresholds in ascending order."""
-    rates = [(t, m) for t, m in measured if poison in m.asr and m.clean_accuracy is not None]
+    """One network's verdict on one poison, over its settings in ascending order."""
+    rates = [(key, m) for key, m in measured if poison in m.asr and m.clean_accuracy is not None]
     if not rates or b_clean is None:
         return {f"{prefix}_verdict": "not measured"}
-    removed = [(t, m) for t, m in rates if m.asr[poison] <= bound]
-    threshold, metrics = removed[0] if removed else min(rates, key=lambda pair: (pair[1].asr[poison], pair[0]))
-    return {f"{prefix}_verdict": REMOVED if removed else KEPT, f"{prefix}_threshold": threshold.value,
+    removed = [(key, m) for key, m in rates if m.asr[poison] <= bound]
+    key, metrics = removed[0] if removed else min(rates, key=lambda pair: pair[1].asr[poison])
+    return {f"{prefix}_verdict": REMOVED if removed else KEPT, f"{prefix}_threshold": _setting_value(key),
             f"{prefix}_asr": metrics.asr[poison], f"{prefix}_clean_drop": b_clean - metrics.clean_accuracy}
+
+
+def _setting_value(key: str) -> float | str:
+    """A setting as the tables carry it: a threshold's value (printed as a percent), any other key as written."""
+    try:
+        return parse_threshold(key).value
+    except ValueError:
+        return key
 
 
 def overview_table(report: SweepReport, summary: Table) -> Table:
     """The across-models table of the page, from summary_table's rows: one row per model, threshold and poison,
     so that its width does not grow with the number of poisons (summary.csv keeps one wide row per model and
     threshold)."""
-    columns = ["model", "threshold", "step", "fraction_pruned", "B_clean_accuracy", "G_clean_accuracy", "clean_drop",
-               "G_false_alarms", "poison", "B_asr", "G_asr", "G_verdict"]
-    if _fine_tuned(report):
-        columns += ["G_fine_clean_accuracy", "fine_clean_drop", "G_fine_asr", "G_fine_verdict"]
-    columns += ["note"]
+    networks = [network.name for _, network in repaired_networks(report)]
+    leading = [column for column in summary.columns
+               if not column.startswith("B_asr_") and column != "note"
+               and not any(column.startswith(f"{name}_") for name in networks)]
+    columns = [*leading]
+    for name in networks:
+        columns += [f"{name}_clean_accuracy", f"{name}_clean_drop", f"{name}_false_alarms"]
+    columns += ["poison", "B_asr", *(column for name in networks for column in (f"{name}_asr", f"{name}_verdict")),
+                "note"]
     poisons = {model.name: model.poisons or [""] for model in report.complete_models}
     rows = []
     for wide in summary.rows:
         for poison in poisons[wide["model"]]:
             row = {key: wide.get(key) for key in columns if key in wide}
-            row.update(poison=poison, B_asr=wide.get(f"B_asr_{poison}"), G_asr=wide.get(f"G_asr_{poison}"),
-                       G_fine_asr=wide.get(f"G_fine_asr_{poison}"))
-            for prefix, asr in (("G", row["G_asr"]), ("G_fine", row["G_fine_asr"])):
+            row.update(poison=poison, B_asr=wide.get(f"B_asr_{poison}"))
+            for name in networks:
+                asr = wide.get(f"{name}_asr_{poison}")
+                row[f"{name}_asr"] = asr
                 if asr is not None:
-                    row[f"{prefix}_verdict"] = REMOVED if asr <= report.asr_bound else KEPT
+                    row[f"{name}_verdict"] = REMOVED if asr <= report.asr_bound else KEPT
             rows.append(row)
     return Table("overview", columns, rows)
-
-
-def _fine_tuned(report: SweepReport) -> bool:
-    return any(entry.fine is not None for model in report.complete_models for entry in model.results.thresholds)
 
 
 def rows_by_model(table: Table, names: list[str]) -> dict[str, Table]:

@@ -40,7 +40,8 @@ def _write_figures(pages: ReportPages, folder: Path) -> dict[int, dict[str, str]
     names: dict[int, dict[str, str]] = {}
     for position, page in enumerate(pages.models, start=1):
         stem = f"{position:02d}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', page.model.name)}"
-        images = {"curve": page.curve_png, "fine_tune": page.fine_tune_png, "samples": page.samples_png}
+        images = {"curve": page.curve_png, "samples": page.samples_png,
+                  **{section.slug: section.png for section in page.sections}}
         for kind, png in images.items():
             if png is not None:
                 (folder / f"{stem}-{kind}.png").write_bytes(png)

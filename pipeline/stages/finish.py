@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from badnet_prune.pipeline.contract import PlanContext, Scope, Stage, StageArguments, TaskContext, register
+from badnet_prune.db.repository import finish_sweep
+from badnet_prune.db.session import session_scope
+from badnet_prune.pipeline.contract import Job, PlanContext, Scope, Stage, StageArguments, register
 
 if TYPE_CHECKING:
-    from badnet_prune.worker.runtime import Runtime
+    from badnet_prune.pipeline.runtime import Runtime
 
 
 class FinishArguments(StageArguments):
@@ -18,12 +20,9 @@ def plan(context: PlanContext) -> list[FinishArguments]:
     return [FinishArguments()]
 
 
-def run(runtime: Runtime, task: TaskContext, arguments: FinishArguments) -> None:
-    from badnet_prune.db.repository import finish_sweep
-    from badnet_prune.db.session import session_scope
-
+def run(runtime: Runtime, job: Job[FinishArguments, None]) -> None:
     with session_scope(runtime.engine) as session:
-        finish_sweep(session, task.sweep_id)
+        finish_sweep(session, job.sweep_id)
 
 
 FINISH = register(Stage(

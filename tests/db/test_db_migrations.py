@@ -51,3 +51,30 @@ def test_processes_preparing_a_fresh_database_at_once_all_succeed(db_url: str, r
         assert current_revision(engine) == head_revision()
     finally:
         engine.dispose()
+
+
+def test_the_within_policy_migration_keeps_every_row_on_sqlite(tmp_path) -> None:
+    """0008 widens sweeps.policy's CHECK without rebuilding the table (a rebuild would cascade-delete models)."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from badnet_prune.db.session import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    config = Config(str(ALEMBIC_INI))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0007")
+        connection.execute(text(
+            "INSERT INTO sweeps (id, name, created_at, config, thresholds, policy, prune_layer, rank_layer, range_size,"
+            " artifact_dir, status) VALUES (1, 's', '2026-12-01', '{}', '[]', 'first', 'conv_3', 'pool_3', 10, 'a',"
+            " 'done')"))
+        connection.execute(text("INSERT INTO models (id, sweep_id, name, path, sha256, input_scale, input_scale_auto,"
+                                " status) VALUES (1, 1, 'm', 'p', 's', 1.0, 0, 'done')"))
+    engine.dispose()
+    engine = prepare_database(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT count(*) FROM models")).scalar() == 1
+        connection.execute(text("UPDATE sweeps SET policy = 'within'"))
+        assert connection.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+    engine.dispose()

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from badnet_prune.db.models import Base, DataFile, Model, ModelData, Sweep, Task
 from badnet_prune.db.repository import (
+    Truth,
     add_model,
     create_sweep,
     finish_sweep,
@@ -114,6 +115,27 @@ def test_a_model_is_rewritten_with_its_data(session: Session, sweep_id: int, mod
     assert [m.name for m in list_models(session, sweep_id)] == ["bd_net"]
 
 
+@pytest.mark.parametrize(("truth", "stored"), [
+    (Truth(True, "multi-trigger", {"sunglasses": 3, "patch": 7}),
+     (True, "multi-trigger", {"sunglasses": 3, "patch": 7})),
+    (Truth(True, None, (2, 5)), (True, None, [2, 5])),
+    (Truth(False, "clean"), (False, "clean", [])),
+])
+def test_a_models_ground_truth_is_stored_and_rewritten(session: Session, sweep_id: int, truth: Truth, stored) -> None:
+    def register(given: Truth | None) -> int:
+        return add_model(session, sweep_id, name="m", path="/m.h5", sha256="a" * 64, input_scale=1.0, data=[],
+                         truth=given)
+
+    model_id = register(truth)
+    session.commit()
+    model = get_model(session, model_id)
+    assert (model.truth_backdoored, model.truth_attack, model.truth_targets) == stored
+    assert register(None) == model_id  # registered again without truth: none is left
+    session.commit()
+    model = get_model(session, model_id)
+    assert (model.truth_backdoored, model.truth_attack, model.truth_targets) == (None, None, None)
+
+
 def test_model_status_and_measurements(session: Session, model_id: int) -> None:
     set_model_status(session, model_id, "running", acc0=98.649, channel_count=60)
     set_model_status(session, model_id, "failed", error="conv_3 not found")
@@ -142,7 +164,7 @@ def test_progress_counts_tasks_by_state_and_stage(session: Session, sweep_id: in
     assert (progress.sweep_id, progress.status, progress.sweep_tasks) == (sweep_id, "pending", {"pending": 1})
     [model] = progress.models
     assert (model.model_id, model.name, model.status, model.error) == (model_id, "bd_net", "running", None)
-    assert (model.steps_stored, model.steps_expected) == (10, 61)
+    assert model.units == {"rank": (1, 1), "prune_range": (1, 2)}  # a unit a task as planned here; done ones count
     assert model.tasks == {"done": 2, "failed": 1}
     assert model.stages == {"rank": {"done": 1}, "prune_range": {"done": 1, "failed": 1}}
     overview = sweep_overview(session, sweep_id)

@@ -38,14 +38,12 @@ def assert_stored_once(cluster: Cluster) -> None:
     def count(sql: str) -> int:
         return psql_rows(cluster.database_url, sql)[0][0]
 
-    assert count("SELECT count(*) FROM fine_tunes") == 1
-    assert count("SELECT count(*) FROM fine_tunes WHERE kept_epoch IS NOT NULL") == 1
-    assert count("SELECT count(*) FROM fine_tune_epochs") == EPOCHS + 1
-    assert count("SELECT count(*) FROM fine_tune_asr") == EPOCHS + 1
+    assert count("SELECT count(*) FROM stage_outcomes WHERE stage = 'fine_tune'") == 1
+    assert count("SELECT count(*) FROM curve_points WHERE stage = 'fine_tune'") == EPOCHS + 1
+    assert count("SELECT count(*) FROM curve_asr WHERE stage = 'fine_tune'") == EPOCHS + 1
     assert count("SELECT count(*) FROM evaluations WHERE network IN ('B_fine', 'G_fine')") == 4
     assert count("SELECT count(*) FROM artifacts WHERE kind IN ('B_fine', 'G_fine')") == 2
-    assert count("SELECT count(*) FROM fine_tune_results") == 2 * (EPOCHS + 1)
-    assert count("SELECT count(*) FROM fine_tune_results WHERE kept") == 2
+    assert count("SELECT count(*) FROM curve_results WHERE stage = 'fine_tune'") == 2 * (EPOCHS + 1)
     paths = [path for (path,) in psql_rows(cluster.database_url,
                                            "SELECT path FROM artifacts WHERE kind IN ('B_fine', 'G_fine')")]
     assert all(Path(path).is_file() for path in paths)

@@ -92,6 +92,25 @@ def test_a_stage_declared_in_the_tests_runs_on_celery_workers(cluster: Cluster, 
     assert sorted(lines) == sorted(f"{row['model_id']} {row['threshold']} {row['step']}" for row in selected)
 
 
+def test_a_defense_declared_in_the_tests_runs_on_celery_workers(cluster: Cluster, tmp_path: Path) -> None:
+    """tests/stages/extra_defense.py: its settings table, job, stored results and curve, through real workers."""
+    cluster.extra_env = {"BADNET_PRUNE_STAGE_MODULES": "tests.stages.extra_defense", "PYTHONPATH": str(REPO)}
+    cluster.start_workers(2)
+    sweep_file = synthetic_sweep(tmp_path, models=2)
+    with open(sweep_file, "a", encoding="utf-8") as handle:
+        handle.write("\n[random_prune]\ncount = 3\n")
+    sweep_id = cluster.submit(sweep_file, wait=True)
+    assert_complete(cluster, sweep_id, {"m0", "m1"})
+    rows = cluster.query(f"SELECT state, attempts FROM tasks WHERE sweep_id = {sweep_id} AND stage = 'random_prune'")
+    assert [(row["state"], row["attempts"]) for row in rows] == [("done", 1), ("done", 1)]
+    outcomes = cluster.query("SELECT model_id, document FROM stage_outcomes WHERE stage = 'random_prune'")
+    assert len(outcomes) == 2
+    points = cluster.query("SELECT count(*) AS n FROM curve_points WHERE stage = 'random_prune'")
+    assert points[0]["n"] == 2 * 4
+    networks = cluster.query("SELECT count(*) AS n FROM evaluations WHERE network IN ('B_random', 'G_random')")
+    assert networks[0]["n"] == 2 * 2 * 2  # two models, two networks, the clean and one poisoned test set
+
+
 def test_resuming_a_running_sweep_sends_nothing(cluster: Cluster, slow_badnet: Path, tmp_path: Path) -> None:
     cluster.start_workers(1)
     sweep_id = cluster.submit(slow_sweep(tmp_path, slow_badnet, models=2, range_size=61))

@@ -61,21 +61,23 @@ def expected_summary(engine: Engine, sweep_id: int) -> list[dict]:
             t = _value(selection.threshold)
             if selection.step is None:
                 rows.append({"model": model.name, "threshold": t, "step": None, "fraction_pruned": None,
-                             "B_clean_accuracy": metrics[("B", 0.0, "clean")][0], "removed": set(), "kept": set(),
+                             "valid_drop": None, "B_clean_accuracy": metrics[("B", 0.0, "clean")][0],
+                             "G_removed": set(), "G_kept": set(),
                              "note": "threshold never reached"})
                 continue
             g_asr = {p: metrics[("G", t, p)][0] for p in poisons if ("G", t, p) in metrics}
             rows.append({
                 "model": model.name, "threshold": t, "step": selection.step,
                 "fraction_pruned": fractions.get(selection.step),
+                "valid_drop": 100.0 * (model.acc0 - selection.clean_valid_accuracy) / model.acc0,
                 "B_clean_accuracy": metrics[("B", 0.0, "clean")][0],
                 "G_clean_accuracy": metrics[("G", t, "clean")][0],
-                "clean_drop": metrics[("B", 0.0, "clean")][0] - metrics[("G", t, "clean")][0],
+                "G_clean_drop": metrics[("B", 0.0, "clean")][0] - metrics[("G", t, "clean")][0],
                 "G_false_alarms": metrics[("G", t, "clean")][1],
                 **{f"B_asr_{p}": metrics[("B", 0.0, p)][0] for p in poisons if ("B", 0.0, p) in metrics},
                 **{f"G_asr_{p}": rate for p, rate in g_asr.items()},
-                "removed": {p for p, rate in g_asr.items() if rate <= ASR_BOUND},
-                "kept": {p for p, rate in g_asr.items() if rate > ASR_BOUND},
+                "G_removed": {p for p, rate in g_asr.items() if rate <= ASR_BOUND},
+                "G_kept": {p for p, rate in g_asr.items() if rate > ASR_BOUND},
                 "note": "",
             })
     return rows
@@ -109,7 +111,7 @@ def test_csv_tables_equal_the_database_exactly(reported: ReportedSweep, engine: 
     assert len(summary) == len(wanted) > 0
     for row, want in zip(summary, wanted, strict=True):
         for column, value in want.items():
-            if column in ("removed", "kept"):
+            if column in ("G_removed", "G_kept"):
                 assert set(row[column].split()) == value, column
             elif isinstance(value, float):
                 assert exact(row[column]) == value, column
@@ -119,8 +121,9 @@ def test_csv_tables_equal_the_database_exactly(reported: ReportedSweep, engine: 
 
 # The page's headers, restated here rather than read from the report's code.
 OVERVIEW_HEADERS = {"model": "model", "threshold": "threshold", "step": "step", "fraction_pruned": "fraction pruned",
-                    "B_clean_accuracy": "B clean accuracy %", "G_clean_accuracy": "G clean accuracy %",
-                    "clean_drop": "G clean drop (points)", "G_false_alarms": "G false alarms %", "poison": "poison",
+                    "valid_drop": "validation drop % (of acc0)", "B_clean_accuracy": "B clean accuracy %",
+                    "G_clean_accuracy": "G clean accuracy %",
+                    "G_clean_drop": "G clean drop (points)", "G_false_alarms": "G false alarms %", "poison": "poison",
                     "B_asr": "B ASR %", "G_asr": "G ASR %", "G_verdict": "pruning alone (G)", "note": "note"}
 VERDICT_HEADERS = {"model": "model", "poison": "poison", "B_asr": "B ASR %", "G_verdict": "pruning alone (G)",
                    "G_threshold": "G threshold", "G_asr": "G ASR %", "G_clean_drop": "G clean drop (points)"}
@@ -153,7 +156,7 @@ def expected_verdict(wanted: list[dict]) -> list[dict]:
             best = removed[0] if removed else min(reached, key=lambda row: (row[f"G_asr_{poison}"], row["threshold"]))
             rows.append({"model": model, "poison": poison, "B_asr": mine[0][f"B_asr_{poison}"],
                          "G_verdict": "removed" if removed else "kept", "G_threshold": best["threshold"],
-                         "G_asr": best[f"G_asr_{poison}"], "G_clean_drop": best["clean_drop"]})
+                         "G_asr": best[f"G_asr_{poison}"], "G_clean_drop": best["G_clean_drop"]})
     return rows
 
 

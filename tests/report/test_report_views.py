@@ -119,7 +119,8 @@ def test_downgrading_drops_the_views_and_upgrading_restores_them(tmp_path: Path)
     from badnet_prune.db.session import ALEMBIC_INI, prepare_database
 
     url = f"sqlite:///{tmp_path / 'views.db'}"
-    views = {"step_results", "selection_results", "evaluation_results", "fine_tune_results"}  # 0002 and 0005
+    views = {"step_results", "selection_results", "evaluation_results", "curve_results",
+             "stage_outcome_results"}  # 0002 and 0007
     engine = prepare_database(url)
     assert set(inspect(engine).get_view_names()) == views
     config = Config(str(ALEMBIC_INI))

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from badnet_prune.db.results import read_selections
 from badnet_prune.db.session import session_scope
-from badnet_prune.pipeline.contract import PlanContext, Stage, StageArguments, TaskContext, register
+from badnet_prune.pipeline.contract import Job, PlanContext, Stage, StageArguments, register
+from badnet_prune.pipeline.runtime import Runtime
 from badnet_prune.pipeline.stages.threshold import THRESHOLD
-from badnet_prune.worker.runtime import Runtime
 
 LOG_NAME = "audit.log"
 
@@ -26,17 +26,17 @@ class AuditArguments(StageArguments):
 
 
 def plan(context: PlanContext) -> list[AuditArguments]:
-    return [AuditArguments(threshold=threshold.key) for threshold in context.thresholds]
+    return [AuditArguments(threshold=threshold.key) for threshold in context.sweep.thresholds]
 
 
-def run(runtime: Runtime, task: TaskContext, arguments: AuditArguments) -> None:
-    assert task.model_id is not None
+def run(runtime: Runtime, job: Job[AuditArguments, None]) -> None:
+    assert job.model_id is not None
     with session_scope(runtime.engine) as session:
-        steps = {selection.threshold: selection.step for selection in read_selections(session, task.model_id)}
+        steps = {selection.threshold: selection.step for selection in read_selections(session, job.model_id)}
     log = Path(runtime.settings.artifact_dir) / LOG_NAME
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as out:
-        out.write(f"{task.model_id} {arguments.threshold} {steps[arguments.threshold]}\n")
+        out.write(f"{job.model_id} {job.arguments.threshold} {steps[job.arguments.threshold]}\n")
 
 
 AUDIT = register(Stage(

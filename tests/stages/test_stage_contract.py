@@ -36,7 +36,7 @@ def first_step(acc0: float, accuracies: list[float], threshold: float) -> int | 
 
 REGISTRY_CHECKS = """
 import pytest
-from badnet_prune.pipeline.contract import PlanContext, Stage, StageArguments, register, stages
+from badnet_prune.pipeline.contract import PlanContext, Stage, StageArguments, SweepPlan, register, stages
 
 def stage(name, after=()):
     return Stage(name=name, description="", arguments=StageArguments, plan=lambda _: [StageArguments()],
@@ -54,7 +54,7 @@ register(stage("extra_one", after=("rank",)))
 assert [s.name for s in stages()] == [*builtin[:-1], "extra_one", "finish"]
 with pytest.raises(ValueError, match="planned two tasks with one key"):
     Stage(name="dup", description="", arguments=StageArguments, plan=lambda _: [StageArguments()] * 2,
-          run=lambda *_: None).planned(PlanContext(1, (), 1))
+          run=lambda *_: None).planned(PlanContext(None, SweepPlan((), "first", 1, "conv_3", "pool_3")))
 print("ok")
 """
 

@@ -57,7 +57,12 @@ def _create_role(name: str, extra: str) -> str:
                 END;
             END IF;
             BEGIN
-                ALTER ROLE {name} LOGIN {ROLE_LIMITS};
+                -- only where needed: roles are the server's, shared by every database migrating at once, and two
+                -- concurrent ALTERs of one role fail with "tuple concurrently updated"
+                IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}' AND (rolsuper OR rolcreatedb OR rolcreaterole
+                           OR rolreplication OR rolbypassrls OR NOT rolcanlogin)) THEN
+                    ALTER ROLE {name} LOGIN {ROLE_LIMITS};
+                END IF;
                 {extra}
             EXCEPTION WHEN insufficient_privilege THEN
                 RAISE WARNING 'cannot check the attributes of the role {name}';
@@ -79,7 +84,11 @@ def _schema() -> str:
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    op.execute(_create_role(READER, f"ALTER ROLE {READER} SET default_transaction_read_only = on;"))
+    read_only = (f"IF NOT EXISTS (SELECT FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+                 f"WHERE r.rolname = '{READER}' AND s.setdatabase = 0 "
+                 f"AND 'default_transaction_read_only=on' = ANY(s.setconfig)) THEN "
+                 f"ALTER ROLE {READER} SET default_transaction_read_only = on; END IF;")
+    op.execute(_create_role(READER, read_only))
     op.execute(_create_role(APP, ""))
     schema = _schema()
     if _role_exists(READER):
