@@ -47,7 +47,7 @@ def test_h_is_help():
 
 def test_choices_are_listed():
     assert "csv|json" in help_of("steps")
-    assert "first|notebook" in help_of("defend")
+    assert "first|within|notebook" in help_of("defend")
 
 
 def test_version_is_the_installed_packages():

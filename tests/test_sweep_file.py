@@ -78,7 +78,7 @@ def test_defend_shaped_input_is_accepted() -> None:
     ({"range_size": 2**63 - 1}, "range_size: expected less than or equal to 100000, got 9223372036854775807"),
     ({"range_size": 0}, "range_size: expected greater than or equal to 1, got 0"),
     ({"range_size": 2.0}, "range_size: expected a valid integer, got 2.0"),
-    ({"policy": "best"}, "policy: unknown policy 'best'; choose one of first, notebook"),
+    ({"policy": "best"}, "policy: unknown policy 'best'; choose one of first, within, notebook"),
     ({"thresholds": [0.02, "2%"]}, "thresholds: thresholds repeat: 0.02"),
     ({"thresholds": [1.5]}, "thresholds: threshold 1.5 is outside (0, 1)"),
     ({"thresholds": [True]}, "thresholds: a threshold must be a number"),
