@@ -24,10 +24,14 @@ demo: $(VENV)/.installed
 
 # The second pytest run is the JAX pass: the tests of the worker path that also run on Keras's JAX
 # backend (tests/conftest.py JAX_PASS), with XLA's compiled programs kept across its processes.
+# Each pass runs its test files in several processes (pytest-xdist; one on a 1-core machine, at most 4)
+# and ends with its 25 slowest tests; README "Testing" says where the time goes.
+TEST_PROCESSES ?= -n auto --maxprocesses 4 --dist loadfile
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
-	KERAS_BACKEND=jax JAX_COMPILATION_CACHE_DIR=$(VENV)/jax-cache $(BIN)/python -m pytest -m jax_pass $(JAX_PYTEST_ARGS)
+	$(BIN)/python -m pytest $(TEST_PROCESSES) --durations=25 $(PYTEST_ARGS)
+	KERAS_BACKEND=jax JAX_COMPILATION_CACHE_DIR=$(VENV)/jax-cache $(BIN)/python -m pytest -m jax_pass \
+		$(TEST_PROCESSES) --durations=25 $(JAX_PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/engine.py

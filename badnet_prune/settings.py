@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     cache_max_bytes: the cache's size limit ("20GB" in the environment); older entries are evicted.
     visibility_timeout_s: how long Redis waits for a task's acknowledgement before it hands the
         task to another worker (a worker that died mid-task is noticed after this long).
+    in_flight_grace_s: how long a sent task may still be on its way to the broker: a queued task younger
+        than this is never called lost, and `sweep --wait` sends lost tasks again after this long without
+        progress.
     statement_timeout_s: the longest one statement of the `sql` command may run.
     stage_modules: modules that declare extra pipeline stages (pipeline.contract), comma-separated
         in the environment; every process that plans or runs a sweep imports them.
@@ -76,6 +79,7 @@ class Settings(BaseSettings):
     cache_max_bytes: ByteSize = Field(ByteSize(DEFAULT_CACHE_MAX_BYTES), ge=0,
                                       validation_alias="BADNET_PRUNE_CACHE_MAX_BYTES")
     visibility_timeout_s: int = Field(300, gt=0, le=7 * 24 * 3600, validation_alias="BADNET_PRUNE_VISIBILITY_TIMEOUT")
+    in_flight_grace_s: int = Field(30, gt=0, le=3600, validation_alias="BADNET_PRUNE_IN_FLIGHT_GRACE")
     statement_timeout_s: int = Field(30, gt=0, le=24 * 3600, validation_alias="BADNET_PRUNE_STATEMENT_TIMEOUT")
     stage_modules: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias="BADNET_PRUNE_STAGE_MODULES")
     engine: Literal["auto", "dense", "sparse"] = Field("auto", validation_alias="BADNET_PRUNE_ENGINE")
@@ -89,6 +93,7 @@ class Settings(BaseSettings):
         "cache_dir": "a folder path",
         "cache_max_bytes": "a size such as 20GB, 500MiB or a number of bytes",
         "visibility_timeout_s": "a positive whole number of seconds, at most 604800 (e.g. 300, not 5m)",
+        "in_flight_grace_s": "a positive whole number of seconds, at most 3600 (e.g. 30, not 30s)",
         "statement_timeout_s": "a positive whole number of seconds, at most 86400 (e.g. 30, not 30s)",
         "stage_modules": "comma-separated Python module names (e.g. mylab.stages)",
         "engine": "one of auto, dense, sparse",

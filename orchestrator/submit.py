@@ -28,9 +28,6 @@ from badnet_prune.pipeline.contract import Scope, Stage, get_stage, load_stage_m
 from badnet_prune.settings import Settings
 from badnet_prune.worker.dispatch import Dispatcher, import_task_code, make_dispatcher, send_recorded
 
-# A queued task younger than this may still be on its way to the broker: never called lost.
-IN_FLIGHT_GRACE = timedelta(seconds=30)
-
 
 def submit_sweep(
     settings: Settings, spec: SweepSpec, *, wait: bool, console: Console, extra_config: dict | None = None
@@ -57,7 +54,7 @@ def submit_sweep(
         to_send = [(get_stage(name), task_id) for name, task_id in
                    stage_task_ids(session, planned.sweep_id, [stage.name for stage in first])]
     _send(engine, dispatcher, to_send)
-    _run_or_watch(engine, dispatcher, planned.sweep_id, wait=wait, console=console)
+    _run_or_watch(settings, engine, dispatcher, planned.sweep_id, wait=wait, console=console)
     return planned.sweep_id
 
 
@@ -80,20 +77,27 @@ def _send(engine: Engine, dispatcher: Dispatcher, tasks: list[tuple[Stage, int]]
     send_recorded(engine, dispatcher, [(stage_of[task_id], task_id) for task_id in claimed])
 
 
-def _run_or_watch(engine: Engine, dispatcher: Dispatcher, sweep_id: int, *, wait: bool, console: Console) -> None:
+def _run_or_watch(settings: Settings, engine: Engine, dispatcher: Dispatcher, sweep_id: int, *, wait: bool,
+                  console: Console) -> None:
     """The embedded default runs the sweep here (showing it); with a broker, show it only when asked to wait."""
     if dispatcher.runs_here:
         run_here(engine, sweep_id, console, dispatcher=dispatcher)
     elif wait:
-        watch_sweep(engine, sweep_id, console, dispatcher=dispatcher, on_stall=lambda: send_lost(engine, dispatcher,
-                                                                                                   sweep_id))
+        watch_sweep(engine, sweep_id, console, dispatcher=dispatcher,
+                    on_stall=lambda: send_lost(settings, engine, dispatcher, sweep_id),
+                    stall_after_s=settings.in_flight_grace_s)
 
 
-def send_lost(engine: Engine, dispatcher: Dispatcher, sweep_id: int) -> int:
+def send_lost(settings: Settings, engine: Engine, dispatcher: Dispatcher, sweep_id: int) -> int:
     """When a followed sweep stalls: send again its tasks that nothing holds (what `sweep resume` sends)."""
-    plan = plan_resume(engine, dispatcher, sweep_id)
+    plan = plan_resume(engine, dispatcher, sweep_id, in_flight_grace(settings))
     _send(engine, dispatcher, plan.to_send)
     return len(plan.to_send)
+
+
+def in_flight_grace(settings: Settings) -> timedelta:
+    """How long a queued task may still be on its way to the broker: younger, it is never called lost."""
+    return timedelta(seconds=settings.in_flight_grace_s)
 
 
 @dataclass(frozen=True)
@@ -106,11 +110,12 @@ class ResumePlan:
     models_closed: list[int]
 
 
-def plan_resume(engine: Engine, dispatcher: Dispatcher, sweep_id: int) -> ResumePlan:
+def plan_resume(engine: Engine, dispatcher: Dispatcher, sweep_id: int, grace: timedelta) -> ResumePlan:
     """Every task that is not done (or whose results are missing), whose predecessors are done, and
-    that nothing holds: neither a message the broker still has nor a live lease."""
+    that nothing holds: neither a message the broker still has (or may still be receiving: grace)
+    nor a live lease."""
     held_ids = dispatcher.held_message_ids()
-    grace = timedelta(0) if dispatcher.runs_here else IN_FLIGHT_GRACE
+    grace = timedelta(0) if dispatcher.runs_here else grace
     now = utcnow()
     to_send: list[tuple[Stage, int]] = []
     held = 0
@@ -162,7 +167,7 @@ def _done(session, stage: Stage, task: Task, config: dict) -> bool:
     return stage.stored(session, stage.job(task.id, task.sweep_id, task.model_id, task.arguments, config))
 
 
-def _held(task: Task, held_ids: set[str] | None, now, grace: timedelta = IN_FLIGHT_GRACE) -> bool:
+def _held(task: Task, held_ids: set[str] | None, now, grace: timedelta) -> bool:
     """Whether something will still run this open task: a live lease, or (queued or running) a message
     the broker still holds or may still be receiving."""
     if lease_is_live(task, now):
@@ -183,7 +188,7 @@ def resume_sweep(settings: Settings, sweep_id: int, *, wait: bool, console: Cons
                               max_overflow=settings.db_max_overflow)
     dispatcher = _dispatcher(settings, engine)
     try:
-        plan = plan_resume(engine, dispatcher, sweep_id)
+        plan = plan_resume(engine, dispatcher, sweep_id, in_flight_grace(settings))
     except LookupError:
         raise BadInputError(f"sweep {sweep_id}", f"no such sweep in {display_url(settings.db_url)}") from None
     held = f", {plan.held} still queued or running" if plan.held else ""
@@ -192,7 +197,7 @@ def resume_sweep(settings: Settings, sweep_id: int, *, wait: bool, console: Cons
     if not settings.broker_url:
         import_task_code()
     _send(engine, dispatcher, plan.to_send)
-    _run_or_watch(engine, dispatcher, sweep_id, wait=wait, console=console)
+    _run_or_watch(settings, engine, dispatcher, sweep_id, wait=wait, console=console)
     return len(plan.to_send)
 
 
@@ -208,4 +213,5 @@ def lost_task_count(settings: Settings, engine: Engine, sweep_id: int) -> int | 
     with session_scope(engine) as session:
         tasks = sweep_tasks(session, sweep_id)
     open_states = ("queued", "running", "retrying")
-    return sum(1 for task in tasks if task.state in open_states and not _held(task, held_ids, now))
+    grace = in_flight_grace(settings)
+    return sum(1 for task in tasks if task.state in open_states and not _held(task, held_ids, now, grace))

@@ -37,22 +37,22 @@ POLL_SECONDS = 0.5
 POLL_SHARE = 0.05
 MAX_POLL_SECONDS = 5.0
 NO_WORKER_AFTER_S = 10.0
-STALL_AFTER_S = 30.0  # beyond the grace in which a queued message may still be on its way to the broker
 SHOWN_MODELS = 8
 MODEL_STATES = ("pending", "running", "done", "failed")
 
 
 def watch_sweep(engine: Engine, sweep_id: int, console: Console, *, dispatcher: Dispatcher,
-                on_stall: Callable[[], int] | None = None) -> str:
+                on_stall: Callable[[], int] | None = None, stall_after_s: float = 30.0) -> str:
     """Follow a sweep that workers run until it ends; its final status.
 
-    on_stall: called when nothing has changed for STALL_AFTER_S; sends again what the broker lost
+    on_stall: called when nothing has changed for stall_after_s (beyond the grace in which a queued message
+    may still be on its way to the broker, Settings.in_flight_grace_s); sends again what the broker lost
     and returns how many (a worker killed while it took a message from Redis can lose that message).
     """
     view = _View(console, sweep_id)
     with view:
         view.refresh(engine, force=True)
-        _follow(engine, dispatcher, view, on_stall)
+        _follow(engine, dispatcher, view, on_stall, stall_after_s)
         view.refresh(engine, force=True)
     return view.status
 
@@ -80,7 +80,8 @@ def run_here(engine: Engine, sweep_id: int, console: Console, *, dispatcher: Dis
     return view.status
 
 
-def _follow(engine: Engine, dispatcher: Dispatcher, view: _View, on_stall: Callable[[], int] | None) -> None:
+def _follow(engine: Engine, dispatcher: Dispatcher, view: _View, on_stall: Callable[[], int] | None,
+            stall_after_s: float) -> None:
     last_change = time.monotonic()
     warned = False
     interval = POLL_SECONDS
@@ -95,7 +96,7 @@ def _follow(engine: Engine, dispatcher: Dispatcher, view: _View, on_stall: Calla
         elif not warned and quiet > NO_WORKER_AFTER_S and dispatcher.workers_alive() is False:
             view.say("[yellow]no worker is consuming the queue: start one with `badnet-prune worker`[/yellow]")
             warned = True
-        elif on_stall is not None and quiet > STALL_AFTER_S:
+        elif on_stall is not None and quiet > stall_after_s:
             try:
                 sent = on_stall()
             except (DatabaseUnavailable, OperationalError):

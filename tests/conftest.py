@@ -1,21 +1,28 @@
-"""Fixtures shared by every test module, and the JAX pass's selection.
+"""Fixtures shared by every test module, the JAX pass's selection, and what lets test processes run at once.
 
 The suite runs on Keras's TensorFlow backend. `make test` runs a second pass with KERAS_BACKEND=jax
 over JAX_PASS only (`pytest -m jax_pass`): there every other test is skipped, saying so, because it
 trains with TensorFlow, writes Keras 2 files with tf-keras or has not been checked on JAX.
+
+Both passes run in several processes (pytest-xdist, `-n`, a test file to a process). Each process claims its
+own Redis database and PostgreSQL databases (tests/integration/conftest.py); a test that restarts the
+machine's Redis or PostgreSQL (marker restarts_services) runs while no other test on the machine runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from badnet_prune.numerics.tf_setup import keras
-from tests.helpers import build_quick_badnet
+from tests.helpers import CLAIMS
 
 ON_JAX = keras.backend.backend() == "jax"
 TESTS = Path(__file__).parent
@@ -34,8 +41,15 @@ TENSORFLOW_ONLY = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "restarts_services: restarts the machine's Redis or PostgreSQL, so it runs "
+                            "while no other test on the machine runs (services_turn)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark JAX_PASS's tests jax_pass; on JAX, skip the others with the reason."""
+    """Mark JAX_PASS's tests jax_pass; on JAX, skip the others with the reason. The files of integration
+    tests go first: they last longest and mostly wait, so under pytest-xdist the other processes fill that time."""
+    items.sort(key=lambda item: item.get_closest_marker("integration") is None)  # stable: file order kept
     skip = pytest.mark.skip(reason="TensorFlow backend only: not in the JAX pass (tests/conftest.py JAX_PASS)")
     for item in items:
         path = Path(item.path)
@@ -63,9 +77,33 @@ def tensorflow_built_badnet(seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
-def synthetic_badnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A quick synthetic BadNet (10 classes, seed 0), trained once per test session: its OUT folder.
-    On JAX, the machine's cached one, trained by TensorFlow (tensorflow_built_badnet)."""
-    if ON_JAX:
-        return tensorflow_built_badnet(0)
-    return build_quick_badnet(tmp_path_factory.mktemp("synthetic_badnet"))
+def synthetic_badnet() -> Path:
+    """A quick synthetic BadNet (10 classes, seed 0): its OUT folder, the machine's cached one (built once per
+    machine and code version, by TensorFlow on either backend: tensorflow_built_badnet). Read it, never write
+    into it: copy what a test changes."""
+    return tensorflow_built_badnet(0)
+
+
+@contextlib.contextmanager
+def services_turn(exclusive: bool) -> Iterator[None]:
+    """Hold the machine's services shared (any number of tests at once) or exclusive (one test, no other).
+
+    A lock file taken shared or exclusive, behind a turnstile that a waiting exclusive holder keeps, so
+    that tests starting one after another in other processes cannot keep it waiting for ever.
+    """
+    CLAIMS.mkdir(mode=0o1777, exist_ok=True)
+    with open(CLAIMS / "turnstile.lock", "w") as turnstile, open(CLAIMS / "services.lock", "w") as services:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(services, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[object]:
+    """Every test, its fixtures' set-up and teardown included, holds the services shared; one marked
+    restarts_services holds them alone."""
+    with services_turn(exclusive=item.get_closest_marker("restarts_services") is not None):
+        return (yield)

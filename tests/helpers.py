@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import textwrap
+import traceback
+import types
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,9 @@ import numpy as np
 from badnet_prune.synth.cache import cached_build, code_key
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "badnet-prune"
+# Where test processes claim the machine's services (Redis databases, a turn at restarting them): a fixed
+# folder, whatever TMPDIR each session has, since the services are the machine's.
+CLAIMS = Path("/tmp/badnet-prune-tests")
 
 # Run as `python -c PLAIN_KERAS IMAGES.npy MODEL OUT.npy [MODEL OUT.npy ...]`: loads each saved model with
 # plain Keras in safe mode, in a process that never imports this project, and saves its outputs.
@@ -42,6 +48,76 @@ def run_console_script(
         else [sys.executable, "-c", "from badnet_prune.orchestrator.cli import console_main; console_main()"]
     )
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float | None = None) -> subprocess.CompletedProcess:
+    """`badnet-prune ARGS` in this process, as the console script runs it: main() with sys.argv, `env` in place
+    of the whole environment (as subprocess.run's env), stdout and stderr captured at the file descriptors (so
+    what a C library writes is captured too), logging's and warnings' defaults of a fresh interpreter. A
+    command takes a fraction of a second here, where a process start imports TensorFlow (5-8 s).
+
+    Use run_console_script where the process boundary is what a test checks. timeout is taken for
+    run_console_script's signature only: pytest-timeout bounds a test in this process.
+    """
+    import logging
+    import warnings
+
+    from badnet_prune.db.session import dispose_engines
+    from badnet_prune.orchestrator.cli import main
+
+    del timeout
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_env, saved_argv, saved_cwd, saved_main = dict(os.environ), sys.argv, os.getcwd(), sys.modules["__main__"]
+    saved_streams, saved_fds = (sys.stdout, sys.stderr), (os.dup(1), os.dup(2))
+    root = logging.getLogger()
+    saved_handlers = root.handlers[:]
+    code: object = 0
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, warnings.catch_warnings():
+        try:
+            if env is not None:
+                os.environ.clear()
+                os.environ.update(env)
+            if cwd is not None:
+                os.chdir(cwd)
+            warnings.resetwarnings()  # a fresh interpreter's filters: DeprecationWarning shown in __main__ only
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            root.handlers = []  # pytest's capturing handlers off: warnings reach stderr (logging.lastResort)
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+            sys.argv = [str(CONSOLE_SCRIPT), *args]
+            sys.modules["__main__"] = types.ModuleType("__main__")  # a script's: click names the program argv[0]
+            try:
+                main()
+            except SystemExit as exited:
+                code = exited.code
+            except Exception:  # what the interpreter does with an uncaught one: traceback, status 1
+                traceback.print_exc()
+                code = 1
+        finally:
+            dispose_engines()  # as the console script does at its end: SQLite's write-ahead log folded back
+            sys.stdout.flush()
+            sys.stderr.flush()
+            sys.stdout, sys.stderr = saved_streams
+            for fd, saved in zip((1, 2), saved_fds, strict=True):
+                os.dup2(saved, fd)
+                os.close(saved)
+            root.handlers = saved_handlers
+            sys.argv = saved_argv
+            sys.modules["__main__"] = saved_main
+            os.chdir(saved_cwd)
+            os.environ.clear()
+            os.environ.update(saved_env)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if code is not None and not isinstance(code, int):  # sys.exit("message"): printed, status 1
+        stderr, code = stderr + f"{code}\n", 1
+    return subprocess.CompletedProcess(["badnet-prune", *args], code or 0, stdout, stderr)
 
 
 def random_badnet(out: Path, seed: int = 0, classes: int = 10, valid: int = 300, test: int = 300) -> Path:

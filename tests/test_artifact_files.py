@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from badnet_prune.files.artifact_files import remove_stale_temporaries
-from tests.helpers import cached_quick_badnet, run_console_script
+from tests.helpers import cached_quick_badnet, run_cli
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_a_full_output_disk_is_one_line_naming_the_file_and_leaves_nothing(small
     root = cached_quick_badnet(0)
     env = {key: value for key, value in os.environ.items() if not key.startswith("BADNET_PRUNE_")}
     env["BADNET_PRUNE_CACHE"] = str(tmp_path / "cache")
-    done = run_console_script(
+    done = run_cli(
         "defend", "--model", str(root / "models" / "bd_weights.h5"), "--clean-valid", str(root / "data/cl/valid.h5"),
         "--clean-test", str(root / "data/cl/test.h5"), "--out", str(small_disk), "--db", str(tmp_path / "db.sqlite"),
         "--poisoned", f"sunglasses={root / 'data/bd/bd_valid.h5'},{root / 'data/bd/bd_test.h5'}", env=env,

@@ -1,6 +1,7 @@
-"""`badnet-prune classify` through the console script: PNG, JPEG and lab HDF5 inputs labelled by a saved
-network as plain Keras labels them, N ("backdoor detected") for a repaired G, the input scale from the
-model's provenance file; wrong and hostile inputs end in one line naming the file or option."""
+"""`badnet-prune classify` as the console script runs it (in this process: run_cli): PNG, JPEG and lab HDF5
+inputs labelled by a saved network as plain Keras labels them, N ("backdoor detected") for a repaired G, the
+input scale from the model's provenance file; wrong and hostile inputs end in one line naming the file or
+option."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import cached_quick_badnet, run_console_script
+from tests.helpers import cached_quick_badnet, run_cli
 
 CLASSES = 10
 
 
 def classify(*args: str) -> tuple[int, str, str]:
     env = {**os.environ, "COLUMNS": "200"}
-    result = run_console_script("classify", *args, env=env, timeout=300)
+    result = run_cli("classify", *args, env=env, timeout=300)
     return result.returncode, result.stdout, result.stderr
 
 

@@ -1,6 +1,7 @@
-"""The help of every command, through the console script: an example each, the choices of --format and
---policy, flags without a value type, no Python types (`<list[Path]>`, `<bool>`), -h and --version; and
-usage errors (a wrong choice, an unknown option or command) in one line like every other error."""
+"""The help of every command, as the console script prints it (in this process: run_cli): an example each, the
+choices of --format and --policy, flags without a value type, no Python types (`<list[Path]>`, `<bool>`), -h
+and --version; and usage errors (a wrong choice, an unknown option or command) in one line like every other
+error."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from importlib.metadata import version
 import pytest
 
 from badnet_prune.orchestrator.cli import COMMANDS
-from tests.helpers import run_console_script
+from tests.helpers import run_cli, run_console_script
 
 WIDE = {**os.environ, "COLUMNS": "250"}  # no wrapping, so that a type name is never split across lines
 PYTHON_TYPES = ("list[", "Path]", "<bool>", "<str>", "<int>", "<float>", "<path>", "Optional", "NoneType")
 
 
 def help_of(*command: str, flag: str = "--help") -> str:
-    result = run_console_script(*command, flag, env=WIDE, timeout=120)
+    result = run_cli(*command, flag, env=WIDE, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     return result.stdout
@@ -50,6 +51,7 @@ def test_choices_are_listed():
 
 
 def test_version_is_the_installed_packages():
+    """Through the installed console script: its entry point and the package's metadata."""
     result = run_console_script("--version", env=WIDE, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"badnet-prune {version('badnet-prune')}\n"
@@ -66,7 +68,7 @@ def test_version_is_the_installed_packages():
     ],
 )
 def test_usage_errors_are_one_line(arguments, phrase, tmp_path):
-    result = run_console_script(*arguments, env={**WIDE, "BADNET_PRUNE_DB": str(tmp_path / "none.db")}, timeout=120)
+    result = run_cli(*arguments, env={**WIDE, "BADNET_PRUNE_DB": str(tmp_path / "none.db")}, timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: badnet-prune") and phrase in lines[0], result.stderr

@@ -1,5 +1,6 @@
-"""`badnet-prune defend` end to end, through the console script, checked against numbers computed here
-the reference way (whole models with filters zeroed, plain Keras loading the saved files).
+"""`badnet-prune defend` end to end, through the console script once (the other runs in this process), checked
+against numbers computed here the reference way (whole models with filters zeroed, plain Keras loading the
+saved files).
 
 One defend run on the quick synthetic BadNet; every file it writes and the table it prints are
 compared with an independent computation. Bad inputs end in one line naming the option or file.
@@ -23,18 +24,23 @@ from badnet_prune.files.model_io import load_model
 from badnet_prune.numerics.inference import compiled_forward, predict_labels
 from badnet_prune.numerics.pruned_model import build_pruned_model
 from badnet_prune.numerics.tf_setup import keras
-from tests.helpers import run_console_script
+from tests.helpers import run_cli, run_console_script
 
 THRESHOLDS = (0.02, 0.04, 0.1)
 POISON = "sunglasses"
 
 
-def run_defend(*args: str, cache: Path, **settings: str) -> subprocess.CompletedProcess:
-    """The console script's defend; `settings` are extra BADNET_PRUNE_* variables (engine="dense")."""
+def defend_env(cache: Path, **settings: str) -> dict[str, str]:
+    """The environment of a defend run; `settings` are extra BADNET_PRUNE_* variables (engine="dense")."""
     env = {**os.environ, "BADNET_PRUNE_CACHE": str(cache), "COLUMNS": "100",
            **{f"BADNET_PRUNE_{name.upper()}": value for name, value in settings.items()}}
     env.pop("BADNET_PRUNE_BROKER", None)
-    return run_console_script("defend", *args, env=env, timeout=600)
+    return env
+
+
+def run_defend(*args: str, cache: Path, **settings: str) -> subprocess.CompletedProcess:
+    """defend as the console script runs it, in this process (run_cli)."""
+    return run_cli("defend", *args, env=defend_env(cache, **settings))
 
 
 def read_steps_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -72,7 +78,8 @@ class Defended:
 @pytest.fixture(scope="module")
 def defended(synthetic_badnet, tmp_path_factory) -> Defended:
     work = tmp_path_factory.mktemp("defend")
-    result = run_defend(*defend_arguments(synthetic_badnet, work / "out", work / "defend.db"), cache=work / "cache")
+    arguments = defend_arguments(synthetic_badnet, work / "out", work / "defend.db")
+    result = run_console_script("defend", *arguments, env=defend_env(work / "cache"), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     # the console script skips the interpreter's teardown, but not closing the database:
     # SQLite's write-ahead log is folded back, so the file alone holds the results

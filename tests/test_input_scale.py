@@ -1,10 +1,10 @@
 """Input scale auto (issue 17): the scale at which B is accurate is chosen and said in one line, a given scale
 that looks wrong is warned of naming the better one, and data of another class count is warned of.
 
-The numerics on tiny NumPy forwards; the commands through the console script, on the quick synthetic BadNet
-(trained on raw pixels) and the same network with the scale folded into conv_1 (so it expects pixels / 255,
-and computes what the raw one computes on raw pixels); the lab's and the competition's real weights where
-../shared/csaw has them.
+The numerics on tiny NumPy forwards; the commands as the console script runs them (run_cli), on the quick
+synthetic BadNet (trained on raw pixels) and the same network with the scale folded into conv_1 (so it expects
+pixels / 255, and computes what the raw one computes on raw pixels); the lab's and the competition's real
+weights where ../shared/csaw has them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from badnet_prune.db.session import make_engine, session_scope
 from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.numerics.input_scale import AUTO_INPUT_SCALE, choose_input_scale
 from badnet_prune.orchestrator.sweep_file import parse_sweep
-from tests.helpers import cached_quick_badnet, model_entry, run_console_script, write_sweep_toml
+from tests.helpers import cached_quick_badnet, model_entry, run_cli, write_sweep_toml
 
 CLASSES = 10
 CSAW = Path(__file__).resolve().parents[2] / "shared" / "csaw"
@@ -152,7 +152,7 @@ def env_for(folder: Path) -> dict[str, str]:
 
 def evaluate(model: Path, *data: Path, options: tuple[str, ...] = ()):
     files = [item for path in data for item in ("--data", str(path))]
-    done = run_console_script("evaluate", "--model", str(model), *files, *options, "--json")
+    done = run_cli("evaluate", "--model", str(model), *files, *options, "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout), done.stderr
 
@@ -201,7 +201,7 @@ def relabelled(raw_root: Path, folder: Path) -> Path:
 def test_evaluate_refuses_labels_outside_the_models_classes_in_one_line(raw_root: Path, tmp_path: Path) -> None:
     """Such labels can never be predicted: evaluate refuses the file (as before), the rank stage warns (below)."""
     other = relabelled(raw_root, tmp_path)
-    done = run_console_script("evaluate", "--model", str(weights(raw_root)), "--data", str(other))
+    done = run_cli("evaluate", "--model", str(weights(raw_root)), "--data", str(other))
     lines = done.stderr.strip().splitlines()
     assert done.returncode != 0 and len(lines) == 1 and str(other) in lines[0], done.stderr
     assert "outside the model's 10 classes" in lines[0]
@@ -240,7 +240,7 @@ def test_a_sweep_chooses_each_models_scale_in_the_rank_stage_and_every_later_sta
     other["input_scale"] = "auto"
     sweep_file = write_sweep_toml(tmp_path / "sweep.toml", [raw, divided, wrong, other], range_size=100)
     env = env_for(tmp_path)
-    done = run_console_script("sweep", str(sweep_file), env=env)
+    done = run_cli("sweep", str(sweep_file), env=env)
     assert done.returncode == 1, done.stderr[-3000:]  # the model on data of other classes failed
     sweep_id = done.stdout.split()[0]
     # piped, the watcher says each model's line once
@@ -270,16 +270,16 @@ def test_a_sweep_chooses_each_models_scale_in_the_rank_stage_and_every_later_sta
     provenance = [json.loads(path.read_text()) for path in (tmp_path / "artifacts").rglob("divided/*.json")]
     assert provenance and {entry["input_scale"] for entry in provenance} == {255.0}
 
-    status = run_console_script("status", sweep_id, env=env)
+    status = run_cli("status", sweep_id, env=env)
     assert status.returncode == 0 and "input scale 255 (accuracy" in status.stdout, status.stdout
-    notes = json.loads(run_console_script("status", sweep_id, "--json", env=env).stdout)["input_scale_notes"]
+    notes = json.loads(run_cli("status", sweep_id, "--json", env=env).stdout)["input_scale_notes"]
     assert notes == {name: row.input_scale_note for name, row in rows.items()}
 
 
 def test_defend_says_the_chosen_scale_before_the_table(divided_root: Path, tmp_path: Path) -> None:
     data = divided_root / "data"
     env = env_for(tmp_path)
-    done = run_console_script(
+    done = run_cli(
         "defend", "--model", str(weights(divided_root)), "--clean-valid", str(data / "cl/valid.h5"),
         "--clean-test", str(data / "cl/test.h5"), "--thresholds", "0.1", "--out", str(tmp_path / "out"), env=env,
     )

@@ -8,7 +8,7 @@ import pytest
 
 from badnet_prune.db.repository import add_model, create_sweep
 from badnet_prune.db.session import prepare_database, session_scope
-from tests.helpers import run_console_script
+from tests.helpers import run_cli
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def database(tmp_path: Path) -> str:
     (["status", "7"], "sweep 7: no such sweep"),
 ])
 def test_what_a_sweep_lacks_is_one_line(database: str, args: list[str], phrase: str) -> None:
-    done = run_console_script(*args, "--db", database)
+    done = run_cli(*args, "--db", database)
     assert done.returncode == 2, done.stdout
     assert done.stdout == ""
     [line] = done.stderr.strip().splitlines()
@@ -37,7 +37,7 @@ def test_what_a_sweep_lacks_is_one_line(database: str, args: list[str], phrase: 
 
 
 def test_a_model_of_the_sweep_prints_its_header(database: str) -> None:
-    done = run_console_script("steps", "1", "--model", "m0", "--db", database)
+    done = run_cli("steps", "1", "--model", "m0", "--db", database)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["model,step,channel,fraction_pruned,clean_accuracy"]
 
@@ -45,7 +45,7 @@ def test_a_model_of_the_sweep_prints_its_header(database: str) -> None:
 def test_report_can_say_what_it_wrote_as_json(database: str, tmp_path: Path) -> None:
     import json
 
-    done = run_console_script("report", "1", "--out", str(tmp_path / "r"), "--samples", "0", "--json", "--db", database)
+    done = run_cli("report", "1", "--out", str(tmp_path / "r"), "--samples", "0", "--json", "--db", database)
     assert done.returncode == 0, done.stderr
     written = json.loads(done.stdout)
     assert written["sweep"] == 1 and Path(written["index"]).is_file() and Path(written["report_md"]).is_file()
@@ -60,7 +60,7 @@ def test_a_broker_that_does_not_answer_is_one_line_and_registers_nothing(tmp_pat
     sweep_file = synthetic_sweep(tmp_path / "sw")
     database = tmp_path / "broker.db"
     env = {"PATH": "/usr/bin:/bin", "BADNET_PRUNE_BROKER": "redis://127.0.0.1:1/0", "BADNET_PRUNE_DB": str(database)}
-    done = run_console_script("sweep", str(sweep_file), "--wait", env=env, timeout=120)
+    done = run_cli("sweep", str(sweep_file), "--wait", env=env, timeout=120)
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert errors == [line for line in done.stderr.splitlines() if "127.0.0.1:1" in line], done.stderr

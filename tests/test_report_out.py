@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_console_script
+from tests.helpers import run_cli
 
 
 @pytest.mark.parametrize(
@@ -23,7 +23,7 @@ def test_an_out_that_cannot_be_a_folder_is_one_line(tmp_path: Path, monkeypatch,
     monkeypatch.chdir(tmp_path)  # where an empty --out would write
     (tmp_path / "a-file").write_text("not a folder", encoding="utf-8")
     before = sorted(tmp_path.iterdir())
-    result = run_console_script("report", "1", "--out", out, "--db", str(tmp_path / "none.db"),
+    result = run_cli("report", "1", "--out", out, "--db", str(tmp_path / "none.db"),
                                 env={**os.environ, "COLUMNS": "200"}, timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

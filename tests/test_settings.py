@@ -13,7 +13,7 @@ from badnet_prune.db.errors import DatabaseUnavailable
 from badnet_prune.db.session import make_engine, normalise_database_url
 from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.settings import Settings
-from tests.helpers import run_console_script
+from tests.helpers import run_cli
 
 
 def refused(environ: dict[str, str]) -> str:
@@ -50,6 +50,14 @@ def test_environment_values_are_typed() -> None:
 def test_visibility_timeout_must_be_whole_positive_seconds(value: str) -> None:
     message = refused({"BADNET_PRUNE_VISIBILITY_TIMEOUT": value})
     assert message.startswith("BADNET_PRUNE_VISIBILITY_TIMEOUT: expected a positive whole number of seconds")
+
+
+@pytest.mark.parametrize("value", ["30s", "0", "-3", "1.5", "3601"])
+def test_in_flight_grace_must_be_whole_positive_seconds_up_to_an_hour(value: str) -> None:
+    assert Settings.from_env({}).in_flight_grace_s == 30
+    assert Settings.from_env({"BADNET_PRUNE_IN_FLIGHT_GRACE": "2"}).in_flight_grace_s == 2
+    message = refused({"BADNET_PRUNE_IN_FLIGHT_GRACE": value})
+    assert message.startswith("BADNET_PRUNE_IN_FLIGHT_GRACE: expected a positive whole number of seconds, at most 3600")
 
 
 def test_statement_timeout_and_cache_size_are_checked() -> None:
@@ -143,11 +151,11 @@ def cli_env(tmp_path: Path, **settings: str) -> dict[str, str]:
 
 
 def test_console_script_says_one_line_for_a_wrong_setting(tmp_path: Path) -> None:
-    done = run_console_script("steps", "1", env=cli_env(tmp_path, BADNET_PRUNE_VISIBILITY_TIMEOUT="5m"), timeout=120)
+    done = run_cli("steps", "1", env=cli_env(tmp_path, BADNET_PRUNE_VISIBILITY_TIMEOUT="5m"), timeout=120)
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "BADNET_PRUNE_VISIBILITY_TIMEOUT" in lines[0] and "5m" in lines[0], done.stderr
-    done = run_console_script("steps", "1", "--db", "mysql://u:s3cret@h/db", env=cli_env(tmp_path), timeout=120)
+    done = run_cli("steps", "1", "--db", "mysql://u:s3cret@h/db", env=cli_env(tmp_path), timeout=120)
     lines = done.stderr.strip().splitlines()
     assert done.returncode != 0 and len(lines) == 1 and lines[0].count("--db") == 1 and "s3cret" not in lines[0]
 
@@ -155,7 +163,7 @@ def test_console_script_says_one_line_for_a_wrong_setting(tmp_path: Path) -> Non
 @pytest.mark.parametrize("command", [["steps", "1"], ["report", "1", "--out", "r"]])
 def test_read_commands_never_create_a_database(tmp_path: Path, command: list[str]) -> None:
     mistyped = tmp_path / "demo-typo" / "badnet-prune.db"
-    done = run_console_script(*command, "--db", str(mistyped), env=cli_env(tmp_path), timeout=120)
+    done = run_cli(*command, "--db", str(mistyped), env=cli_env(tmp_path), timeout=120)
     lines = done.stderr.strip().splitlines()
     assert done.returncode != 0 and len(lines) == 1 and "no such database file" in lines[0], done.stderr
     assert not mistyped.parent.exists()

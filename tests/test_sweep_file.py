@@ -13,7 +13,7 @@ from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.numerics.names import check_name
 from badnet_prune.numerics.thresholds import Threshold
 from badnet_prune.orchestrator.sweep_file import parse_sweep, read_sweep_file
-from tests.helpers import run_console_script
+from tests.helpers import run_cli
 
 
 def model(**changes: object) -> dict:
@@ -141,7 +141,7 @@ def test_console_script_refuses_in_one_line_and_runs_nothing(tmp_path: Path, lin
                                                      if key != "poisoned") + "\n")
     env = {key: value for key, value in os.environ.items() if not key.startswith("BADNET_PRUNE_")}
     env |= {"BADNET_PRUNE_DB": str(tmp_path / "db" / "x.db"), "BADNET_PRUNE_CACHE": str(tmp_path / "cache")}
-    done = run_console_script("sweep", str(sweep), env=env, timeout=120)
+    done = run_cli("sweep", str(sweep), env=env, timeout=120)
     lines = done.stderr.strip().splitlines()
     assert done.returncode != 0 and len(lines) == 1 and f"{sweep}: " in lines[0] and expected in lines[0], done.stderr
     assert "trust" in line or "model #1.name: '../../../../tmp/elsewhere' is not a name" in lines[0]

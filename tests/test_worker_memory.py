@@ -26,7 +26,7 @@ from badnet_prune.pipeline.runtime import ModelKey
 from badnet_prune.worker import activation_cache
 from badnet_prune.worker.activation_cache import CACHE_FILE, ActivationCache, cache_file_name, cache_usage, clear_cache
 from badnet_prune.worker.loaded import WorkerMemory, model_bytes
-from tests.helpers import random_badnet, run_console_script
+from tests.helpers import random_badnet, run_cli
 from tests.test_pruning_exact import deepid_with_bypass
 
 
@@ -316,17 +316,17 @@ def test_the_cache_command_shows_the_folder_its_files_size_and_cap_and_clears_it
     sizes = [os.path.getsize(_written(folder, _name(index), _cut(16, index))) for index in range(3)]
     (folder / "keep-me.txt").write_text("not the cache's")
     env = {**os.environ, "BADNET_PRUNE_CACHE": str(folder), "BADNET_PRUNE_CACHE_MAX_BYTES": "2GB"}
-    shown = run_console_script("cache", env=env)
+    shown = run_cli("cache", env=env)
     assert shown.returncode == 0, shown.stderr
     assert f"folder: {folder}" in shown.stdout
     assert "files: 3" in shown.stdout
     assert f"size: {sum(sizes) / 1000:.1f} kB" in shown.stdout
     assert "cap: 2.0 GB" in shown.stdout
-    cleared = run_console_script("cache", "--clear", env=env)
+    cleared = run_cli("cache", "--clear", env=env)
     assert cleared.returncode == 0, cleared.stderr
     assert "removed 3 files" in cleared.stdout
     assert [path.name for path in folder.iterdir()] == ["keep-me.txt"]
-    again = run_console_script("cache", env=env)
+    again = run_cli("cache", env=env)
     assert "files: 0" in again.stdout
 
 

@@ -8,7 +8,8 @@
 #  2. Compose v2 (install-compose.sh); the base images, pulled, or where no registry answers built as
 #     stand-ins tagged with the real names (stand-ins/: a debootstrap'd Debian, TensorFlow's CPU image,
 #     Redis, PostgreSQL), reused while the content hash of their build files is the same;
-#  3. the project's image from the Dockerfile (TF_VARIANT=, the CPU base), which must run as non-root;
+#  3. the project's image from the Dockerfile (TF_VARIANT=, the CPU base), which must run as non-root, reused
+#     while the content hash of its build is the same;
 #  4. .env.example's placeholder passwords: `up` must refuse them before anything starts;
 #  5. `up -d --scale worker=2` with compose.cpu.yml (no GPU reservation), healthchecks, migrate;
 #     hardening of the containers (read-only root, no capabilities, no-new-privileges, the Redis
@@ -253,8 +254,22 @@ done
 # --- 3. the project's image -----------------------------------------------------------------------
 
 step "project image (Dockerfile, TF_VARIANT=)"
-docker build --network host --build-arg TF_VARIANT= --build-arg "TF_VERSION=$TF_VERSION" -t "$IMAGE" "$REPO" \
-    >"$BUILD_LOG" 2>&1 || { tail -n 30 "$BUILD_LOG" >&2; fail "building the project's image failed"; }
+# Reused while the content hash of its build (the files .dockerignore lets in, the Dockerfile, the base
+# image's id) is the one it was built from: a CI run on an unchanged tree builds nothing.
+CONTEXT_LABEL=org.badnet-prune.context
+context_hash="$( (cd "$REPO" && find pyproject.toml README.md badnet_prune pipeline worker orchestrator db \
+        deploy/gpu-slot.sh -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum
+    sha256sum Dockerfile .dockerignore
+    echo "TF_VERSION=$TF_VERSION base $(docker image inspect -f '{{.Id}}' "tensorflow/tensorflow:$TF_VERSION")") |
+    sha256sum | cut -c1-16)"
+built_from="$(docker image inspect -f "{{index .Config.Labels \"$CONTEXT_LABEL\"}}" "$IMAGE" 2>/dev/null || true)"
+if [ "$built_from" = "$context_hash" ]; then
+    say "image $IMAGE: already built from this content ($context_hash)"
+else
+    docker build --network host --build-arg TF_VARIANT= --build-arg "TF_VERSION=$TF_VERSION" \
+        --label "$CONTEXT_LABEL=$context_hash" -t "$IMAGE" "$REPO" >"$BUILD_LOG" 2>&1 ||
+        { tail -n 30 "$BUILD_LOG" >&2; fail "building the project's image failed"; }
+fi
 uid="$(docker run --rm --network none --entrypoint id "$IMAGE" -u)"
 [ "$uid" != 0 ] || fail "the image runs as root"
 say "image $IMAGE runs as uid $uid"
@@ -282,7 +297,7 @@ write_env() {  # write_env PROJECT KEEP_PLACEHOLDERS: .env.example with the test
                 TF_VARIANT) value="" ;;
                 WORKER_GPUS) value="" ;;
                 WORKER_CONCURRENCY) value=1 ;;
-                BADNET_PRUNE_VISIBILITY_TIMEOUT) value=60 ;;  # a killed worker's task comes back after 1 min
+                BADNET_PRUNE_VISIBILITY_TIMEOUT) value=20 ;;  # a killed worker's task comes back after 20 s
                 FLOWER_BIND) value=127.0.0.1 ;;
                 FLOWER_PORT) value="$flower_port" ;;
                 *) [[ "$value" == change-me* && "$keep" == no ]] && value="$(secret)" ;;

@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+
+from tests.helpers import CLAIMS
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [str(Path(sys.executable).with_name("badnet-prune"))]
@@ -70,20 +71,32 @@ def broker_url(redis_db: int) -> Iterator[str]:
     redis_cli("flushdb", db=db)
 
 
+def redis_databases_in_use() -> set[int]:
+    """Database numbers some client of the Redis server is connected to (a test run's workers, or the orphans
+    of a run that was killed before its teardown)."""
+    return {int(field[3:]) for line in redis_cli("client", "list").splitlines() for field in line.split()
+            if field.startswith("db=")}
+
+
 @pytest.fixture(scope="session")
 def redis_db() -> Iterator[int]:
     """A Redis database number no other test process on this machine uses while this one runs.
 
     Workers consume every message of their broker's database: two test runs sharing one would run
-    each other's task ids against their own PostgreSQL databases. A lock file per number decides.
+    each other's task ids against their own PostgreSQL databases. A lock file per number decides among
+    test processes (pytest-xdist's included); a number with clients connected is passed over.
     """
     if not reachable(REDIS):
         skip_or_fail(f"Redis is not reachable at {REDIS[0]}:{REDIS[1]}")
+    CLAIMS.mkdir(mode=0o1777, exist_ok=True)
     for db in REDIS_DBS:
-        handle = open(Path(tempfile.gettempdir()) / f"badnet-prune-tests-redis-{db}.lock", "w")  # noqa: SIM115
+        handle = open(CLAIMS / f"redis-{db}.lock", "w")  # noqa: SIM115
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.close()
+            continue
+        if db in redis_databases_in_use():
             handle.close()
             continue
         try:
@@ -183,14 +196,16 @@ class Cluster:
                 worker.kill_all()
 
     def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
-        """Run `badnet-prune ARGS`; its stdout, or an assertion error with its output."""
+        """Run `badnet-prune ARGS` (cli_process); its stdout, or an assertion error with its output."""
         return self.cli_process(*args, env=env, timeout=timeout).stdout
 
     def cli_process(self, *args: str, env: dict[str, str] | None = None,
                     timeout: float = 300) -> subprocess.CompletedProcess:
-        """Run `badnet-prune ARGS`, which must succeed; the finished process (stdout and stderr)."""
-        done = subprocess.run([*CLI, *args], env=env or self.env, capture_output=True, text=True,
-                              timeout=timeout, cwd=self.folder)
+        """Run `badnet-prune ARGS` as the console script runs it, in this process (run_cli), which must succeed;
+        its stdout and stderr. The workers are processes of their own (start_workers)."""
+        from tests.helpers import run_cli
+
+        done = run_cli(*args, env=env or self.env, cwd=self.folder, timeout=timeout)
         assert done.returncode == 0, f"badnet-prune {' '.join(args)} -> {done.returncode}\n{done.stderr[-3000:]}"
         return done
 

@@ -170,6 +170,7 @@ def restart_redis() -> None:
             time.sleep(0.1)
 
 
+@pytest.mark.restarts_services
 def test_redis_restarted_during_sweep(cluster: Cluster, slow_badnet: Path, tmp_path: Path, record_property):
     if shutil.which("redis-server") is None or not Path("/var/lib/redis").is_dir():
         skip_or_fail("restarting Redis needs redis-server and /var/lib/redis on this machine")

@@ -123,9 +123,21 @@ def test_resuming_a_running_sweep_sends_nothing(cluster: Cluster, slow_badnet: P
     assert set(attempts(cluster, sweep_id)) == {1}, "resume sent a task that was queued or running"
 
 
+def wait_past_the_grace(cluster: Cluster, sweep_id: int) -> None:
+    """Until every queued task of the sweep was sent longer ago than the grace in which it may still be on
+    its way to the broker (BADNET_PRUNE_IN_FLIGHT_GRACE)."""
+    grace = int(cluster.env["BADNET_PRUNE_IN_FLIGHT_GRACE"])
+    deadline = time.monotonic() + grace + 60
+    while cluster.query(f"SELECT id FROM tasks WHERE sweep_id = {sweep_id} AND state = 'queued' "
+                        f"AND enqueued_at > now() - make_interval(secs => {grace + 0.5})"):
+        assert time.monotonic() < deadline, f"queued tasks of sweep {sweep_id} stayed younger than {grace} s"
+        time.sleep(0.2)
+
+
 def test_tasks_lost_with_the_broker_are_found_and_resumed(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.extra_env = {"BADNET_PRUNE_IN_FLIGHT_GRACE": "2"}
     sweep_id = cluster.submit(synthetic_sweep(tmp_path, models=2))  # no worker yet: two rank tasks wait in Redis
-    time.sleep(31)  # past the grace in which a queued task may still be on its way to the broker
+    wait_past_the_grace(cluster, sweep_id)
     assert cluster.status(sweep_id)["lost_tasks"] == 0, "queued messages the broker holds are not lost"
     redis_cli("flushdb", db=int(cluster.broker_url.rsplit("/", 1)[1]))  # a restart of a Redis that keeps nothing
     state = cluster.status(sweep_id)
@@ -211,6 +223,7 @@ def test_waiting_with_no_worker_says_so(cluster: Cluster, tmp_path: Path) -> Non
         waiting.wait(timeout=30)
 
 
+@pytest.mark.restarts_services
 def test_the_watcher_rides_out_a_postgresql_restart(cluster: Cluster, slow_badnet: Path, tmp_path: Path) -> None:
     import shutil
     import subprocess
@@ -247,6 +260,7 @@ def test_a_waiting_sweep_sends_again_what_the_broker_lost(cluster: Cluster, tmp_
 
     from tests.integration.conftest import CLI
 
+    cluster.extra_env = {"BADNET_PRUNE_IN_FLIGHT_GRACE": "3"}  # the stall is noticed after 3 s, not 30
     sweep_file = synthetic_sweep(tmp_path, models=2)
     waiting = subprocess.Popen([*CLI, "sweep", str(sweep_file), "--wait"], env=cluster.env, cwd=cluster.folder,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
