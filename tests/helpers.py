@@ -65,6 +65,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 
     from badnet_prune.db.session import dispose_engines
     from badnet_prune.orchestrator.cli import main
+    from badnet_prune.pipeline import contract
 
     del timeout
     sys.stdout.flush()
@@ -73,6 +74,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     saved_streams, saved_fds = (sys.stdout, sys.stderr), (os.dup(1), os.dup(2))
     root = logging.getLogger()
     saved_handlers = root.handlers[:]
+    saved_stages, saved_modules = dict(contract._registry), set(sys.modules)  # a stage module a command loads
     code: object = 0
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, warnings.catch_warnings():
         try:
@@ -112,6 +114,11 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
             os.chdir(saved_cwd)
             os.environ.clear()
             os.environ.update(saved_env)
+            contract._registry.clear()  # ends with the command, as it would with its process
+            contract._registry.update(saved_stages)
+            for name in set(sys.modules) - saved_modules:
+                if name.startswith("tests.stages."):
+                    del sys.modules[name]
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(), err.read().decode()

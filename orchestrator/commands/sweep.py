@@ -31,6 +31,7 @@ def sweep(
     Examples: badnet-prune sweep sweep.toml --wait; badnet-prune sweep resume 1 --wait
     """
     from badnet_prune.orchestrator.submit import resume_sweep, submit_sweep
+    from badnet_prune.pipeline.contract import load_stage_modules
     from badnet_prune.orchestrator.sweep_file import read_sweep_file
 
     settings = load_settings(db=db, broker=broker)
@@ -44,6 +45,7 @@ def sweep(
         return
     if sweep_id is not None:
         raise BadInputError(target, "a sweep file takes no second argument (did you mean `sweep resume ID`?)")
+    load_stage_modules(settings.stage_modules)  # their tables are the sweep file's too
     spec = read_sweep_file(target)
     new_id = submit_sweep(settings, spec, wait=wait, console=console)
     print(new_id)

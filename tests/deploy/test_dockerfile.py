@@ -71,8 +71,9 @@ def test_every_package_of_pyproject_reaches_the_image(dockerfile, repo):
     """A package pyproject.toml installs but the Dockerfile or .dockerignore leaves out breaks the workers
     only inside the image (ModuleNotFoundError at start): each top-level package is copied and allowed."""
     with (repo / "pyproject.toml").open("rb") as handle:
-        include = tomllib.load(handle)["tool"]["setuptools"]["packages"]["find"]["include"]
-    packages = {pattern.rstrip("*").rstrip(".") for pattern in include}
+        setuptools = tomllib.load(handle)["tool"]["setuptools"]
+    folders = {setuptools["package-dir"].get(package, package.replace(".", "/")) for package in setuptools["packages"]}
+    packages = {folder.split("/")[0] for folder in folders}
     copied = {source.rstrip("/") for keyword, arguments in dockerfile if keyword == "COPY"
               for source in arguments.split()[:-1]}
     rules = (repo / ".dockerignore").read_text().splitlines()
