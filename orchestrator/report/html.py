@@ -19,7 +19,7 @@ STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1800px;color:#222;padding:0 1.5em}
 h1{font-size:1.6em}h2{border-bottom:2px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.8em 0;font-size:.85em}
-th,td{border:1px solid #ccc;padding:.25em .45em}th{background:#f0f0f0;font-weight:600;vertical-align:bottom}
+th,td{border:1px solid #ccc;padding:.25em .35em}th{background:#f0f0f0;font-weight:600;vertical-align:bottom}
 td.long{overflow-wrap:anywhere}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 table.sortable th{cursor:pointer}table.sortable th:hover{background:#e0e8ff}
 td.removed{background:#e3f6e3}td.kept{background:#fbe3e3}
