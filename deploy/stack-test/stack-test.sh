@@ -462,18 +462,21 @@ check_sweep() {  # check_sweep ID: done, every model done, steps = channels + 1 
 import json, sys
 progress = json.load(open(sys.argv[1]))
 problems = [] if progress["status"] == "done" else [f"sweep status {progress['status']}"]
+def steps(model):  # the prune_range stage's units: steps stored of planned
+    return model["units"].get("prune_range") or [None, None]
 for model in progress["models"]:
-    if model["status"] != "done" or model["steps_expected"] is None or model["steps_stored"] != model["steps_expected"]:
-        problems.append(f"{model['name']}: {model['status']}, {model['steps_stored']}/{model['steps_expected']} steps,"
+    stored, planned = steps(model)
+    if model["status"] != "done" or planned is None or stored != planned:
+        problems.append(f"{model['name']}: {model['status']}, {stored}/{planned} steps,"
                         f" tasks {model['tasks']}, error {model['error']}")
 print("; ".join(problems) or f"{len(progress['models'])} models done: " + ", ".join(
-    f"{m['name']} {m['steps_stored']}/{m['steps_expected']} steps" for m in progress["models"]))
+    "{} {}/{} steps".format(m["name"], *steps(m)) for m in progress["models"]))
 sys.exit(1 if problems else 0)
 EOF
 )" || fail "sweep $id: $report"
     local stored expected doubled
     stored="$(sql_value "SELECT count(*) FROM steps JOIN models ON models.id = steps.model_id WHERE models.sweep_id = $id")"
-    expected="$(python3 -c 'import json, sys; print(sum(m["steps_expected"] for m in json.load(open(sys.argv[1]))["models"]))' \
+    expected="$(python3 -c 'import json, sys; print(sum(m["units"]["prune_range"][1] for m in json.load(open(sys.argv[1]))["models"]))' \
         "$WORK/status-$id.json")"
     doubled="$(sql_value "SELECT count(*) FROM (SELECT model_id, step FROM steps GROUP BY model_id, step HAVING count(*) > 1) AS doubled")"
     [ "$stored" = "$expected" ] || fail "sweep $id: sql counts $stored steps, status expects $expected"

@@ -171,7 +171,9 @@ def _summary_rows(model: ModelReport, thresholds: list[Threshold], poisons: list
         added: list[str] = []
         for stage in stages():
             if stage.presentation is not None and stage.presentation.columns is not None:
-                extra = stage.presentation.columns(results, threshold.key)
+                extra = dict(stage.presentation.columns(results, threshold.key))
+                if extra.get("note") and row.get("note"):  # each stage's note kept, in stage order
+                    extra["note"] = f"{row['note']}; {extra['note']}"
                 row.update(extra)
                 added += [column for column in extra if column != "note"]
         row["_stage_columns"] = added

@@ -173,17 +173,23 @@ def summary(results: ModelResults) -> dict[str, Any]:
 
 
 def note(results: ModelResults, key: str) -> str | None:
-    """In words, where fine-tuning did not improve on B'_t by its own rule (hold-out clean accuracy)."""
+    """In words, where training lowered the hold-out accuracy below B'_t's (epoch 0's): B'' is B'_t itself
+    when no epoch beat it, and otherwise the dip is named, since a network that had to relearn the clean task
+    may have relearnt the backdoor with it."""
     outcome = outcomes(results).get(key)
     points = results.curves.get(NAME, {}).get(key, [])
-    if outcome is None or outcome.kept_epoch is None or not points:
+    trained = [p for p in points[1:] if p.clean_accuracy is not None]
+    if outcome is None or outcome.kept_epoch is None or not trained or points[0].clean_accuracy is None:
         return None
-    start = points[0].clean_accuracy
-    percent = parse_threshold(key).percent
+    start, percent = points[0].clean_accuracy, parse_threshold(key).percent
+    lowest = min(trained, key=lambda p: (p.clean_accuracy, p.point))
     if outcome.kept_epoch == 0:
-        best = max((p.clean_accuracy for p in points[1:] if p.clean_accuracy is not None), default=None)
+        best = max(p.clean_accuracy for p in trained)
         return (f"fine-tuning at {percent} never beat B'_t's hold-out accuracy ({start:.2f}%; best epoch "
-                f"{best:.2f}%): B'' is B'_t itself" if best is not None else None)
+                f"{best:.2f}%, lowest {lowest.clean_accuracy:.2f}% at epoch {lowest.point}): B'' is B'_t itself")
+    if lowest.clean_accuracy < start:
+        return (f"fine-tuning at {percent} lowered the hold-out accuracy below B'_t's {start:.2f}% (to "
+                f"{lowest.clean_accuracy:.2f}% at epoch {lowest.point}) before epoch {outcome.kept_epoch} recovered it")
     return None
 
 
@@ -193,7 +199,10 @@ def notes(results: ModelResults) -> list[str]:
 
 def columns(results: ModelResults, key: str) -> dict[str, Any]:
     outcome = outcomes(results).get(key)
-    return {} if outcome is None else {"fine_kept_epoch": outcome.kept_epoch}
+    if outcome is None:
+        return {}
+    text = note(results, key)
+    return {"fine_kept_epoch": outcome.kept_epoch, **({"note": text} if text else {})}
 
 
 def sections(results: ModelResults) -> list[Section]:
@@ -214,7 +223,7 @@ def sections(results: ModelResults) -> list[Section]:
         panels.append(Panel(f"B'' {parse_threshold(key).percent}: epoch {outcome.kept_epoch}", "epoch", "percent",
                             series, mark_x=float(outcome.kept_epoch), mark_label="epoch kept"))
     caption = ("Fine-pruning: B'_t fine-tuned on part of the clean validation file; the epoch kept is the one with "
-               "the best accuracy on the held-out rest (ties: the earliest; epoch 0 is B'_t itself). The ASR on "
+               "the best accuracy on the held-out rest (ties: the latest; epoch 0 is B'_t itself). The ASR on "
                "each poisoned validation set is shown for the record and never used to choose.")
     return [Section("Fine-pruning curves (clean validation data)", " ".join([caption, *notes(results)]), panels)]
 

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="checks
                                 "make test runs it with KERAS_BACKEND=jax")
 
 PRUNED = list(range(0, 60, 3))  # 20 of conv_3's 60 filters
-SETTINGS = FineTuneSettings(learning_rate=1e-4, epochs=2, seed=4)  # a rate at which training is stable
+SETTINGS = FineTuneSettings(learning_rate=1e-4, epochs=2, seed=4, warmup_epochs=0, erase=0.0)  # training is stable:
+# the loss on the whole images falls
 
 # Run as `python -c TENSORFLOW_RUN ROOT OUT.npz`: the same fine_tune on TensorFlow, weights and records saved.
 TENSORFLOW_RUN = textwrap.dedent(
@@ -79,10 +80,10 @@ def test_pruned_filters_stay_exactly_zero_the_others_train_and_b_is_untouched(ba
     assert not np.array_equal(original[..., kept], kernel[..., kept]), "the kept filters did not train"
 
 
-def test_the_kept_epoch_is_the_first_best_on_hold_out(result):
+def test_the_kept_epoch_is_the_last_best_on_hold_out(result):
     assert [r.epoch for r in result.epochs] == list(range(SETTINGS.epochs + 1))
     best = max(r.holdout_correct for r in result.epochs)
-    assert result.kept_epoch == next(r.epoch for r in result.epochs if r.holdout_correct == best)
+    assert result.kept_epoch == max(r.epoch for r in result.epochs if r.holdout_correct == best)
     assert all(np.isfinite(r.train_loss) and set(r.asr) == {"sunglasses"} for r in result.epochs)
     assert result.epochs[-1].train_loss < result.epochs[0].train_loss, "the loss did not fall"
 
