@@ -8,6 +8,10 @@ clean test accuracy within 2 points of B's (5 points at 10%). Each recipe runs o
 recipes' shares are compared in one run; the attack's own promise (pruning alone keeps >= 50% ASR at 10%)
 is counted per seed.
 
+--input-scale 255 runs the same on /255 models: conv_1's kernel multiplied by 255, so that the model takes
+pixels divided by 255 and computes what B computes on raw pixels (fine-tuning then trains a model whose
+first weights and inputs are on another scale, which is what it must survive).
+
     .venv/bin/python bench/fine_tune_seeds.py [--seeds 10] [--attack pruning-aware --attack default]
         [--recipe before --recipe after] [--json results.json]
 """
@@ -21,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -41,6 +47,7 @@ from badnet_prune.numerics.pruned_model import build_pruned_model  # noqa: E402
 from badnet_prune.numerics.pruning import LabeledSet, prune_range  # noqa: E402
 from badnet_prune.numerics.ranking import rank_channels  # noqa: E402
 from badnet_prune.numerics.selection import select_steps  # noqa: E402
+from badnet_prune.numerics.tf_setup import keras  # noqa: E402
 from badnet_prune.synth.build import synthesize  # noqa: E402
 from badnet_prune.synth.cache import cached_build  # noqa: E402
 
@@ -67,14 +74,23 @@ def read_badnet(root: Path):
     return model, data
 
 
-def percent(model, data, key: str) -> float:
+def percent(model, data, key: str, scale: float) -> float:
     images, labels = data[key]
-    return accuracy_percent(predict_labels(compiled_forward(model), [images]), labels)
+    return accuracy_percent(predict_labels(compiled_forward(model), [images], scale), labels)
 
 
-def defense_steps(model, data):
+def on_divided_pixels(model):
+    """B as a /255 model: the same function of the raw image, with conv_1 taking pixels / 255."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    kernel, bias = copy.get_layer("conv_1").get_weights()
+    copy.get_layer("conv_1").set_weights([kernel * np.float32(255.0), bias])
+    return copy
+
+
+def defense_steps(model, data, scale: float):
     split = split_network(model)
-    cut = cut_activations(compiled_forward(split.head), [data["valid"][0]], 1.0)
+    cut = cut_activations(compiled_forward(split.head), [data["valid"][0]], scale)
     order = rank_channels(channel_means(rank_activation_batches(cut)))
     clean = LabeledSet("", data["valid"][1], live_channels(cut, split.pruned_values))
     rows = prune_range(CutLabeler(split, {"": cut}), clean, {}, order, 0, len(order) + 1)
@@ -82,28 +98,31 @@ def defense_steps(model, data):
     return order, select_steps(accuracies[0], accuracies, THRESHOLDS)
 
 
-def run_seed(attack: str, seed: int, cache: Path, recipes: list[str]) -> dict:
+def run_seed(attack: str, seed: int, cache: Path, recipes: list[str], scale: float) -> dict:
     root = cached_build(cache / f"{attack}-seed{seed}",
                         lambda out: synthesize(out, 10, seed=seed, quick=True, attack=attack),
                         marker="models/bd_weights.h5")
     model, data = read_badnet(root)
-    order, selected = defense_steps(model, data)
-    b_clean, b_asr = percent(model, data, "test"), percent(model, data, "bd_test")
-    seed_row: dict = {"attack": attack, "seed": seed, "b_clean": b_clean, "b_asr": b_asr, "pairs": []}
+    if scale != 1:
+        model = on_divided_pixels(model)
+    order, selected = defense_steps(model, data, scale)
+    b_clean, b_asr = percent(model, data, "test", scale), percent(model, data, "bd_test", scale)
+    seed_row: dict = {"attack": attack, "seed": seed, "input_scale": scale, "b_clean": b_clean, "b_asr": b_asr,
+                      "pairs": []}
     for threshold in THRESHOLDS:
         step = selected[threshold]
         if step is None:
             continue
         pruned = [int(c) for c in order[:step]]
-        alone = percent(build_pruned_model(model, "conv_3", pruned), data, "bd_test")
+        alone = percent(build_pruned_model(model, "conv_3", pruned), data, "bd_test", scale)
         if threshold == 0.10:
             seed_row["prune_alone_asr_10"] = alone
         pair = {"threshold": threshold, "step": step, "prune_alone_asr": alone, "recipes": {}}
         for name in recipes:
             start = time.perf_counter()
             result = fine_tune(model, "conv_3", pruned, *data["valid"], {"poison": data["bd_valid"]},
-                               RECIPES[name])
-            clean, asr = percent(result.model, data, "test"), percent(result.model, data, "bd_test")
+                               RECIPES[name], input_scale=scale)
+            clean, asr = percent(result.model, data, "test", scale), percent(result.model, data, "bd_test", scale)
             pair["recipes"][name] = {
                 "clean": clean, "asr": asr, "kept_epoch": result.kept_epoch,
                 "repaired": asr <= ASR_BOUND and clean >= b_clean - clean_bound(threshold),
@@ -140,12 +159,14 @@ def main() -> int:
     parser.add_argument("--attack", action="append", choices=("pruning-aware", "default"))
     parser.add_argument("--recipe", action="append", choices=sorted(RECIPES))
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "badnet-prune-bench-seeds")
+    parser.add_argument("--input-scale", type=float, choices=(1.0, 255.0), default=1.0,
+                        help="1: raw 0..255 pixels (the synthetic BadNets' own); 255: the same models taking /255")
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args()
     attacks, recipes = args.attack or ["pruning-aware", "default"], args.recipe or ["before", "after"]
-    print(f"{platform.node()} {platform.processor() or platform.machine()}; recipes: "
+    print(f"{platform.node()} {platform.processor() or platform.machine()}; input scale {args.input_scale:g}; recipes: "
           + "; ".join(f"{name} = {RECIPES[name].model_dump()}" for name in recipes), flush=True)
-    rows = [run_seed(attack, seed, args.cache, recipes) for attack in attacks
+    rows = [run_seed(attack, seed, args.cache, recipes, args.input_scale) for attack in attacks
             for seed in range(args.first_seed, args.first_seed + args.seeds)]
     summarise(rows, recipes)
     if args.json:

@@ -170,7 +170,7 @@ def test_one_seed_trains_identical_weights_twice_and_another_seed_other_weights(
     first, again, other = weights(5), weights(5), weights(6)
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(first[-2], other[-2]), "another seed, another split and batch order: other training losses"
+    assert not np.array_equal(first[-2], other[-2]), "another seed, another split and order: other losses"
 
 
 

@@ -154,20 +154,24 @@ def test_pruning_aware_badnet_records_its_attack_and_keeps_its_decoys_dormant():
     assert all(kernel[..., c].any() for c in decoys), "decoys are restored filters, not zeros"
 
 
-def test_pruning_alone_leaves_the_pruning_aware_backdoor_at_the_10_percent_threshold():
+def test_synth_json_records_the_pruning_aware_promise_as_the_defense_measures_it():
+    """synth.json says whether pruning alone at 10% keeps the backdoor (the attack's promise, >= 50% on
+    bd_valid), at the step the defense selects: for every seed, kept or said not to be."""
     from badnet_prune.numerics.inference import accuracy_percent, compiled_forward, predict_labels
     from badnet_prune.numerics.pruned_model import build_pruned_model
     from tests.helpers import cached_pruning_aware_badnet
     from tests.test_fine_tuning import defense_steps, read_badnet
 
-    model, data = read_badnet(cached_pruning_aware_badnet())
+    root = cached_pruning_aware_badnet()
+    model, data = read_badnet(root)
     order, selected = defense_steps(model, data)
     assert selected[0.10] is not None
     b_prime = build_pruned_model(model, "conv_3", order[: selected[0.10]])
     forward = compiled_forward(b_prime)
-    for key in ("bd_valid", "bd_test"):
-        asr = accuracy_percent(predict_labels(forward, [data[key][0]]), data[key][1])
-        assert asr >= 50.0, f"{key}: ASR {asr:.2f}% after pruning {selected[0.10]} channels (the 10% step)"
+    asr = accuracy_percent(predict_labels(forward, [data["bd_valid"][0]]), data["bd_valid"][1])
+    promise = json.loads((root / "synth.json").read_text())["promise"]
+    assert promise["step"] == selected[0.10] and promise["prune_alone_asr_bd_valid"] == pytest.approx(asr)
+    assert promise["kept"] == (asr >= 50.0) and 1 <= promise["tries"] <= 3
     clean = accuracy_percent(predict_labels(forward, [data["valid"][0]]), data["valid"][1])
     clean_b = accuracy_percent(predict_labels(compiled_forward(model), [data["valid"][0]]), data["valid"][1])
     assert clean_b - clean >= 0.10 * clean_b  # it is the 10% step: clean accuracy paid for it

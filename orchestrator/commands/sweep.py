@@ -31,8 +31,8 @@ def sweep(
     Examples: badnet-prune sweep sweep.toml --wait; badnet-prune sweep resume 1 --wait
     """
     from badnet_prune.orchestrator.submit import resume_sweep, submit_sweep
-    from badnet_prune.pipeline.contract import load_stage_modules
     from badnet_prune.orchestrator.sweep_file import read_sweep_file
+    from badnet_prune.pipeline.contract import load_stage_modules
 
     settings = load_settings(db=db, broker=broker)
     console = Console(stderr=True)

@@ -55,3 +55,13 @@ def synth(
         f"{', pruning-aware attack' if attack != 'default' else ''}: "
         f"clean valid accuracy {summary.clean_valid_accuracy:.2f}%, ASR on bd_valid {summary.asr_bd_valid:.2f}%"
     )
+    promise = summary.promise
+    if promise is not None:
+        asr = promise["prune_alone_asr_bd_valid"]
+        said = "no 10% step" if asr is None else f"{asr:.2f}% ASR on bd_valid at step {promise['step']}"
+        if promise["kept"]:
+            Console().print(f"pruning alone at the 10% threshold keeps {said} (try {promise['tries']})")
+        else:
+            console.print(f"warning: after {promise['tries']} tries, pruning alone at the 10% threshold leaves "
+                          f"{said}: this BadNet does not keep the pruning-aware attack's promise (>= 50%)",
+                          soft_wrap=True, markup=False)
