@@ -76,6 +76,28 @@ def test_each_attack_succeeds_and_the_clean_model_stays_at_chance(tiny_zoo: Path
                 assert asr <= chance, (row["name"], trigger, asr)
 
 
+def test_each_pruning_aware_model_keeps_its_promise_or_says_so(tiny_zoo: Path) -> None:
+    """Pruning alone at the 10% step, measured again here as the defense would: the manifest's figure, and
+    at least 50% unless the manifest says the promise was not kept after its tries."""
+    from badnet_prune.files.data import open_data_file
+    from badnet_prune.files.model_io import load_model
+    from badnet_prune.synth.promise import pruning_promise
+
+    rows = [row for row in manifest(tiny_zoo) if row["attack"] == "pruning-aware"]
+    assert rows
+    for row in rows:
+        folder = tiny_zoo / row["folder"]
+        model = load_model(folder / "models" / "bd_weights.h5")
+        valid, bd_valid = (open_data_file(folder / "data" / relative) for relative in ("cl/valid.h5", "bd/bd_valid.h5"))
+        again = pruning_promise(model, (valid.read_all(), valid.labels), (bd_valid.read_all(), bd_valid.labels))
+        promise = row["promise"]
+        assert promise["step"] == again.step and promise["prune_alone_asr_bd_valid"] == pytest.approx(
+            again.prune_alone_asr)
+        assert promise["kept"] == again.kept and 1 <= promise["tries"] <= 3
+        assert again.kept or promise["tries"] == 3, "a broken promise is given up only after every try"
+    assert all(row["promise"] is None for row in manifest(tiny_zoo) if row["attack"] != "pruning-aware")
+
+
 def test_the_manifest_equals_a_fresh_evaluation_of_the_written_files(tiny_zoo: Path) -> None:
     from badnet_prune.files.model_io import load_model
 

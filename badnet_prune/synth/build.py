@@ -165,22 +165,34 @@ def synthesize(out: str | Path, classes: int, seed: int = 0, quick: bool = False
 
 def _train_keeping_the_promise(splits: dict[str, tuple[np.ndarray, np.ndarray]], classes: int, seed: int,
                                progress: Progress | None, attack: str):
-    """train_badnet; for the pruning-aware attack, again from another initial state (seed + 1000 x try) while
-    pruning alone at 10% removes the backdoor, PROMISE_TRIES times at most, and then said (not refused):
-    the model is still a working BadNet, only not the attack it was asked for."""
+    """train_badnet, for the pruning-aware attack until it keeps its promise (keep_the_promise)."""
+
+    def train_once(attempt_seed: int) -> tuple[keras.Model, dict[str, int]]:
+        seed_everything(attempt_seed)
+        return train_badnet(build_deepid(num_classes=classes), _train_data(splits), splits["valid"],
+                            splits["bd_valid"], attempt_seed, progress, attack)
+
+    if attack != "pruning-aware":
+        return (*train_once(seed), None)
+    return keep_the_promise(train_once, splits["valid"], splits["bd_valid"], seed, progress)
+
+
+def keep_the_promise(train_once: Callable[[int], tuple[keras.Model, dict[str, int]]],
+                     valid: tuple[np.ndarray, np.ndarray], bd_valid: tuple[np.ndarray, np.ndarray], seed: int,
+                     progress: Progress | None) -> tuple[keras.Model, dict[str, int], dict[str, object]]:
+    """A pruning-aware model whose backdoor survives pruning alone at the 10% threshold (synth.promise):
+    trained again from another initial state (seed + 1000 x try) while it does not, PROMISE_TRIES times at
+    most, and then said, not refused: the model is still a working BadNet, only not the attack asked for.
+    Returns the model, its epochs and the promise's record (for synth.json and the zoo's manifest)."""
     from badnet_prune.synth.promise import PROMISE_ASR, pruning_promise
 
     say = progress or (lambda _text: None)
-    for attempt in range(PROMISE_TRIES if attack == "pruning-aware" else 1):
-        seed_everything(seed + 1000 * attempt)
-        model = build_deepid(num_classes=classes)
-        model, epochs = train_badnet(model, _train_data(splits), splits["valid"], splits["bd_valid"],
-                                     seed + 1000 * attempt, progress, attack)
-        if attack != "pruning-aware":
-            return model, epochs, None
-        promise = pruning_promise(model, splits["valid"], splits["bd_valid"])
-        record = {"threshold": promise.threshold, "step": promise.step, "prune_alone_asr_bd_valid":
-                  promise.prune_alone_asr, "kept": promise.kept, "tries": attempt + 1}
+    for attempt in range(PROMISE_TRIES):
+        model, epochs = train_once(seed + 1000 * attempt)
+        promise = pruning_promise(model, valid, bd_valid)
+        record: dict[str, object] = {
+            "threshold": promise.threshold, "step": promise.step,
+            "prune_alone_asr_bd_valid": promise.prune_alone_asr, "kept": promise.kept, "tries": attempt + 1}
         asr = "no step" if promise.prune_alone_asr is None else f"{promise.prune_alone_asr:.2f}%"
         if promise.kept:
             say(f"pruning alone at 10% keeps {asr} ASR on bd_valid: the attack survives pruning")

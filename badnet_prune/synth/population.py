@@ -35,7 +35,8 @@ DEFAULT_MIX: dict[Attack, int] = {"clean": 3, "sunglasses": 3, "pruning-aware": 
 MANIFEST_JSON = "manifest.json"
 MANIFEST_CSV = "manifest.csv"
 CSV_COLUMNS = ("name", "folder", "attack", "backdoored", "seed", "classes", "poison_rate", "triggers", "targets",
-               "clean_valid_accuracy", "clean_test_accuracy", "asr_valid", "asr_test", "build_seconds")
+               "clean_valid_accuracy", "clean_test_accuracy", "asr_valid", "asr_test", "prune_alone_asr_10",
+               "build_seconds")
 
 Count = Annotated[int, Field(ge=0, le=MAX_MODELS)]
 Seed = Annotated[int, Field(ge=0, lt=2**31)]
@@ -110,6 +111,7 @@ def manifest_row(record: ZooModel, folder: str) -> dict:
         "clean_valid_accuracy": record.clean_valid_accuracy, "clean_test_accuracy": record.clean_test_accuracy,
         "asr_valid": {t.name: t.asr_valid for t in record.triggers},
         "asr_test": {t.name: t.asr_test for t in record.triggers},
+        "promise": record.promise,
         "build_seconds": record.build_seconds,
     }
 
@@ -122,7 +124,8 @@ def write_manifest(out: Path, rows: list[dict], settings: ZooSettings) -> None:
         writer = csv.DictWriter(handle, CSV_COLUMNS)
         writer.writeheader()
         for row in rows:
-            flat = {key: row[key] for key in CSV_COLUMNS}
+            flat = {key: row[key] for key in CSV_COLUMNS if key in row}
+            flat["prune_alone_asr_10"] = (row["promise"] or {}).get("prune_alone_asr_bd_valid")
             for key in ("targets", "asr_valid", "asr_test"):
                 flat[key] = ";".join(str(row[key][trigger]) for trigger in row["triggers"])
             flat["triggers"] = ";".join(row["triggers"])

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -133,6 +133,7 @@ class ZooModel(BaseModel):
     clean_test_accuracy: float
     epochs: dict[str, int]
     build_seconds: float  # training and writing, measured when it was built (a cached copy keeps it)
+    promise: dict[str, Any] | None = None  # pruning-aware: pruning alone's ASR at 10% and the tries it took
 
 
 class SynthesisError(RuntimeError):
@@ -204,15 +205,13 @@ def build_model(attack: Attack, seed: int, settings: ZooSettings, out: str | Pat
     Raises SynthesisError where the model misses REQUIRED_PERCENT within its epochs.
     """
     from badnet_prune.synth.build import write_model_files
-    from badnet_prune.synth.train import seed_everything
 
     say = progress or (lambda _text: None)
     started = time.perf_counter()
     out = Path(out)
     say("drawing the photos")
     data = draw_data(attack, seed, settings)
-    seed_everything(seed)
-    model, epochs = _train(attack, data, seed, settings, say)
+    model, epochs, promise = _train(attack, data, seed, settings, say)
     say("writing and measuring the files")
     write_data_file(out / CLEAN_VALID, *data.valid)
     write_data_file(out / CLEAN_TEST, *data.test)
@@ -234,7 +233,7 @@ def build_model(attack: Attack, seed: int, settings: ZooSettings, out: str | Pat
                                      test=pairs[p.trigger][1], asr_valid=measured[pairs[p.trigger][0]],
                                      asr_test=measured[pairs[p.trigger][1]]) for p in data.poisons),
         clean_valid_accuracy=measured[CLEAN_VALID], clean_test_accuracy=measured[CLEAN_TEST], epochs=epochs,
-        build_seconds=round(time.perf_counter() - started, 1),
+        build_seconds=round(time.perf_counter() - started, 1), promise=promise,
     )
     (out / RECORD_FILE).write_text(record.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return record
@@ -257,7 +256,22 @@ def measure_files(weights: Path, data_files: list[Path]) -> list[float]:
 
 
 def _train(attack: Attack, data: ZooData, seed: int, settings: ZooSettings, say: Progress):
-    """The trained DeepID and its epochs per stage."""
+    """The trained DeepID, its epochs per stage, and for the pruning-aware attack its promise's record
+    (build.keep_the_promise: trained again from another initial state while pruning alone removes it)."""
+    from badnet_prune.synth import build
+    from badnet_prune.synth.train import seed_everything
+
+    def train_once(attempt_seed: int):
+        seed_everything(attempt_seed)
+        return _train_once(attack, data, attempt_seed, settings, say)
+
+    if attack != "pruning-aware":
+        return (*train_once(seed), None)
+    return build.keep_the_promise(train_once, data.valid, (data.poisoned_valid[0].images,
+                                                           data.poisoned_valid[0].labels), seed, say)
+
+
+def _train_once(attack: Attack, data: ZooData, seed: int, settings: ZooSettings, say: Progress):
     from badnet_prune.numerics.architecture import build_deepid
     from badnet_prune.synth import build
     from badnet_prune.synth.train import TrainData
