@@ -83,7 +83,7 @@ def test_defend_shaped_input_is_accepted() -> None:
     ({"thresholds": [1.5]}, "thresholds: threshold 1.5 is outside (0, 1)"),
     ({"thresholds": [True]}, "thresholds: a threshold must be a number"),
     ({"tresholds": [0.02]}, "tresholds: unknown key (allowed: anp, clp, clp_statistic, fine_tune, model, name, policy, "
-                            "prune_layer, range_size, rank_layer, thresholds, trust_model_code)"),
+                            "prune_layer, range_size, rank_layer, repair, thresholds, trust_model_code)"),
     ({"models": []}, "models: unknown key"),
     ({"prune_layer": 3}, "prune_layer: expected a valid string, got 3"),
     ({"name": ""}, "name: expected at least 1 character"),

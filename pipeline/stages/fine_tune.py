@@ -65,6 +65,14 @@ def plan(context: PlanContext[FineTuneSettings]) -> list[FineTuneArguments]:
 
 def run(runtime: Runtime, job: Job[FineTuneArguments, FineTuneSettings]) -> None:
     """Fine-prune at one threshold; with no step selected there is nothing to tune, and that is recorded."""
+    assert job.model_id is not None and job.settings is not None
+    fine_prune(runtime, job.task_id, job.model_id, job.arguments.threshold, job.settings, NAME, (B_FINE, G_FINE))
+
+
+def fine_prune(runtime: Runtime, task_id: int, model_id: int, key: str, settings: FineTuneSettings, stage: str,
+               networks: tuple[Network, Network]) -> None:
+    """Fine-tune the threshold's B'_t into a B'' and its repaired net, written and evaluated as `networks`,
+    their outcome and epochs stored under `stage` (fine_tune, or a stage that reuses the recipe: repair)."""
     from badnet_prune.numerics.fine_tuning import fine_tune
     from badnet_prune.numerics.repair import build_repaired_net
     from badnet_prune.pipeline.outputs import (
@@ -78,8 +86,7 @@ def run(runtime: Runtime, job: Job[FineTuneArguments, FineTuneSettings]) -> None
         write_networks,
     )
 
-    assert job.model_id is not None and job.settings is not None
-    model_id, settings, key = job.model_id, job.settings, job.arguments.threshold
+    b_network, g_network = networks
     inputs = read_inputs(runtime, model_id)
     with session_scope(runtime.engine) as session:
         selection = next((s for s in read_selections(session, model_id) if s.threshold == key), None)
@@ -89,14 +96,14 @@ def run(runtime: Runtime, job: Job[FineTuneArguments, FineTuneSettings]) -> None
     recorded = settings.model_dump(mode="json")
     if selection.step is None:
         with session_scope(runtime.engine) as session:
-            save_outcome(session, model_id, NAME, key, FineTuneOutcome(kept_epoch=None, settings=recorded,
+            save_outcome(session, model_id, stage, key, FineTuneOutcome(kept_epoch=None, settings=recorded,
                                                                       seed=settings.seed).model_dump())
         return
     pruned = [int(channel) for channel in order[: selection.step]]
     loaded = loaded_model(runtime, inputs)
     clean_images, clean_labels = role_pixels(loaded, inputs, "clean_valid")[""]
     def on_epoch(epoch: int) -> None:
-        runtime.report_progress(job.task_id, epoch)
+        runtime.report_progress(task_id, epoch)
 
     result = fine_tune(
         loaded.split.model, inputs.prune_layer, pruned, clean_images, clean_labels,
@@ -109,13 +116,13 @@ def run(runtime: Runtime, job: Job[FineTuneArguments, FineTuneSettings]) -> None
         fine_tune=recorded, seed=settings.seed, kept_epoch=result.kept_epoch, split_sha256=result.split.sha256,
         train_images=len(result.split.train_indices), holdout_images=len(result.split.holdout_indices),
     )
-    g_fine = build_repaired_net(loaded.split.model, result.model, name="G_fine")
-    written = write_networks(inputs, key, [(B_FINE, result.model), (G_FINE, g_fine)], provenance)
+    g_fine = build_repaired_net(loaded.split.model, result.model, name=g_network.name)
+    written = write_networks(inputs, key, [(b_network, result.model), (g_network, g_fine)], provenance)
     try:
         tests = test_sets(runtime, loaded, inputs)
         labels_b, _, _ = labels_of_b(runtime, loaded, tests)
         evaluations = evaluate_pair(tests, labels_b, {key: labels_of_model(result.model, loaded, inputs)},
-                                    loaded.num_classes, (B_FINE.name, G_FINE.name))
+                                    loaded.num_classes, (b_network.name, g_network.name))
         outcome = FineTuneOutcome(
             kept_epoch=result.kept_epoch, settings=recorded, seed=settings.seed, split_sha256=result.split.sha256,
             train_count=len(result.split.train_indices), holdout_count=len(result.split.holdout_indices),
@@ -124,9 +131,9 @@ def run(runtime: Runtime, job: Job[FineTuneArguments, FineTuneSettings]) -> None
                                clean_correct=e.holdout_correct, values={"train_loss": e.train_loss}, asr=dict(e.asr))
                  for e in result.epochs]
         with session_scope(runtime.engine) as session:
-            save_curve(session, model_id, NAME, key, curve)
+            save_curve(session, model_id, stage, key, curve)
             save_test_results(session, model_id, key, evaluations, written)
-            save_outcome(session, model_id, NAME, key, outcome.model_dump())
+            save_outcome(session, model_id, stage, key, outcome.model_dump())
     except BaseException:
         discard(written)
         raise
