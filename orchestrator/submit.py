@@ -47,6 +47,8 @@ def submit_sweep(
         planned = register_sweep(session, spec, settings.artifact_dir, extra_config, hashes)
     where = f"{display_url(settings.db_url)}; model files under {settings.artifact_dir.resolve()}"
     console.print(f"sweep {planned.sweep_id} registered: {len(spec.models)} model(s) in {where}", soft_wrap=True)
+    for note in planned.notes:
+        console.print(note, soft_wrap=True, markup=False)
     for name, reason in planned.failed.items():
         console.print(f"[red]model {escape(name)} failed:[/red] {escape(reason)}", soft_wrap=True)
     first = roots() if planned.model_ids else stages(Scope.SWEEP)  # no model planned: the sweep's own (finish)
