@@ -14,7 +14,7 @@ from badnet_prune.numerics.names import check_name
 from badnet_prune.orchestrator.options import (
     AsrBoundOption,
     CleanBoundOption,
-    DbOption,
+    DefendDbOption,
     InputScaleChoice,
     InputScaleOption,
     ModelOption,
@@ -59,7 +59,7 @@ def defend(
                           "clean validation data ranks the channels.")] = "pool_3",
     input_scale: InputScaleOption = InputScaleChoice.auto,
     trust_model_code: TrustCodeOption = False,
-    db: DbOption = None,
+    db: DefendDbOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json on stdout instead of the table.")] = False,
     asr_bound: AsrBoundOption = ASR_BOUND,
     clean_bound: CleanBoundOption = CLEAN_BOUND,

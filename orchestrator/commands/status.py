@@ -10,13 +10,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from badnet_prune.orchestrator.options import BrokerOption, DbOption, load_settings
+from badnet_prune.orchestrator.options import DbOption, StatusBrokerOption, load_settings
 
 
 def status(
     sweep_id: Annotated[int, typer.Argument(metavar="SWEEP", help="The sweep's id, as `sweep` printed it.")],
     db: DbOption = None,
-    broker: BrokerOption = None,
+    broker: StatusBrokerOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Per model: status, each stage's tasks done of planned with its progress in its own unit (steps,

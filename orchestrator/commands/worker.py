@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 
 from badnet_prune.numerics.errors import BadInputError
-from badnet_prune.orchestrator.options import BrokerOption, DbOption, load_settings
+from badnet_prune.orchestrator.options import DbOption, WorkerBrokerOption, load_settings
+
+
+class LogLevel(StrEnum):
+    """Celery's log levels, as choices."""
+
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
 
 
 def worker(
-    broker: BrokerOption = None,
+    broker: WorkerBrokerOption = None,
     db: DbOption = None,
     concurrency: Annotated[int, typer.Option("--concurrency", help="Pool processes. On a GPU machine run one "
                            "worker per GPU (CUDA_VISIBLE_DEVICES) with concurrency 1.")] = 1,
     queues: Annotated[str, typer.Option("--queues", help="Comma-separated queues to consume.")] = "badnet-prune",
-    loglevel: Annotated[str, typer.Option("--loglevel", help="Celery log level.")] = "INFO",
+    loglevel: Annotated[LogLevel, typer.Option("--loglevel", help="Celery's log level. Example: --loglevel "
+                                               "WARNING")] = LogLevel.INFO,
     hostname: Annotated[str | None, typer.Option("--hostname", help="Worker node name (default: Celery's).")] = None,
 ) -> None:
     """Consume tasks from the broker and write results to the database.
@@ -36,7 +48,7 @@ def worker(
     prepare_database(settings.db_url).dispose()
     if settings.artifact_dir.is_dir():  # what killed workers of this machine left half-written
         remove_stale_temporaries(settings.artifact_dir, recursive=True)
-    argv = ["worker", f"--concurrency={concurrency}", f"--queues={queues}", f"--loglevel={loglevel}",
+    argv = ["worker", f"--concurrency={concurrency}", f"--queues={queues}", f"--loglevel={loglevel.value}",
             "--pool=prefork", "--without-gossip", "--without-mingle"]
     if hostname:
         argv.append(f"--hostname={hostname}")
