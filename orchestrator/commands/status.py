@@ -31,10 +31,12 @@ def status(
     from badnet_prune.db.inputs import input_scale_notes
     from badnet_prune.db.repository import sweep_progress
     from badnet_prune.db.session import prepare_database, session_scope
-    from badnet_prune.orchestrator.submit import lost_task_count
+    from badnet_prune.orchestrator.submit import check_broker, lost_task_count
     from badnet_prune.pipeline.contract import load_stage_modules, stages
 
     settings = load_settings(db=db, broker=broker)
+    check_broker(settings, then="; status asks it only to count lost tasks: without --broker and "
+                 "BADNET_PRUNE_BROKER it reads the database alone")
     load_stage_modules(settings.stage_modules)
     engine = prepare_database(settings.db_url, create=False)
     with session_scope(engine) as session:

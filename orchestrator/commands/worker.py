@@ -33,7 +33,8 @@ def worker(
 ) -> None:
     """Consume tasks from the broker and write results to the database.
 
-    The database schema is upgraded first; TensorFlow loads only in the pool's child processes.
+    The database schema is upgraded first; TensorFlow loads only in the pool's child processes. A broker that
+    does not answer within BADNET_PRUNE_BROKER_WAIT seconds (default 60) ends the worker with one line.
 
     Example: badnet-prune worker --broker redis://127.0.0.1:6379/0 --db postgresql://postgres@127.0.0.1/badnet
     """
@@ -43,8 +44,10 @@ def worker(
 
     from badnet_prune.db.session import prepare_database
     from badnet_prune.files.artifact_files import remove_stale_temporaries
+    from badnet_prune.orchestrator.submit import check_broker
     from badnet_prune.worker.celery_app import serve
 
+    check_broker(settings, settings.broker_wait_s, then="; BADNET_PRUNE_BROKER_WAIT sets how long a worker waits")
     prepare_database(settings.db_url).dispose()
     if settings.artifact_dir.is_dir():  # what killed workers of this machine left half-written
         remove_stale_temporaries(settings.artifact_dir, recursive=True)
