@@ -71,6 +71,17 @@ class DataFile:
         except (OSError, KeyError, ValueError) as error:
             raise BadInputError(self.path, f"cannot read `data`: {_first_line(error)}") from error
 
+    def read_images(self, indexes: list[int]) -> np.ndarray:
+        """The images at these increasing indexes as one channels-last float32 array (a report's few samples)."""
+        try:
+            with h5py.File(self.path, "r") as handle:
+                chunk = np.asarray(check_stored_here(self.path, handle, "data")[indexes], dtype=np.float32)
+        except BadInputError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError) as error:
+            raise BadInputError(self.path, f"cannot read `data`: {_first_line(error)}") from error
+        return chunk if self.channels_last else np.ascontiguousarray(chunk.transpose(0, 2, 3, 1))
+
     def read_all(self, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """All images as one channels-last float32 array (for files that fit in memory)."""
         images = np.empty((self.count, *self.image_shape), dtype=np.float32)
