@@ -55,8 +55,9 @@ def submit_sweep(
     console.print(f"sweep {planned.sweep_id} registered: {len(spec.models)} model(s) in {where}", soft_wrap=True)
     for note in planned.notes:
         console.print(note, soft_wrap=True, markup=False)
-    for name, reason in planned.failed.items():
-        console.print(f"[red]model {escape(name)} failed:[/red] {escape(reason)}", soft_wrap=True)
+    if not (dispatcher.runs_here or wait):  # else the watcher says each failed model, once
+        for name, reason in planned.failed.items():
+            console.print(f"[red]model {escape(name)} failed:[/red] {escape(reason)}", soft_wrap=True)
     first = roots() if planned.model_ids else stages(Scope.SWEEP)  # no model planned: the sweep's own (finish)
     with session_scope(engine) as session:
         to_send = [(get_stage(name), task_id) for name, task_id in
