@@ -159,3 +159,22 @@ def test_evaluate_refuses_a_missing_model_before_tensorflow_loads(synthetic_badn
                             env=_env(tmp_path), cwd=tmp_path)
     assert result.stdout.split() == ["2", "False", "False"], result.stderr
     assert result.stderr.splitlines() == ["error: nonexist.h5: no such model file"]
+
+
+def test_a_failure_while_defending_is_said_once(synthetic_badnet, tmp_path):
+    """NaN pixels are found only as the images are read, by a task: the progress says the model failed and why,
+    and the last line says that nothing was written, without the reason again."""
+    nan_file = tmp_path / "nan_test.h5"
+    with h5py.File(synthetic_badnet / "data" / "cl" / "test.h5", "r") as source, h5py.File(nan_file, "w") as out:
+        data = np.asarray(source["data"])
+        data[5, 0, 0, 0] = np.nan
+        out.create_dataset("data", data=data)
+        out.create_dataset("label", data=np.asarray(source["label"]))
+    result = run_cli("defend", *_defend_args(synthetic_badnet, tmp_path / "out", **{"--clean-test": str(nan_file)}),
+                     env=_env(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("image 5 has NaN or infinite pixel values") == 1, result.stderr
+    assert f"model bd_net failed: {nan_file}: image 5 has NaN" in result.stderr
+    assert result.stderr.splitlines()[-1] == (f"error: the defense failed, for the reason above; {tmp_path / 'out'} "
+                                              "holds no steps.csv or summary.json")
+    assert not (tmp_path / "out" / "summary.json").exists()

@@ -82,8 +82,9 @@ def defend(
     console = Console(stderr=True)
     try:
         defended = defend_model(spec, out, db=db, console=console, asr_bound=asr_bound, clean_bound=clean_bound)
-    except DefenseFailed as failed:
-        console.print(f"error: {failed}", soft_wrap=True, markup=False)
+    except DefenseFailed:  # its reason is the line the progress printed ("model NAME failed: ..."): not again
+        console.print(f"error: the defense failed, for the reason above; {out} holds no steps.csv or summary.json",
+                      soft_wrap=True, markup=False)
         raise typer.Exit(2) from None
     if as_json:
         print((out / "summary.json").read_text(encoding="utf-8"), end="")
