@@ -130,12 +130,20 @@ def test_channels_last_data_gives_the_accuracy_of_the_labs_layout_and_says_so_on
 
 def test_data_that_fits_neither_layout_names_both(synthetic_badnet, tmp_path):
     wrong = _channels_last_copy(synthetic_badnet / "data" / "cl" / "valid.h5", tmp_path / "wrong.h5", (0, 3, 1, 2))
-    result = run_cli("evaluate", "--model", str(synthetic_badnet / "models" / "bd_net.h5"), "--data", str(wrong),
-                     env=_env(tmp_path))
+    result = run_cli("defend", *_defend_args(synthetic_badnet, tmp_path / "out", **{"--clean-valid": str(wrong)}),
+                     env=_env(tmp_path), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"error: {wrong}: `data` declares images of 47x3x55; the model expects channels first (n, 3, 55, 47) "
         "or channels last (n, 55, 47, 3)"]
+    _nothing_made(tmp_path)
+    # evaluate reads each file's structure before the model's: without a model, both layouts are named too
+    result = run_cli("evaluate", "--model", str(synthetic_badnet / "models" / "bd_net.h5"), "--data", str(wrong),
+                     env=_env(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: {wrong}: `data` declares images of 47x3x55, neither channels first (n, C, H, W) nor channels last "
+        "(n, H, W, C) with at most 4 channels and sides up to 1024"]
 
 
 def test_a_layout_both_readings_fit_is_refused_as_ambiguous(tmp_path):
