@@ -232,11 +232,6 @@ def outline_model(path: str | Path) -> ModelOutline:
         raise BadInputError(path, f"unreadable model file ({_first_line(error)})") from error
 
 
-def prune_layer_filters(path: str | Path, prune_layer: str, rank_layer: str | None = None) -> int:
-    """Number of filters of `prune_layer` in a .keras, full HDF5 or weights-only HDF5 file (rank_layer checked too)."""
-    return outline_model(path).prune_filters(Path(path), prune_layer, rank_layer)
-
-
 def _outline_weights_only(path: Path, group: Any) -> ModelOutline:
     """A weights-only file is loaded into DeepID (numerics.architecture): its layers, filled from the file's."""
     if not isinstance(group, h5py.Group):
