@@ -50,22 +50,31 @@ class CheckedModel:
     notes: list[str]
 
 
-def check_model_inputs(model: ModelSpec, prune_layer: str, rank_layer: str) -> CheckedModel:
+# (path, the model's image shape, its classes) -> (images, layout note): what one check of a data file found,
+# kept for the sweep's other models, which mostly share their data files
+Opened = dict[tuple[Path, tuple[int, int, int] | None, int | None], tuple[int, str | None]]
+
+
+def check_model_inputs(model: ModelSpec, prune_layer: str, rank_layer: str, opened: Opened | None = None
+                       ) -> CheckedModel:
     """Refuse, in one BadInputError line, a model whose files the workers could not use, before anything is
     registered: the model file (its structure, without TensorFlow), its prune and rank layers (listing the
     model's Conv2D and pooling layers where one is missing), and each data file against the model's input shape
-    (channels first or last) and classes, as `evaluate` checks them."""
+    (channels first or last) and classes, as `evaluate` checks them. `opened` spares a sweep's models sharing
+    data files (and input shape and classes) from reading them again."""
     outline = outline_model(model.path)
     channels = outline.prune_filters(model.path, prune_layer, rank_layer)
+    opened = {} if opened is None else opened
     counts: dict[Path, int] = {}
     notes: list[str] = []
     for _, _, path in _data_files(model):
-        if path in counts:
-            continue
-        opened = open_data_file(path, outline.image_shape, outline.num_classes)
-        counts[path] = opened.count
-        if opened.layout_note is not None:
-            notes.append(opened.layout_note)
+        key = (path, outline.image_shape, outline.num_classes)
+        if key not in opened:
+            data_file = open_data_file(path, outline.image_shape, outline.num_classes)
+            opened[key] = (data_file.count, data_file.layout_note)
+        counts[path], note = opened[key]
+        if note is not None and note not in notes:
+            notes.append(note)
     return CheckedModel(channels, counts, notes)
 
 
@@ -99,13 +108,15 @@ def register_sweep(
     if hashes is None:
         hashes = sha256_files(sweep_files(spec))
     data_ids: dict[tuple[str, str], int] = {}  # (path, sha256) -> id: many models share their data files
+    opened: Opened = {}
     tasks: list[tuple[int | None, str, str, dict[str, Any], int]] = []  # every model's, planned in one statement
     plan = SweepPlan(thresholds=thresholds, policy=spec.policy, range_size=spec.range_size,
                      prune_layer=spec.prune_layer, rank_layer=spec.rank_layer)
     running = [stage for stage in stages() if stage.enabled(config)]
     for model in spec.models:
         try:
-            model_id, channels, model_notes = _register_model(session, sweep_id, spec, model, hashes, data_ids)
+            model_id, channels, model_notes = _register_model(session, sweep_id, spec, model, hashes, data_ids,
+                                                              opened)
         except BadInputError as error:
             failed[model.name] = str(error)
             model_id = add_model(session, sweep_id, name=model.name, path=str(model.path), sha256="",
@@ -166,13 +177,14 @@ def _model_files(model: ModelSpec) -> list[Path]:
 def _register_model(
     session: Session, sweep_id: int, spec: SweepSpec, model: ModelSpec, hashes: dict[str, str],
     data_ids: dict[tuple[str, str], int],
+    opened: Opened,
 ) -> tuple[int, int, list[str]]:
     """The model's id, prune-layer channels and layout notes (check_model_inputs); each data file is recorded
     once per sweep (data_ids)."""
     def sha256(path: Path) -> str:
         return hashes.get(str(path)) or sha256_file(path)
 
-    checked = check_model_inputs(model, spec.prune_layer, spec.rank_layer)
+    checked = check_model_inputs(model, spec.prune_layer, spec.rank_layer, opened)
     data = []
     for role, poison_name, path in _data_files(model):
         known = (str(path), sha256(path))
