@@ -25,7 +25,7 @@ demo: $(VENV)/.installed
 # The second pytest run is the JAX pass: the tests of the worker path that also run on Keras's JAX
 # backend (tests/conftest.py JAX_PASS), with XLA's compiled programs kept across its processes.
 # Each pass runs its test files in several processes (pytest-xdist; one on a 1-core machine, at most 4)
-# and ends with its 25 slowest tests; README "Testing" says where the time goes.
+# and ends with its 25 slowest tests; docs/testing.md says where the time goes.
 TEST_PROCESSES ?= -n auto --maxprocesses 4 --dist loadfile
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -38,8 +38,10 @@ def defend(
     database OUT/badnet-prune.db unless `db` or BADNET_PRUNE_DB names one); progress goes to stderr.
     stages: further stages to run, by name, each True (its defaults) or its settings by field name, as defend's
     flags and options take them: {"fine_tune": {"epochs": 5, "optimizer": "sgd"}} fine-tunes each B'_t.
-    Bad input raises badnet_prune.numerics.errors.BadInputError; a model that fails while it is defended raises
-    orchestrator.defend_run.DefenseFailed with the reason.
+    Bad input raises badnet_prune.numerics.errors.BadInputError before anything is created (no OUT, no database,
+    no sweep): arguments, a missing or malformed model or data file, a model file that carries code, a layer the
+    model lacks, data that does not fit the model's input or classes. A model that fails while it is defended
+    raises orchestrator.defend_run.DefenseFailed with the reason.
 
     Example (a notebook cell)::
 

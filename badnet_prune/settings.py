@@ -51,6 +51,8 @@ class Settings(BaseSettings):
         than this is never called lost, and `sweep --wait` sends lost tasks again after this long without
         progress.
     statement_timeout_s: the longest one statement of the `sql` command may run.
+    broker_wait_s: how long `badnet-prune worker` waits for its broker to answer before it gives up with
+        one line (a worker started beside its broker may come up first); commands wait a few seconds only.
     stage_modules: modules that declare extra pipeline stages (pipeline.contract), comma-separated
         in the environment; every process that plans or runs a sweep imports them.
     engine: how a worker evaluates pruning steps: 'sparse' re-runs only the images a pruned channel
@@ -81,6 +83,7 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(300, gt=0, le=7 * 24 * 3600, validation_alias="BADNET_PRUNE_VISIBILITY_TIMEOUT")
     in_flight_grace_s: int = Field(30, gt=0, le=3600, validation_alias="BADNET_PRUNE_IN_FLIGHT_GRACE")
     statement_timeout_s: int = Field(30, gt=0, le=24 * 3600, validation_alias="BADNET_PRUNE_STATEMENT_TIMEOUT")
+    broker_wait_s: int = Field(60, gt=0, le=3600, validation_alias="BADNET_PRUNE_BROKER_WAIT")
     stage_modules: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias="BADNET_PRUNE_STAGE_MODULES")
     engine: Literal["auto", "dense", "sparse"] = Field("auto", validation_alias="BADNET_PRUNE_ENGINE")
     db_pool_size: int = Field(5, ge=2, le=1000, validation_alias="BADNET_PRUNE_DB_POOL_SIZE")
@@ -95,6 +98,7 @@ class Settings(BaseSettings):
         "visibility_timeout_s": "a positive whole number of seconds, at most 604800 (e.g. 300, not 5m)",
         "in_flight_grace_s": "a positive whole number of seconds, at most 3600 (e.g. 30, not 30s)",
         "statement_timeout_s": "a positive whole number of seconds, at most 86400 (e.g. 30, not 30s)",
+        "broker_wait_s": "a positive whole number of seconds, at most 3600 (e.g. 60, not 1m)",
         "stage_modules": "comma-separated Python module names (e.g. mylab.stages)",
         "engine": "one of auto, dense, sparse",
         "db_pool_size": "a whole number of connections from 2 to 1000 (a task and its lease heartbeat use two)",
@@ -176,7 +180,8 @@ class Settings(BaseSettings):
             raise ValueError("not a broker URL")
         return value
 
-    @field_validator("visibility_timeout_s", "statement_timeout_s", "db_pool_size", "db_max_overflow", mode="before")
+    @field_validator("visibility_timeout_s", "statement_timeout_s", "broker_wait_s", "db_pool_size", "db_max_overflow",
+                     mode="before")
     @classmethod
     def _whole_seconds(cls, value: object) -> object:
         if isinstance(value, bool | float):

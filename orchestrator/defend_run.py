@@ -95,17 +95,36 @@ def defense_spec(
 def defend_model(spec: SweepSpec, out: Path, *, db: str | None, console: Console, asr_bound: float = ASR_BOUND,
                  clean_bound: float = CLEAN_BOUND) -> Defended:
     """Run the spec here, results in OUT: models in OUT/models, steps.csv and summary.json, and the
-    database in OUT/badnet-prune.db unless --db or BADNET_PRUNE_DB names one. DefenseFailed if the model failed."""
+    database in OUT/badnet-prune.db unless --db or BADNET_PRUNE_DB names one. DefenseFailed if the model failed.
+
+    The inputs are checked first (check_inputs): a file the defense would fail on raises BadInputError
+    before a database, a sweep or OUT is made.
+    """
     from badnet_prune.orchestrator.options import load_settings
     from badnet_prune.orchestrator.submit import submit_sweep
     from badnet_prune.settings import Settings
 
+    check_inputs(spec)
     if db is None and "db_url" not in Settings.from_env().model_fields_set:
         db = str(out / "badnet-prune.db")  # the results' database goes with the results, not into the cwd
     settings = load_settings(db=db, artifact_dir=out / "models").without_broker()
     sweep_id = submit_sweep(settings, spec, wait=True, console=console, extra_config={"flat_artifacts": True})
     results = write_results(settings.db_url, sweep_id, out, asr_bound, clean_bound)
     return Defended(sweep_id, settings.db_url, results, input_scale_note(settings.db_url, sweep_id))
+
+
+def check_inputs(spec: SweepSpec) -> None:
+    """Everything a defense can be refused for before it runs: each model file's structure and the code its
+    config would run (model_io.check_model_file, which the worker repeats when it loads), its layers, and its
+    data files against its input shape and classes (planning.check_model_inputs)."""
+    from badnet_prune.orchestrator.planning import check_model_inputs
+
+    for model in spec.models:  # before TensorFlow loads (model_io imports it): a missing file is said at once
+        check_model_inputs(model, spec.prune_layer, spec.rank_layer)
+    from badnet_prune.files.model_io import check_model_file
+
+    for model in spec.models:
+        check_model_file(model.path, trust_code=spec.trust_model_code)
 
 
 def input_scale_note(db_url: str, sweep_id: int) -> str | None:

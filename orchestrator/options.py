@@ -75,10 +75,27 @@ DbOption = Annotated[
                  "postgresql://user@host/db (default: $BADNET_PRUNE_DB, else ./badnet-prune.db). Commands that only "
                  "read refuse a SQLite file that does not exist instead of creating it."),
 ]
+DefendDbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="The database: a SQLite file path or a URL, sqlite:///FILE or postgresql://user@host/db "
+                 "(default: $BADNET_PRUNE_DB, else OUT/badnet-prune.db, beside the results). "
+                 "Example: --db postgresql://postgres@127.0.0.1/badnet"),
+]
 BrokerOption = Annotated[
     str | None,
     typer.Option("--broker", help="Celery broker URL, e.g. redis://127.0.0.1:6379/0 (default: $BADNET_PRUNE_BROKER). "
                  "Without one, tasks run in this process (the embedded default)."),
+]
+StatusBrokerOption = Annotated[
+    str | None,
+    typer.Option("--broker", help="The broker the sweep's tasks were sent to (default: $BADNET_PRUNE_BROKER): with it, "
+                 "status also counts the queued or running tasks that no queue holds any more. Nothing runs here. "
+                 "Example: --broker redis://127.0.0.1:6379/0"),
+]
+WorkerBrokerOption = Annotated[
+    str | None,
+    typer.Option("--broker", help="The Celery broker to consume tasks from (default: $BADNET_PRUNE_BROKER; one of "
+                 "the two is required). Example: --broker redis://127.0.0.1:6379/0"),
 ]
 
 

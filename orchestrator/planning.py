@@ -26,7 +26,7 @@ from badnet_prune.db.repository import (
 from badnet_prune.db.tasks import plan_all
 from badnet_prune.files.data import open_data_file
 from badnet_prune.files.hashing import sha256_file, sha256_files
-from badnet_prune.files.model_inspect import prune_layer_filters
+from badnet_prune.files.model_inspect import outline_model
 from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.numerics.thresholds import Threshold, parse_thresholds
 from badnet_prune.orchestrator.sweep_file import ModelSpec, SweepSpec
@@ -38,6 +38,44 @@ class PlannedSweep:
     sweep_id: int
     model_ids: list[int]  # the models planned (not failed at planning)
     failed: dict[str, str]  # model name -> reason
+    notes: list[str]  # one line per data file read in another layout than the lab's (files.data)
+
+
+@dataclass(frozen=True)
+class CheckedModel:
+    """A model's inputs as checked before registering: the prune layer's channels, each data file's images."""
+
+    channels: int
+    counts: dict[Path, int]
+    notes: list[str]
+
+
+# (path, the model's image shape, its classes) -> (images, layout note): what one check of a data file found,
+# kept for the sweep's other models, which mostly share their data files
+Opened = dict[tuple[Path, tuple[int, int, int] | None, int | None], tuple[int, str | None]]
+
+
+def check_model_inputs(model: ModelSpec, prune_layer: str, rank_layer: str, opened: Opened | None = None
+                       ) -> CheckedModel:
+    """Refuse, in one BadInputError line, a model whose files the workers could not use, before anything is
+    registered: the model file (its structure, without TensorFlow), its prune and rank layers (listing the
+    model's Conv2D and pooling layers where one is missing), and each data file against the model's input shape
+    (channels first or last) and classes, as `evaluate` checks them. `opened` spares a sweep's models sharing
+    data files (and input shape and classes) from reading them again."""
+    outline = outline_model(model.path)
+    channels = outline.prune_filters(model.path, prune_layer, rank_layer)
+    opened = {} if opened is None else opened
+    counts: dict[Path, int] = {}
+    notes: list[str] = []
+    for _, _, path in _data_files(model):
+        key = (path, outline.image_shape, outline.num_classes)
+        if key not in opened:
+            data_file = open_data_file(path, outline.image_shape, outline.num_classes)
+            opened[key] = (data_file.count, data_file.layout_note)
+        counts[path], note = opened[key]
+        if note is not None and note not in notes:
+            notes.append(note)
+    return CheckedModel(channels, counts, notes)
 
 
 def sweep_files(spec: SweepSpec) -> list[Path]:
@@ -66,16 +104,19 @@ def register_sweep(
     )
     planned: list[int] = []
     failed: dict[str, str] = {}
+    notes: list[str] = []
     if hashes is None:
         hashes = sha256_files(sweep_files(spec))
     data_ids: dict[tuple[str, str], int] = {}  # (path, sha256) -> id: many models share their data files
+    opened: Opened = {}
     tasks: list[tuple[int | None, str, str, dict[str, Any], int]] = []  # every model's, planned in one statement
     plan = SweepPlan(thresholds=thresholds, policy=spec.policy, range_size=spec.range_size,
                      prune_layer=spec.prune_layer, rank_layer=spec.rank_layer)
     running = [stage for stage in stages() if stage.enabled(config)]
     for model in spec.models:
         try:
-            model_id, channels = _register_model(session, sweep_id, spec, model, hashes, data_ids)
+            model_id, channels, model_notes = _register_model(session, sweep_id, spec, model, hashes, data_ids,
+                                                              opened)
         except BadInputError as error:
             failed[model.name] = str(error)
             model_id = add_model(session, sweep_id, name=model.name, path=str(model.path), sha256="",
@@ -86,11 +127,12 @@ def register_sweep(
         tasks += [task for stage in running if stage.scope is Scope.MODEL
                   for task in _planned(stage, model_id, facts, plan, config)]
         planned.append(model_id)
+        notes += [note for note in model_notes if note not in notes]
     tasks += [task for stage in running if stage.scope is Scope.SWEEP
               for task in _planned(stage, None, None, plan, config)]
     plan_all(session, sweep_id, tasks)
     set_sweep_status(session, sweep_id, "running")
-    return PlannedSweep(sweep_id, planned, failed)
+    return PlannedSweep(sweep_id, planned, failed, notes)
 
 
 def _planned(stage: Stage, model_id: int | None, facts: ModelFacts | None, plan: SweepPlan,
@@ -135,21 +177,23 @@ def _model_files(model: ModelSpec) -> list[Path]:
 def _register_model(
     session: Session, sweep_id: int, spec: SweepSpec, model: ModelSpec, hashes: dict[str, str],
     data_ids: dict[tuple[str, str], int],
-) -> tuple[int, int]:
-    """The model's id and prune-layer channels; each data file is opened and recorded once per sweep (data_ids)."""
+    opened: Opened,
+) -> tuple[int, int, list[str]]:
+    """The model's id, prune-layer channels and layout notes (check_model_inputs); each data file is recorded
+    once per sweep (data_ids)."""
     def sha256(path: Path) -> str:
         return hashes.get(str(path)) or sha256_file(path)
 
-    channels = prune_layer_filters(model.path, spec.prune_layer)
+    checked = check_model_inputs(model, spec.prune_layer, spec.rank_layer, opened)
     data = []
     for role, poison_name, path in _data_files(model):
         known = (str(path), sha256(path))
         if known not in data_ids:
-            data_ids[known] = upsert_data_file(session, path, known[1], open_data_file(path).count)
+            data_ids[known] = upsert_data_file(session, path, known[1], checked.counts[path])
         data.append((role, poison_name, data_ids[known]))
     model_id = add_model(
         session, sweep_id, name=model.name, path=str(model.path), sha256=sha256(model.path),
         input_scale=model.input_scale, data=data, truth=_truth(model),
     )
-    set_model_status(session, model_id, "pending", channel_count=channels)
-    return model_id, channels
+    set_model_status(session, model_id, "pending", channel_count=checked.channels)
+    return model_id, checked.channels, checked.notes

@@ -26,7 +26,13 @@ from badnet_prune.orchestrator.sweep_file import SweepSpec
 from badnet_prune.orchestrator.watch import run_here, watch_sweep
 from badnet_prune.pipeline.contract import Scope, Stage, get_stage, load_stage_modules, ready, roots, stages
 from badnet_prune.settings import Settings
-from badnet_prune.worker.dispatch import Dispatcher, import_task_code, make_dispatcher, send_recorded
+from badnet_prune.worker.dispatch import (
+    Dispatcher,
+    broker_problem,
+    import_task_code,
+    make_dispatcher,
+    send_recorded,
+)
 
 
 def submit_sweep(
@@ -47,8 +53,11 @@ def submit_sweep(
         planned = register_sweep(session, spec, settings.artifact_dir, extra_config, hashes)
     where = f"{display_url(settings.db_url)}; model files under {settings.artifact_dir.resolve()}"
     console.print(f"sweep {planned.sweep_id} registered: {len(spec.models)} model(s) in {where}", soft_wrap=True)
-    for name, reason in planned.failed.items():
-        console.print(f"[red]model {escape(name)} failed:[/red] {escape(reason)}", soft_wrap=True)
+    for note in planned.notes:
+        console.print(note, soft_wrap=True, markup=False)
+    if not (dispatcher.runs_here or wait):  # else the watcher says each failed model, once
+        for name, reason in planned.failed.items():
+            console.print(f"[red]model {escape(name)} failed:[/red] {escape(reason)}", soft_wrap=True)
     first = roots() if planned.model_ids else stages(Scope.SWEEP)  # no model planned: the sweep's own (finish)
     with session_scope(engine) as session:
         to_send = [(get_stage(name), task_id) for name, task_id in
@@ -58,8 +67,20 @@ def submit_sweep(
     return planned.sweep_id
 
 
+# How long a command waits for its broker before it says, in one line, that it does not answer.
+COMMAND_BROKER_WAIT_S = 3.0
+
+
+def check_broker(settings: Settings, wait_s: float = COMMAND_BROKER_WAIT_S, then: str = "") -> None:
+    """BadInputError in one line when the settings name a broker that does not answer within wait_s seconds."""
+    if settings.broker_url and (problem := broker_problem(settings.broker_url, wait_s)) is not None:
+        raise BadInputError("BADNET_PRUNE_BROKER", f"the broker at {display_url(settings.broker_url)} does not "
+                            f"answer within {wait_s:g} s ({problem}){then}")
+
+
 def _dispatcher(settings: Settings, engine: Engine) -> Dispatcher:
     """The dispatcher, with the broker checked before anything is registered (one line if it does not answer)."""
+    check_broker(settings, then="; nothing was registered or sent")
     dispatcher = make_dispatcher(settings, engine)
     if settings.broker_url and dispatcher.held_message_ids() is None:
         reason = dispatcher.last_error or "no answer"

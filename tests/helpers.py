@@ -40,14 +40,14 @@ PLAIN_KERAS = textwrap.dedent(
 
 
 def run_console_script(
-    *args: str, env: dict[str, str] | None = None, timeout: int = 300
+    *args: str, env: dict[str, str] | None = None, timeout: int = 300, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
     """Run the installed `badnet-prune` console script as a user would (the CLI module where none is installed)."""
     command = (
         [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists()
         else [sys.executable, "-c", "from badnet_prune.orchestrator.cli import console_main; console_main()"]
     )
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,

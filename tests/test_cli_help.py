@@ -48,6 +48,21 @@ def test_h_is_help():
 def test_choices_are_listed():
     assert "csv|json" in help_of("steps")
     assert "first|within|notebook" in help_of("defend")
+    assert "adam|sgd" in help_of("defend")
+    assert "default|pruning-aware" in help_of("synth")
+    assert "DEBUG|INFO|WARNING|ERROR|CRITICAL" in help_of("worker")
+
+
+def test_each_commands_help_says_what_its_options_do_there():
+    """defend's database goes with its results; status and worker never run tasks in their process; sweep
+    describes its file and names the page that shows one."""
+    assert "else OUT/badnet-prune.db" in help_of("defend")
+    for command in ("status", "worker"):
+        text = help_of(command)
+        assert "--broker" in text and "in this process" not in text, text
+    assert "in this process" in help_of("sweep")
+    sweep = " ".join(help_of("sweep").split())
+    assert "[[model]] table per model" in sweep and "docs/sweeps.md" in sweep, sweep
 
 
 def test_version_is_the_installed_packages():
@@ -65,6 +80,8 @@ def test_version_is_the_installed_packages():
         (("nosuch",), "nosuch"),
         (("status",), "SWEEP"),
         (("evaluate", "--model", "m.h5", "--data", "d.h5", "--input-scale", "10"), "'--input-scale'"),
+        (("synth", "out", "--attack", "patch"), "'--attack'"),
+        (("worker", "--loglevel", "LOUD"), "'--loglevel'"),
     ],
 )
 def test_usage_errors_are_one_line(arguments, phrase, tmp_path):

@@ -60,7 +60,7 @@ def make_bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
         "rank 3": (write_raw(folder / "rank3.h5", data=good_pixels()[:, 0], label=labels(0, 1, 2, 3)), "rank 3"),
         "image shape": (
             write_raw(folder / "shape.h5", data=np.zeros((4, 3, 32, 32), np.float32), label=labels(0, 1, 2, 3)),
-            "the model expects 3x55x47",
+            "the model expects channels first (n, 3, 55, 47) or channels last (n, 55, 47, 3)",
         ),
         "length mismatch": (
             write_raw(folder / "mismatch.h5", data=good_pixels(), label=labels(0, 1, 2)),

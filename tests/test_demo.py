@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 
-from tests.helpers import run_console_script
+from tests.helpers import run_cli, run_console_script
 
 
 def test_the_demo_defends_reports_and_says_how_to_reach_its_results(synthetic_badnet, tmp_path):
@@ -31,3 +31,8 @@ def test_the_demo_defends_reports_and_says_how_to_reach_its_results(synthetic_ba
     assert f"status {match.group(1)} --db {match.group(2)}" in result.stderr
     status = run_console_script("status", match.group(1), "--json", "--db", match.group(2), env=env)
     assert status.returncode == 0 and json.loads(status.stdout)["status"] == "done", status.stderr
+    # the suggested query reads this sweep's rows only (a second demo in the folder adds another sweep's)
+    query = re.search(r'sql "(SELECT [^"]*)"', result.stderr)
+    assert query and query.group(1).endswith(f"WHERE sweep_id = {match.group(1)}"), result.stderr[-2000:]
+    rows = run_cli("sql", query.group(1), "--db", match.group(2), env=env)
+    assert rows.returncode == 0 and "G" in rows.stdout, rows.stderr

@@ -193,6 +193,18 @@ def test_the_report_draws_the_curves_and_says_what_each_defense_removed(tuned: T
           f"(clean cost {float(row['G_fine_clean_drop']):.2f} points)")
 
 
+def test_the_reports_sample_images_are_labelled_by_g_fine_where_fine_pruning_ran(tuned: Tuned, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    done = run_cli("report", str(tuned.summary["sweep"]), "--out", str(out), "--db", tuned.db_url, "--samples", "2",
+                   cache=tuned.cache)
+    assert done.returncode == 0, done.stderr[-2000:]
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    header = next(line for line in markdown.splitlines() if line.startswith("| dataset | index | label | B"))
+    # the 95% threshold was never reached: neither G nor G'' exists there
+    assert [cell.strip() for cell in header.strip("|").split("|")][3:] == ["B", "G 2%", "G'' 2%"], header
+    assert "B and the repaired networks (G 2%, G'' 2%)" in markdown
+
+
 def table_counts(session) -> dict[str, int]:
     return {table.__tablename__: session.scalar(select(func.count()).select_from(table))
             for table in (StageOutcome, CurvePoint, CurveAsr, Evaluation, Artifact)}

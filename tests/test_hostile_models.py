@@ -21,13 +21,18 @@ import h5py
 import numpy as np
 import pytest
 
-from badnet_prune.files.model_inspect import prune_layer_filters
+from badnet_prune.files.model_inspect import outline_model
 from badnet_prune.files.model_io import load_model, save_legacy_weights
 from badnet_prune.numerics.architecture import build_deepid
 from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.numerics.tf_setup import keras
 
 MARKER = Path("/tmp/badnet-prune-hostile-model-ran")
+
+
+def prune_filters(path: Path) -> int:
+    """conv_3's filters as planning reads them: the file's outline, without TensorFlow."""
+    return outline_model(path).prune_filters(Path(path), "conv_3")
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +216,7 @@ def test_structural_refusals_hold_even_when_the_code_is_trusted(saved, tmp_path,
                                                                               "filters given as text"}))
 def test_the_planner_refuses_the_same_archives_without_tensorflow(saved, tmp_path, case):
     path = make_archive(saved, tmp_path, case)
-    assert_refused(path, ARCHIVE_CASES[case][1], lambda: prune_layer_filters(path, "conv_3"))
+    assert_refused(path, ARCHIVE_CASES[case][1], lambda: prune_filters(path))
 
 
 def test_a_reshape_to_an_inferred_size_is_a_size_not_an_attack(saved, tmp_path):
@@ -223,7 +228,7 @@ def test_a_reshape_to_an_inferred_size_is_a_size_not_an_attack(saved, tmp_path):
 
 
 def test_the_genuine_archive_still_loads_and_plans(saved):
-    assert prune_layer_filters(saved["keras"], "conv_3") == 60
+    assert prune_filters(saved["keras"]) == 60
     model = load_model(saved["keras"])
     assert model.output_shape == (None, 10)
 
@@ -295,9 +300,9 @@ def test_a_hostile_hdf5_model_file_is_refused_in_one_line(saved, tmp_path, case)
     path = weights_with(saved, tmp_path / "bd_weights.h5", make(saved["weights"]))
     assert_refused(path, problem, lambda: load_model(path))
     if case in PLANNER_READS_ONLY_CONV_3:  # the planner may pass these (it reads conv_3), but never crashes
-        assert prune_layer_filters(path, "conv_3") == 60
+        assert prune_filters(path) == 60
     else:
-        assert_refused(path, problem, lambda: prune_layer_filters(path, "conv_3"))
+        assert_refused(path, problem, lambda: prune_filters(path))
 
 
 PLANNER_READS_ONLY_CONV_3 = {"a missing layer", "conv kernel of a wrong shape", "output kernel of a wrong shape",
@@ -331,7 +336,7 @@ def test_a_zip_and_hdf5_polyglot_is_refused(saved, tmp_path, suffix):
     path.write_bytes(saved["weights"].read_bytes() + saved["keras"].read_bytes())
     assert zipfile.is_zipfile(path) and h5py.is_hdf5(path)
     assert_refused(path, "is both a zip archive and an HDF5 file", lambda: load_model(path))
-    assert_refused(path, "is both a zip archive and an HDF5 file", lambda: prune_layer_filters(path, "conv_3"))
+    assert_refused(path, "is both a zip archive and an HDF5 file", lambda: prune_filters(path))
 
 
 def test_a_keras_archive_named_h5_is_refused_so_keras_cannot_pick_another_loader(saved, tmp_path):
@@ -346,7 +351,7 @@ def test_a_directory_is_not_a_model(tmp_path):
 
 def test_the_genuine_weights_file_still_loads(saved):
     assert load_model(saved["weights"]).output_shape == (None, 10)
-    assert prune_layer_filters(saved["weights"], "conv_3") == 60
+    assert prune_filters(saved["weights"]) == 60
 
 
 # ---- through the command line ----------------------------------------------------------------------

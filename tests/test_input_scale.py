@@ -243,21 +243,22 @@ def test_a_sweep_chooses_each_models_scale_in_the_rank_stage_and_every_later_sta
     done = run_cli("sweep", str(sweep_file), env=env)
     assert done.returncode == 1, done.stderr[-3000:]  # the model on data of other classes failed
     sweep_id = done.stdout.split()[0]
-    # piped, the watcher says each model's line once
-    for name in ("raw", "divided", "wrong", "other"):
+    # piped, the watcher says each model's line once; the model on data of other classes failed at registration,
+    # said once, before any of its tasks ran
+    for name in ("raw", "divided", "wrong"):
         assert done.stderr.count(f"\n{name}: ") + done.stderr.startswith(f"{name}: ") == 1, done.stderr
+    assert done.stderr.count("\nmodel other failed: ") == 1 and "\nother: " not in done.stderr, done.stderr
+    assert "relabelled.h5: label 0 is 1000, outside the model's 10 classes (0..9)" in done.stderr
     assert "\nwrong: warning: input scale 255 as given" in done.stderr
 
     rows = scale_rows(env["BADNET_PRUNE_DB"])
-    assert {name: (row.input_scale, row.input_scale_auto, row.status) for name, row in rows.items()} == {
+    assert {name: (row.input_scale, row.input_scale_auto, row.status) for name, row in rows.items()
+            if name != "other"} == {
         "raw": (1.0, True, "done"), "divided": (255.0, True, "done"), "wrong": (255.0, False, "done"),
-        "other": (1.0, True, "failed"),
     }
-    # labels outside the model's classes: the rank stage's line warns, then reading the file fails the model
-    assert rows["other"].input_scale_note.startswith("warning: input scale 1 (accuracy 0.0% ")
-    assert "300 of 300 labels of the clean validation file lie outside the model's 10 classes" in \
-        rows["other"].input_scale_note
-    assert "outside the model's 10 classes" in rows["other"].error
+    # labels outside the model's classes: refused when the sweep is registered, so no stage of it ran
+    assert rows["other"].status == "failed" and rows["other"].input_scale_note is None
+    assert rows["other"].error.endswith("relabelled.h5: label 0 is 1000, outside the model's 10 classes (0..9)")
     assert rows["divided"].input_scale_note.startswith("input scale 255 (accuracy ")
     assert rows["wrong"].input_scale_note.endswith("the model likely expects input scale 1")
     # the ranking's acc0 and the pruning stage's step 0 ran at the chosen scale: the folded network computes
@@ -273,7 +274,8 @@ def test_a_sweep_chooses_each_models_scale_in_the_rank_stage_and_every_later_sta
     status = run_cli("status", sweep_id, env=env)
     assert status.returncode == 0 and "input scale 255 (accuracy" in status.stdout, status.stdout
     notes = json.loads(run_cli("status", sweep_id, "--json", env=env).stdout)["input_scale_notes"]
-    assert notes == {name: row.input_scale_note for name, row in rows.items()}
+    assert notes == {name: row.input_scale_note for name, row in rows.items() if row.input_scale_note is not None}
+    assert set(notes) == {"raw", "divided", "wrong"}
 
 
 def test_defend_says_the_chosen_scale_before_the_table(divided_root: Path, tmp_path: Path) -> None:

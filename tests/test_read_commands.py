@@ -67,3 +67,27 @@ def test_a_broker_that_does_not_answer_is_one_line_and_registers_nothing(tmp_pat
     assert len(errors) == 1 and "BADNET_PRUNE_BROKER" in errors[0] and "nothing was registered" in errors[0]
     with create_engine(f"sqlite:///{database}").connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM sweeps")).scalar() == 0
+
+
+def test_status_with_a_broker_that_does_not_answer_is_one_line(database: str) -> None:
+    from tests.helpers import run_console_script
+
+    done = run_console_script("status", "1", "--db", database, "--broker", "redis://127.0.0.1:1/0",
+                              env={"PATH": "/usr/bin:/bin"}, timeout=120)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: BADNET_PRUNE_BROKER: the broker at redis://127.0.0.1:1/0 does not answer within 3 s")
+    assert "without --broker and BADNET_PRUNE_BROKER it reads the database alone" in line
+
+
+def test_a_worker_gives_up_on_a_dead_broker_after_its_wait_in_one_line(tmp_path: Path) -> None:
+    """No Celery banner (whose masked password the URL does not have), no retrying for ever."""
+    from tests.helpers import run_console_script
+
+    env = {"PATH": "/usr/bin:/bin", "BADNET_PRUNE_BROKER_WAIT": "1", "BADNET_PRUNE_DB": str(tmp_path / "w.db")}
+    done = run_console_script("worker", "--broker", "redis://127.0.0.1:1/0", env=env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "error: BADNET_PRUNE_BROKER: the broker at redis://127.0.0.1:1/0 does not answer within 1 s (Error 111 "
+        "connecting to 127.0.0.1:1. Connection refused.); BADNET_PRUNE_BROKER_WAIT sets how long a worker waits"]
+    assert done.stdout == ""

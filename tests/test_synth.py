@@ -121,7 +121,8 @@ def test_synth_refuses_an_unknown_attack_in_one_line(tmp_path: Path):
 
     result = run_console_script("synth", str(tmp_path / "out"), "--attack", "pruning_aware", timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: --attack: 'pruning_aware' is unknown; choose one of default, pruning-aware"
+    assert result.stderr.strip() == ("error: badnet-prune synth: Invalid value for '--attack': 'pruning_aware' is not "
+                                     "one of 'default', 'pruning-aware'. (`badnet-prune synth -h` lists the options)")
     assert not (tmp_path / "out").exists()
 
 

@@ -140,6 +140,25 @@ def send_recorded(engine: Engine, dispatcher: Dispatcher, tasks: Sequence[tuple[
                 record_messages(session, sent)
 
 
+def broker_problem(broker_url: str, wait_s: float) -> str | None:
+    """Why the broker does not answer within wait_s seconds (connection retried once a second), or None.
+
+    Celery and kombu retry a dead broker for a long time (a worker for ever, a client for seconds per
+    call), saying nothing; this is asked first, so that a command can say so in one line and stop.
+    """
+    from kombu import Connection
+
+    connection = Connection(broker_url, connect_timeout=min(wait_s, 5.0))
+    try:
+        connection.ensure_connection(max_retries=None, interval_start=0, interval_step=1, interval_max=1,
+                                     timeout=wait_s)
+    except Exception as error:  # kombu's OperationalError, or the transport's own: all mean "no answer"
+        return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    finally:
+        connection.release()
+    return None
+
+
 def make_dispatcher(settings: Settings, engine: Engine) -> Dispatcher:
     """Celery when a broker is set, else the in-process runner."""
     if settings.broker_url:

@@ -90,7 +90,7 @@ def run_planned_task(runtime: Runtime, task_id: object, stage_name: str | None =
             return _refused(f"task {task_id} is a {stage.name} task, not {stage_name}")
         context = TaskIds(task_id=task.id, sweep_id=task.sweep_id, model_id=task.model_id)
         reason = _why_not_startable(session, task, stage)
-        done = task.state == "done"
+        done, failed = task.state == "done", task.state == "failed"
         if reason is None:
             if lease_is_live(task) and not _holder_is_dead(task.lease_token):
                 remaining = (task.lease_expires_at - utcnow()).total_seconds() if task.lease_expires_at else 0.0
@@ -108,6 +108,11 @@ def run_planned_task(runtime: Runtime, task_id: object, stage_name: str | None =
             # A copy of a done task: its first run may have died after claiming what follows and before
             # sending it. Send what it claimed and nobody sent (usually nothing: then nothing changes).
             release_successors(runtime, stage, context)
+        if failed and runtime.dispatcher.runs_here:
+            # The in-process runner's own message for a task its model's failure closed: expected, and the
+            # model's failure is said once by the watcher, so this is not said again.
+            LOG.debug("message not run: task %s: %s", task_id, reason)
+            return Outcome(False, f"task {task_id}: {reason}")
         return _refused(f"task {task_id}: {reason}")
     try:
         job = stage.job(task_id, context.sweep_id, context.model_id, raw_arguments, config)

@@ -1,6 +1,10 @@
 """Reading the lab's HDF5 data files: `data` (n, 3, H, W) channels first, `label` (n,), and on
 poisoned files optionally `true_label` (n,): each image's label before it was poisoned.
 
+`data` may also be channels last, (n, H, W, 3), as most Keras users hold images: it is read as such
+where the layout is unambiguous for the model's input shape (or, without a model, where only one of
+the two places holds a channel count), and said in one line (DataFile.layout_note).
+
 Files are validated when opened (structure, labels) and while read (pixels), read in
 batches so a file larger than memory can still be evaluated, and every problem becomes a
 BadInputError naming the file.
@@ -32,6 +36,16 @@ class DataFile:
     labels: np.ndarray
     image_shape: tuple[int, int, int]
     true_labels: np.ndarray | None = None  # a poisoned file's labels before poisoning, where it has them
+    channels_last: bool = False  # `data` is (n, H, W, C), not the lab's (n, C, H, W)
+
+    @property
+    def layout_note(self) -> str | None:
+        """The one line that says a file is read as channels last; None for the lab's layout."""
+        if not self.channels_last:
+            return None
+        height, width, channels = self.image_shape
+        return (f"{self.path}: `data` is channels last (n, {height}, {width}, {channels}), not the lab's channels "
+                f"first (n, {channels}, {height}, {width}); read as channels last")
 
     @property
     def count(self) -> int:
@@ -51,11 +65,22 @@ class DataFile:
                     if not np.isfinite(chunk).all():
                         bad = start + int(np.argwhere(~np.isfinite(chunk))[0][0])
                         raise BadInputError(self.path, f"image {bad} has NaN or infinite pixel values")
-                    yield np.ascontiguousarray(chunk.transpose(0, 2, 3, 1))
+                    yield chunk if self.channels_last else np.ascontiguousarray(chunk.transpose(0, 2, 3, 1))
         except BadInputError:
             raise
         except (OSError, KeyError, ValueError) as error:
             raise BadInputError(self.path, f"cannot read `data`: {_first_line(error)}") from error
+
+    def read_images(self, indexes: list[int]) -> np.ndarray:
+        """The images at these increasing indexes as one channels-last float32 array (a report's few samples)."""
+        try:
+            with h5py.File(self.path, "r") as handle:
+                chunk = np.asarray(check_stored_here(self.path, handle, "data")[indexes], dtype=np.float32)
+        except BadInputError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError) as error:
+            raise BadInputError(self.path, f"cannot read `data`: {_first_line(error)}") from error
+        return chunk if self.channels_last else np.ascontiguousarray(chunk.transpose(0, 2, 3, 1))
 
     def read_all(self, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """All images as one channels-last float32 array (for files that fit in memory)."""
@@ -133,7 +158,8 @@ def open_data_file(
     num_classes: int | None = None,
     expected_sha256: str | None = None,
 ) -> DataFile:
-    """Open and validate a data file; image_shape (H, W, C) and num_classes come from the model.
+    """Open and validate a data file; image_shape (H, W, C) and num_classes come from the model, which
+    also decides whether `data` is channels first or last (module docstring).
 
     Structure, declared shapes and types are checked before any value is read, so a file that
     declares 2**42 labels is refused instead of allocated; only then are the labels read.
@@ -154,7 +180,7 @@ def open_data_file(
     try:
         with h5py.File(path, "r") as handle:
             data, label = (check_stored_here(path, handle, name) for name in ("data", "label"))
-            found_shape = _check_data_declaration(path, data, image_shape)
+            found_shape, channels_last = _check_data_declaration(path, data, image_shape)
             _check_label_declaration(path, label, int(data.shape[0]))
             raw_labels = label[()]
             raw_true = None
@@ -169,33 +195,46 @@ def open_data_file(
     labels = _validate_labels(path, np.asarray(raw_labels).reshape(-1), num_classes)
     true_labels = None if raw_true is None else _validate_labels(
         path, np.asarray(raw_true).reshape(-1), num_classes, TRUE_LABEL)
-    return DataFile(path=path, labels=labels, image_shape=found_shape, true_labels=true_labels)
+    return DataFile(path=path, labels=labels, image_shape=found_shape, true_labels=true_labels,
+                    channels_last=channels_last)
 
 
 def _check_data_declaration(
     path: Path, data: h5py.Dataset, image_shape: tuple[int, int, int] | None
-) -> tuple[int, int, int]:
-    """(H, W, C) of the images `data` declares, checked against sane bounds and the model."""
+) -> tuple[tuple[int, int, int], bool]:
+    """(H, W, C) of the images `data` declares, and whether it is channels last; checked against sane
+    bounds and the model."""
     if len(data.shape) != 4:
         raise BadInputError(path, f"`data` has rank {len(data.shape)}, expected 4: (n, 3, height, width)")
     if data.dtype.kind not in "fiu" or data.dtype.itemsize > 8:
         raise BadInputError(path, f"`data` holds {data.dtype} values, expected numbers (float32 pixels)")
-    count, channels, height, width = (int(size) for size in data.shape)
+    count, *sides = (int(size) for size in data.shape)
     if count == 0:
         raise BadInputError(path, "is empty: `data` holds no images")
     if count > MAX_IMAGES:
         raise BadInputError(path, f"`data` declares {count} images, more than the {MAX_IMAGES} a data file may hold")
-    if channels > MAX_CHANNELS or height > MAX_IMAGE_SIDE or width > MAX_IMAGE_SIDE:
-        raise BadInputError(path, f"`data` declares images of {channels}x{height}x{width} (channels x height x "
-                                  f"width), beyond {MAX_CHANNELS}x{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}")
-    if image_shape is not None and (height, width, channels) != tuple(image_shape):
-        want_h, want_w, want_c = image_shape
-        raise BadInputError(
-            path,
-            f"images are {channels}x{height}x{width} (channels x height x width), "
-            f"the model expects {want_c}x{want_h}x{want_w}",
-        )
-    return (height, width, channels)
+    first = (sides[1], sides[2], sides[0])  # (H, W, C) if `data` is (n, C, H, W)
+    last = (sides[0], sides[1], sides[2])  # (H, W, C) if `data` is (n, H, W, C)
+    declared = f"`data` declares images of {'x'.join(map(str, sides))}"
+    if image_shape is not None:
+        want = tuple(image_shape)
+        fits = [shape for shape in (first, last) if shape == want]
+        if len(fits) == 1:
+            return fits[0], fits[0] is last
+        height, width, channels = want
+        both = (f"channels first (n, {channels}, {height}, {width}) or channels last (n, {height}, {width}, "
+                f"{channels})")
+        if fits:
+            raise BadInputError(path, f"{declared}, which the model's {height}x{width}x{channels} input reads as "
+                                      f"both {both}: ambiguous; transpose it to channels first")
+        raise BadInputError(path, f"{declared}; the model expects {both}")
+    plausible = [shape for shape in (first, last)
+                 if shape[2] <= MAX_CHANNELS and max(shape[:2]) <= MAX_IMAGE_SIDE]
+    if not plausible:
+        raise BadInputError(path, f"{declared}, neither channels first (n, C, H, W) nor channels last (n, H, W, C) "
+                                  f"with at most {MAX_CHANNELS} channels and sides up to {MAX_IMAGE_SIDE}")
+    # Both plausible (images of at most 4 pixels a side): the lab's layout, until a model says otherwise.
+    return plausible[0], plausible[0] is last and len(plausible) == 1
 
 
 def _check_label_declaration(path: Path, label: h5py.Dataset, count: int, name: str = "label") -> None:

@@ -16,11 +16,13 @@ import json
 import stat
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import h5py
 
+from badnet_prune.numerics.architecture import CONV_LAYERS, IMAGE_SHAPE, POOL_LAYERS
 from badnet_prune.numerics.errors import BadInputError
 
 ModelKind = Literal["keras", "hdf5"]
@@ -176,30 +178,119 @@ def _hdf5_items(path: Path, group: h5py.Group, where: str, prefix: str = "") -> 
             yield from _hdf5_items(path, item, where, full)
 
 
-def prune_layer_filters(path: str | Path, prune_layer: str) -> int:
-    """Number of filters of `prune_layer` in a .keras, full HDF5 or weights-only HDF5 file."""
+@dataclass(frozen=True)
+class ModelOutline:
+    """What a model file declares, read without TensorFlow: enough to check a sweep's inputs before anything
+    is registered (layers named by --prune-layer/--rank-layer, the data's image shape and classes).
+
+    image_shape (height, width, channels) and num_classes are None where the file does not say them plainly
+    (an output that is not a Dense layer, an input of unknown size); the worker checks those when it loads.
+    """
+
+    conv_filters: dict[str, int | None]  # each Conv2D layer's filters, in the model's order
+    pooling: list[str]  # the pooling layers, in order: the usual rank layers
+    names: set[str]  # every layer's name
+    classes: dict[str, str]  # layer name -> Keras class
+    image_shape: tuple[int, int, int] | None
+    num_classes: int | None
+
+    def layer_choices(self) -> str:
+        """The model's Conv2D and pooling layers and the options that choose them, for an error's one line."""
+        conv = ", ".join(self.conv_filters) or "none"
+        pooling = ", ".join(self.pooling) or "none"
+        return (f"its Conv2D layers: {conv}; its pooling layers: {pooling}; choose them with --prune-layer "
+                f"(a Conv2D) and --rank-layer (usually the pooling layer after it), prune_layer and rank_layer "
+                f"in a sweep file")
+
+    def prune_filters(self, path: Path, prune_layer: str, rank_layer: str | None = None) -> int:
+        """The prune layer's filter count, after checking that both layers exist: BadInputError naming them and
+        listing the model's choices otherwise."""
+        for option, name in (("--prune-layer", prune_layer), ("--rank-layer", rank_layer)):
+            if name is not None and name not in self.names:
+                raise BadInputError(path, f"the model has no layer {name!r} ({option}); {self.layer_choices()}")
+        if prune_layer not in self.conv_filters:
+            raise BadInputError("--prune-layer", f"layer {prune_layer!r} of {path} is a "
+                                f"{self.classes.get(prune_layer, 'layer')}, not a Conv2D; {self.layer_choices()}")
+        filters = self.conv_filters[prune_layer]
+        if filters is None:
+            raise BadInputError(path, f"layer {prune_layer!r} declares no positive filter count")
+        return filters
+
+
+def outline_model(path: str | Path) -> ModelOutline:
+    """The layers, input shape and classes a .keras, full HDF5 or weights-only HDF5 file declares."""
     path = Path(path)
     config = read_model_config(path, model_file_kind(path))
     if config is not None:
-        return _filters_from_config(path, config, prune_layer)
+        return _outline_from_config(config)
     try:
         with h5py.File(path, "r") as handle:
-            group = handle.get("model_weights", handle)
-            if not isinstance(group, h5py.Group) or not isinstance(group.get(prune_layer), h5py.Group):
-                raise BadInputError(path, f"the model has no layer {prune_layer!r}")
-            names = weight_names(path, group[prune_layer], prune_layer)
-            if not names:
-                raise BadInputError(path, f"layer {prune_layer!r} holds no weights, so it is not a Conv2D")
-            kernel = group[prune_layer].get(names[0])
-            if not isinstance(kernel, h5py.Dataset):
-                raise BadInputError(path, f"layer {prune_layer!r} names the weight {names[0]!r}, which it lacks")
-            if kernel.ndim != 4:
-                raise BadInputError(path, f"layer {prune_layer!r} has a rank-{kernel.ndim} kernel, not a Conv2D")
-            return int(kernel.shape[-1])
+            return _outline_weights_only(path, handle.get("model_weights", handle))
     except BadInputError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
         raise BadInputError(path, f"unreadable model file ({_first_line(error)})") from error
+
+
+def _outline_weights_only(path: Path, group: Any) -> ModelOutline:
+    """A weights-only file is loaded into DeepID (numerics.architecture): its layers, filled from the file's."""
+    if not isinstance(group, h5py.Group):
+        raise BadInputError(path, "`model_weights` is not a group of layers")
+    conv: dict[str, int | None] = {}
+    num_classes = None
+    for name in group:
+        layer = group.get(name)
+        if not isinstance(layer, h5py.Group):
+            continue
+        names = weight_names(path, layer, name)
+        kernel = layer.get(names[0]) if names else None
+        if isinstance(kernel, h5py.Dataset) and kernel.ndim == 4:
+            conv[name] = int(kernel.shape[-1])
+        elif name == "output" and isinstance(kernel, h5py.Dataset) and kernel.ndim == 2:
+            num_classes = int(kernel.shape[1])
+    conv = {name: conv[name] for name in (*CONV_LAYERS, *sorted(set(conv) - set(CONV_LAYERS))) if name in conv}
+    classes = {**dict.fromkeys(conv, "Conv2D"), **dict.fromkeys(POOL_LAYERS, "MaxPooling2D")}
+    return ModelOutline(conv, list(POOL_LAYERS), set(group) | set(POOL_LAYERS), classes, IMAGE_SHAPE, num_classes)
+
+
+def _outline_from_config(config: dict[str, Any]) -> ModelOutline:
+    layers = list(_layers(config))
+    conv: dict[str, int | None] = {}
+    pooling: list[str] = []
+    classes: dict[str, str] = {}
+    image_shape = None
+    for layer in layers:
+        inner = layer.get("config") if isinstance(layer.get("config"), dict) else {}
+        name = str(inner.get("name", layer.get("name")))
+        class_name = str(layer.get("class_name"))
+        classes[name] = class_name
+        if class_name == "Conv2D":
+            filters = inner.get("filters")
+            conv[name] = filters if isinstance(filters, int) and not isinstance(filters, bool) and filters > 0 else None
+        elif class_name.endswith("Pooling2D"):
+            pooling.append(name)
+        shape = inner.get("batch_shape", inner.get("batch_input_shape"))
+        if image_shape is None and isinstance(shape, list) and len(shape) == 4 \
+                and all(isinstance(size, int) and size > 0 for size in shape[1:]):
+            image_shape = (shape[1], shape[2], shape[3])
+    return ModelOutline(conv, pooling, set(classes), classes, image_shape, _declared_classes(config, layers))
+
+
+def _declared_classes(config: dict[str, Any], layers: list[dict[str, Any]]) -> int | None:
+    """The classes of a model whose one output is a Dense layer (its units); None where it is anything else."""
+    inner = config.get("config") if isinstance(config.get("config"), dict) else {}
+    outputs = inner.get("output_layers")
+    if isinstance(outputs, list) and outputs and isinstance(outputs[0], list):
+        outputs = outputs[0] if len(outputs) == 1 else None
+    name = outputs[0] if isinstance(outputs, list) and outputs else None
+    if name is None and config.get("class_name") == "Sequential" and layers:
+        name = (layers[-1].get("config") or {}).get("name")
+    for layer in layers:
+        inner_layer = layer.get("config") if isinstance(layer.get("config"), dict) else {}
+        if inner_layer.get("name") == name and layer.get("class_name") == "Dense":
+            units = inner_layer.get("units")
+            return units if isinstance(units, int) and not isinstance(units, bool) and units > 0 else None
+    return None
 
 
 def weight_names(path: Path, layer_group: h5py.Group, layer_name: str) -> list[str]:
@@ -210,21 +301,6 @@ def weight_names(path: Path, layer_group: h5py.Group, layer_name: str) -> list[s
     except (TypeError, UnicodeDecodeError) as error:
         problem = f"layer {layer_name!r} has malformed `weight_names` ({_first_line(error)})"
         raise BadInputError(path, problem) from error
-
-
-def _filters_from_config(path: Path, config: dict[str, Any], prune_layer: str) -> int:
-    for layer in _layers(config):
-        inner = layer.get("config")
-        if (isinstance(inner, dict) and inner.get("name") == prune_layer) or layer.get("name") == prune_layer:
-            if layer.get("class_name") != "Conv2D":
-                raise BadInputError(
-                    "--prune-layer", f"layer {prune_layer!r} is a {layer.get('class_name')}, not a Conv2D"
-                )
-            filters = inner.get("filters") if isinstance(inner, dict) else None
-            if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
-                raise BadInputError(path, f"layer {prune_layer!r} declares {filters!r} filters, not a positive count")
-            return filters
-    raise BadInputError(path, f"the model has no layer {prune_layer!r}")
 
 
 def _layers(config: Any) -> Iterator[dict[str, Any]]:

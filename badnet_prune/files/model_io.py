@@ -52,10 +52,25 @@ def load_model(path: str | Path, *, trust_code: bool = False) -> keras.Model:
     Keras reads the file, so they do not depend on Keras's own safe mode, which has had bypasses.
     """
     path = Path(path)
+    config = check_model_file(path, trust_code=trust_code)
+    if config is None:
+        return load_weights_only(path)
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=not trust_code)
+    except Exception as error:
+        raise BadInputError(path, f"cannot load the model: {_first_line(error)}") from error
+    if not isinstance(model, keras.Model):
+        raise BadInputError(path, "does not hold a Keras functional model")
+    return model
+
+
+def check_model_file(path: Path, *, trust_code: bool = False) -> dict[str, Any] | None:
+    """Everything load_model checks before Keras reads the file, reading nothing but its structure: what a
+    sweep's inputs are refused for before anything is registered. The config, or None for weights only."""
     kind = model_file_kind(path)
     config = read_model_config(path, kind)
     if config is None:
-        return load_weights_only(path)
+        return None
     suffixes = KERAS_SUFFIXES if kind == "keras" else HDF5_SUFFIXES
     if path.suffix.lower() not in suffixes:
         # Keras picks its loader by the file name: make it the one whose file was checked here.
@@ -64,13 +79,7 @@ def load_model(path: str | Path, *, trust_code: bool = False) -> keras.Model:
     if not trust_code:
         refuse_code(path, config)
     _check_sizes(path, config)
-    try:
-        model = keras.models.load_model(path, compile=False, safe_mode=not trust_code)
-    except Exception as error:
-        raise BadInputError(path, f"cannot load the model: {_first_line(error)}") from error
-    if not isinstance(model, keras.Model):
-        raise BadInputError(path, "does not hold a Keras functional model")
-    return model
+    return config
 
 
 def _first_line(error: BaseException) -> str:

@@ -6,13 +6,22 @@ this one and fills it by layer name.
 
 from __future__ import annotations
 
-from badnet_prune.numerics.tf_setup import keras
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from badnet_prune.numerics.tf_setup import keras
 
 IMAGE_SHAPE = (55, 47, 3)
+# The layers build_deepid makes that a weights-only file's prune and rank layers may name, with their
+# classes: what a file's inputs are checked against before TensorFlow loads (files.model_inspect).
+CONV_LAYERS = ("conv_1", "conv_2", "conv_3", "conv_4")
+POOL_LAYERS = ("pool_1", "pool_2", "pool_3")
 
 
 def build_deepid(num_classes: int = 1283, image_shape: tuple[int, int, int] = IMAGE_SHAPE) -> keras.Model:
     """DeepID as in REFERENCE.md: three conv/pool stages, two 160-unit branches added, softmax."""
+    from badnet_prune.numerics.tf_setup import keras
+
     inputs = keras.Input(shape=image_shape, name="input")
     x = keras.layers.Conv2D(20, (4, 4), activation="relu", name="conv_1")(inputs)
     x = keras.layers.MaxPooling2D((2, 2), name="pool_1")(x)

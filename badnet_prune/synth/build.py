@@ -20,7 +20,7 @@ from badnet_prune.files.model_io import save_legacy_weights
 from badnet_prune.numerics.architecture import build_deepid
 from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.numerics.tf_setup import keras
-from badnet_prune.synth.dataset import make_splits, sizes_for
+from badnet_prune.synth.dataset import ATTACKS, make_splits, sizes_for
 from badnet_prune.synth.train import (
     TrainData,
     accuracy,
@@ -37,7 +37,6 @@ CLEAN_EPOCHS = 4
 BACKDOOR_EPOCHS = 8
 EXTRA_EPOCHS = 8
 PRUNING_AWARE_EPOCHS = 4
-ATTACKS = ("default", "pruning-aware")
 PROMISE_TRIES = 3
 
 DATA_FILES = {

@@ -32,6 +32,9 @@ class SynthSizes:
 
 
 QUICK_CLASSES = 10
+# The attacks `synth` trains (synth.build): the lab's, and Fine-Pruning's pruning-aware one. Here, beside the
+# sizes, because the command line lists them as choices without importing TensorFlow.
+ATTACKS = ("default", "pruning-aware")
 DEFAULT_CLASSES = 32
 
 

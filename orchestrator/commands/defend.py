@@ -14,7 +14,7 @@ from badnet_prune.numerics.names import check_name
 from badnet_prune.orchestrator.options import (
     AsrBoundOption,
     CleanBoundOption,
-    DbOption,
+    DefendDbOption,
     InputScaleChoice,
     InputScaleOption,
     ModelOption,
@@ -59,7 +59,7 @@ def defend(
                           "clean validation data ranks the channels.")] = "pool_3",
     input_scale: InputScaleOption = InputScaleChoice.auto,
     trust_model_code: TrustCodeOption = False,
-    db: DbOption = None,
+    db: DefendDbOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json on stdout instead of the table.")] = False,
     asr_bound: AsrBoundOption = ASR_BOUND,
     clean_bound: CleanBoundOption = CLEAN_BOUND,
@@ -82,8 +82,9 @@ def defend(
     console = Console(stderr=True)
     try:
         defended = defend_model(spec, out, db=db, console=console, asr_bound=asr_bound, clean_bound=clean_bound)
-    except DefenseFailed as failed:
-        console.print(f"error: {failed}", soft_wrap=True, markup=False)
+    except DefenseFailed:  # its reason is the line the progress printed ("model NAME failed: ..."): not again
+        console.print(f"error: the defense failed, for the reason above; {out} holds no steps.csv or summary.json",
+                      soft_wrap=True, markup=False)
         raise typer.Exit(2) from None
     if as_json:
         print((out / "summary.json").read_text(encoding="utf-8"), end="")

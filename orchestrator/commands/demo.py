@@ -59,5 +59,6 @@ def demo(
     database = (out / "badnet-prune.db").resolve()
     console.print(f"the demo's results are sweep {sweep_id} in {database}; to see them again:", soft_wrap=True)
     for command in (f"status {sweep_id}", f"steps {sweep_id}", f"report {sweep_id} --out {out / 'report'}",
-                    "sql \"SELECT model, network, threshold, dataset, accuracy FROM evaluation_results\""):
+                    f"sql \"SELECT model, network, threshold, dataset, accuracy FROM evaluation_results "
+                    f"WHERE sweep_id = {sweep_id}\""):
         console.print(f"  .venv/bin/badnet-prune {command} --db {database}", soft_wrap=True, markup=False)

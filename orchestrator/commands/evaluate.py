@@ -33,9 +33,17 @@ def evaluate(
     Example: badnet-prune evaluate --model lab3/models/bd_net.h5 --data lab3/data/cl/test.h5 --json
     """
     from badnet_prune.files.data import open_data_file
+    from badnet_prune.files.model_inspect import outline_model
 
-    for path in data:  # a malformed file is reported now, not after seconds of TensorFlow start-up
+    # A malformed data file, a missing or malformed model file, or data that does not fit the model's input or
+    # classes is reported now, not after seconds of TensorFlow start-up; load_model checks the model file again.
+    for path in data:
         open_data_file(path)
+    outline = outline_model(model)
+    for path in data:
+        opened = open_data_file(path, outline.image_shape, outline.num_classes)
+        if opened.layout_note is not None:
+            Console(stderr=True).print(opened.layout_note, soft_wrap=True, markup=False)
 
     from badnet_prune.files.model_io import image_shape, load_model, num_classes
     from badnet_prune.numerics.inference import accuracy_percent, compiled_forward, predict_labels

@@ -10,13 +10,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from badnet_prune.orchestrator.options import BrokerOption, DbOption, load_settings
+from badnet_prune.orchestrator.options import DbOption, StatusBrokerOption, load_settings
 
 
 def status(
     sweep_id: Annotated[int, typer.Argument(metavar="SWEEP", help="The sweep's id, as `sweep` printed it.")],
     db: DbOption = None,
-    broker: BrokerOption = None,
+    broker: StatusBrokerOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Per model: status, each stage's tasks done of planned with its progress in its own unit (steps,
@@ -31,10 +31,12 @@ def status(
     from badnet_prune.db.inputs import input_scale_notes
     from badnet_prune.db.repository import sweep_progress
     from badnet_prune.db.session import prepare_database, session_scope
-    from badnet_prune.orchestrator.submit import lost_task_count
+    from badnet_prune.orchestrator.submit import check_broker, lost_task_count
     from badnet_prune.pipeline.contract import load_stage_modules, stages
 
     settings = load_settings(db=db, broker=broker)
+    check_broker(settings, then="; status asks it only to count lost tasks: without --broker and "
+                 "BADNET_PRUNE_BROKER it reads the database alone")
     load_stage_modules(settings.stage_modules)
     engine = prepare_database(settings.db_url, create=False)
     with session_scope(engine) as session:

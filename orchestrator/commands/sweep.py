@@ -22,6 +22,12 @@ def sweep(
 ) -> None:
     """Register a sweep over one or many models and enqueue its tasks, or resume an unfinished sweep.
 
+    The sweep file (TOML) holds the settings every model shares (thresholds, policy, prune_layer, rank_layer,
+    range_size, trust_model_code), a table per defense to run (\\[fine_tune] ...), and one \\[\\[model]] table per
+    model: name, path, clean_valid, clean_test, optional input_scale, poisoned = { NAME = { valid = FILE,
+    test = FILE } } and \\[model.truth]. Relative paths are relative to the file; a key it does not know is an
+    error. docs/sweeps.md ("The sweep file") shows one and describes every key.
+
     `resume` sends again only what is not done and that nothing holds: no broker message, no live
     worker. Resuming a running sweep sends nothing.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -9,8 +10,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from badnet_prune.numerics.errors import BadInputError
-from badnet_prune.synth.dataset import DEFAULT_CLASSES, QUICK_CLASSES
+from badnet_prune.synth.dataset import ATTACKS, DEFAULT_CLASSES, QUICK_CLASSES
+
+Attack = StrEnum("Attack", [(name, name) for name in ATTACKS])  # a choice: -h lists them, typer refuses others
 
 
 def synth(
@@ -28,31 +30,31 @@ def synth(
                            "a minute on 2 cores.")
     ] = False,
     attack: Annotated[
-        str, typer.Option("--attack", help="default: the backdoor in its own conv_3 channels, which pruning reaches. "
-                          "pruning-aware: Fine-Pruning's attack, the backdoor trained into the channels clean faces "
-                          "use and dormant decoys restored, so pruning alone does not remove it.")
-    ] = "default",
+        Attack, typer.Option("--attack", help="default: the backdoor in its own conv_3 channels, which pruning "
+                             "reaches. pruning-aware: Fine-Pruning's attack, the backdoor trained into the channels "
+                             "clean faces use and dormant decoys restored, so pruning alone does not remove it. "
+                             "Example: --attack pruning-aware")
+    ] = Attack.default,
 ) -> None:
     """Draw face-like photos, poison a share with sunglasses, train a DeepID BadNet and write the lab's files.
 
     Example: badnet-prune synth badnet --classes 32 --seed 1
     """
-    from badnet_prune.synth.build import ATTACKS, SynthesisError, synthesize
+    from badnet_prune.synth.build import SynthesisError, synthesize
 
-    if attack not in ATTACKS:
-        raise BadInputError("--attack", f"{attack!r} is unknown; choose one of {', '.join(ATTACKS)}")
     if classes is None:
         classes = QUICK_CLASSES if quick else DEFAULT_CLASSES
     console = Console(stderr=True)
     try:
         with console.status("synthesizing") as status:
-            summary = synthesize(out, classes, seed, quick, progress=lambda text: status.update(text), attack=attack)
+            summary = synthesize(out, classes, seed, quick, progress=lambda text: status.update(text),
+                                 attack=attack.value)
     except SynthesisError as error:
         console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(1) from error
     Console().print(
         f"{out}: {classes} classes, seed {seed}{' (quick)' if quick else ''}"
-        f"{', pruning-aware attack' if attack != 'default' else ''}: "
+        f"{', pruning-aware attack' if attack is not Attack.default else ''}: "
         f"clean valid accuracy {summary.clean_valid_accuracy:.2f}%, ASR on bd_valid {summary.asr_bd_valid:.2f}%"
     )
     promise = summary.promise

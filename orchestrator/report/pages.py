@@ -55,31 +55,30 @@ class ModelPage:
                 f"clean validation accuracy of B before pruning (acc0): {acc0}.")
 
     def samples_caption(self) -> str:
-        thresholds = ", ".join(t.percent for t in self.samples.thresholds) or "none"
+        networks = ", ".join(self.samples.columns) or "none"
         return (f"Clean and poisoned test images, picked from {POOL} evenly spaced ones of each file: up to half are "
-                f"G's misses (poisoned images some G did not flag, clean images some G flagged), the rest evenly "
-                f"spaced. label is the file's label (on poisoned files the attacker's target); B and G (thresholds "
-                f"{thresholds}) as labelled now by the stored model files. Red: the attack succeeded (a poisoned "
-                f"image given the attacker's target); blue: flagged (N = {self.samples.num_classes}, G detected a "
-                f"backdoor).")
+                f"the repaired networks' misses (poisoned images one did not flag, clean images one flagged), the "
+                f"rest evenly spaced. label is the file's label (on poisoned files the attacker's target); B and the "
+                f"repaired networks ({networks}) as labelled now by the stored model files. Red: the attack "
+                f"succeeded (a poisoned image given the attacker's target); blue: flagged (N = "
+                f"{self.samples.num_classes}, the repaired network detected a backdoor).")
 
     def sample_marks(self) -> list[dict[str, str]]:
         """Per row of samples_table, the cells to colour: column -> 'attack' or 'flagged'."""
         marks = []
         for sample in self.samples.samples:
-            labels = {"B": sample.b, **{f"G {t.percent}": sample.g[t] for t in self.samples.thresholds}}
+            labels = {"B": sample.b, **sample.repaired}
             marks.append({column: mark for column, value in labels.items()
                           if (mark := self.samples.mark(sample, value)) is not None})
         return marks
 
     def samples_table(self) -> Table:
-        thresholds = self.samples.thresholds
-        columns = ["dataset", "index", "label", "B", *(f"G {t.percent}" for t in thresholds)]
+        columns = ["dataset", "index", "label", "B", *self.samples.columns]
         rows = []
         for sample in self.samples.samples:
             row = {"dataset": sample.dataset, "index": sample.index, "label": sample.label,
                    "B": self.samples.name(sample.b)}
-            row.update({f"G {t.percent}": self.samples.name(sample.g[t]) for t in thresholds})
+            row.update({column: self.samples.name(sample.repaired[column]) for column in self.samples.columns})
             rows.append(row)
         return Table("samples", columns, rows)
 

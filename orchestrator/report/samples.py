@@ -1,4 +1,5 @@
-"""A handful of test images labelled by B and by each stored G: what the defense does, visibly.
+"""A handful of test images labelled by B and by each stored repaired network (G, and G'' where fine-pruning
+ran, and any later defense's): what the defense does, visibly.
 
 Unlike the rest of the report this needs files, not rows: B's file and the data files the
 model_data table names, and the G files the artifacts table names. Files move and disks get
@@ -10,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from badnet_prune.numerics.thresholds import Threshold
+from badnet_prune.numerics.thresholds import parse_threshold
 from badnet_prune.orchestrator.report.data import ModelReport
+from badnet_prune.orchestrator.verdicts import repaired
 
 CLEAN = "clean"
 POOL = 240  # images labelled per test file, from which the shown ones are picked
@@ -27,7 +28,7 @@ class Sample:
     index: int  # in the test file
     label: int  # the file's label (the attacker's target on a poisoned file)
     b: int
-    g: dict[Threshold, int]  # G's label per threshold (num_classes = N, "backdoor detected")
+    repaired: dict[str, int]  # each repaired network's label by column ("G 2%", "G'' 2%"; num_classes = N)
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Samples:
 
     samples: list[Sample] = field(default_factory=list)
     images: list[np.ndarray] = field(default_factory=list)
-    thresholds: list[Threshold] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)  # the repaired networks labelled, in stage and setting order
     num_classes: int = 0
     missing: list[str] = field(default_factory=list)
 
@@ -53,13 +54,14 @@ class Samples:
         """The lines under a sample's image, each with its mark (None: plain)."""
         lines = [(f"{sample.dataset} #{sample.index}", None), (f"label {sample.label}", None),
                  (f"B {self.name(sample.b)}", self.mark(sample, sample.b))]
-        lines += [(f"G {t.percent}: {self.name(sample.g[t])}", self.mark(sample, sample.g[t]))
-                  for t in self.thresholds if t in sample.g]
+        lines += [(f"{column}: {self.name(sample.repaired[column])}", self.mark(sample, sample.repaired[column]))
+                  for column in self.columns if column in sample.repaired]
         return lines
 
 
 def label_samples(model: ModelReport, per_set: int, trust_code: bool) -> Samples:
-    """Label `per_set` images of the clean test file and of each poisoned test file, G's misses among them."""
+    """Label `per_set` images of the clean test file and of each poisoned test file, the repaired networks'
+    misses among them."""
     sets = {CLEAN: model.data_paths.get("clean_test", {}).get("")}
     sets.update(model.data_paths.get("poisoned_test", {}))
     missing = [f"{path} ({name} test data) is missing" for name, path in sets.items() if not path or
@@ -81,29 +83,42 @@ def _label(model: ModelReport, sets: dict[str, str | None], per_set: int, trust_
     network_b = load_model(model.path, trust_code=trust_code)
     classes = num_classes(network_b)
     forward_b = compiled_forward(network_b)
-    g_forwards, missing = {}, []
-    for threshold, path in sorted(model.g_paths().items()):
-        if Path(path).is_file():
-            g_forwards[threshold] = compiled_forward(load_model(path, trust_code=False))
-        else:
-            missing.append(f"{path} (G for {threshold.percent}) is missing")
+    forwards, missing = {}, []
+    for network in repaired(model.results):
+        for key in model.results.keys(network.name):
+            path = model.results.files.get((network.name, key))
+            if path is None:
+                continue
+            column = f"{network.label} {_setting(key)}"
+            if Path(path).is_file():
+                forwards[column] = compiled_forward(load_model(path, trust_code=False))
+            else:
+                missing.append(f"{path} ({column}) is missing")
     samples, images = [], []
     for dataset, path in sets.items():
         assert path is not None
         pool, labels = _read(Path(path), POOL)
         scaled = scale_images(pool, model.input_scale)
         labels_b = forward_labels(forward_b, scaled)
-        labels_g = {t: np.asarray(forward_labels(forward, scaled)) for t, forward in g_forwards.items()}
+        labels_g = {column: np.asarray(forward_labels(forward, scaled)) for column, forward in forwards.items()}
         flagged = [values == classes for values in labels_g.values()]
         misses = np.zeros(len(labels), dtype=bool)
-        for said_n in flagged:  # poisoned: some G did not flag it; clean: some G flagged it
+        for said_n in flagged:  # poisoned: some repaired net did not flag it; clean: some flagged it
             misses |= said_n if dataset == CLEAN else ~said_n
         for position in pick_samples(misses, per_set):
             index, label = labels[position]
-            g_labels = {t: int(values[position]) for t, values in labels_g.items()}
+            g_labels = {column: int(values[position]) for column, values in labels_g.items()}
             samples.append(Sample(dataset, index, label, int(labels_b[position]), g_labels))
             images.append(pool[position])
-    return Samples(samples, images, sorted(g_forwards), classes, missing)
+    return Samples(samples, images, list(forwards), classes, missing)
+
+
+def _setting(key: str) -> str:
+    """A setting key as people read it: a threshold as its percent ('2%'), any other key as it is."""
+    try:
+        return parse_threshold(key).percent
+    except ValueError:
+        return key
 
 
 def pick_samples(misses: np.ndarray, count: int) -> list[int]:
@@ -127,9 +142,9 @@ def _spread(positions: np.ndarray, count: int) -> np.ndarray:
 
 def _read(path: Path, count: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """`count` evenly spaced images (channels last) and their (index, label), read alone."""
-    with h5py.File(path, "r") as handle:
-        total = int(handle["label"].shape[0])
-        indexes = sorted({int(i) for i in np.linspace(0, total - 1, min(count, total))})
-        data = np.asarray(handle["data"][indexes], dtype=np.float32).transpose(0, 2, 3, 1)
-        labels = [int(label) for label in np.asarray(handle["label"][indexes])]
-    return np.ascontiguousarray(data), list(zip(indexes, labels, strict=True))
+    from badnet_prune.files.data import open_data_file
+
+    data_file = open_data_file(path)
+    indexes = sorted({int(i) for i in np.linspace(0, data_file.count - 1, min(count, data_file.count))})
+    labels = [int(data_file.labels[index]) for index in indexes]
+    return data_file.read_images(indexes), list(zip(indexes, labels, strict=True))

@@ -212,7 +212,7 @@ def test_preflight_refuses_the_placeholder_passwords_with_one_line(compose_confi
 
 
 def test_cpu_override_removes_only_the_gpu_reservation(compose_config, cpu_compose_config):
-    """deploy/stack-test/compose.cpu.yml, the override the README gives for a machine without GPUs."""
+    """deploy/stack-test/compose.cpu.yml, the override docs/deployment.md gives for a machine without GPUs."""
     cpu_worker = dict(cpu_compose_config["services"]["worker"])
     assert "deploy" not in cpu_worker
     gpu_worker = dict(compose_config["services"]["worker"])

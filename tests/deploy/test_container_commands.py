@@ -100,7 +100,7 @@ def test_container_commands(compose_config, image_entrypoint, database, tmp_path
         local_command(worker_service, image_entrypoint), env=local_environment(worker_service, database, tmp_path)
     )
     try:
-        # The orchestrator has no command of its own: it runs what the README's Docker section gives it.
+        # The orchestrator has no command of its own: it runs what docs/deployment.md gives it.
         orchestrator = services["orchestrator"]
         subprocess.run(
             local_command(orchestrator, image_entrypoint, "sweep", str(sweep_file), "--wait"),

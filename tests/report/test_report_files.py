@@ -56,7 +56,7 @@ def test_missing_model_files_are_reported_not_fatal(reported: ReportedSweep, tmp
     [samples] = quick.tables_of("samples", "quick")
     assert "G 4%" not in samples.header and "G 10%" in samples.header
     pages = {name: (out / "models" / f"{name}.html").read_text(encoding="utf-8") for name in ("quick", "scaled")}
-    assert "G_0.04.keras.moved (G for 4%) is missing" in pages["quick"]
+    assert "G_0.04.keras.moved (G 4%) is missing" in pages["quick"]
     assert scaled.tables_of("samples", "scaled") == [] and "(the model B) is missing" in pages["scaled"]
     assert len(quick.tables_of("lab") + scaled.tables_of("lab")) == 2, "the tables come from the database"
     assert parse_page(text).by_id("verdict").rows, "the main page needs no file"

@@ -1,5 +1,5 @@
 """The SQL views of migration 0002 answer what the db.results readers answer, on SQLite and on
-PostgreSQL, and the README's one-line question runs through `badnet-prune sql`."""
+PostgreSQL, and docs/reports-and-sql.md's one-line question runs through `badnet-prune sql`."""
 
 from __future__ import annotations
 
