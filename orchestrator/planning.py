@@ -26,7 +26,7 @@ from badnet_prune.db.repository import (
 from badnet_prune.db.tasks import plan_all
 from badnet_prune.files.data import open_data_file
 from badnet_prune.files.hashing import sha256_file, sha256_files
-from badnet_prune.files.model_inspect import prune_layer_filters
+from badnet_prune.files.model_inspect import output_classes, prune_layer_filters
 from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.numerics.thresholds import Threshold, parse_thresholds
 from badnet_prune.orchestrator.sweep_file import ModelSpec, SweepSpec
@@ -82,7 +82,7 @@ def register_sweep(
                                  input_scale=model.input_scale, data=[], truth=_truth(model))
             set_model_status(session, model_id, "failed", error=str(error))
             continue
-        facts = ModelFacts(name=model.name, channel_count=channels, class_count=None)
+        facts = ModelFacts(name=model.name, channel_count=channels, class_count=output_classes(model.path))
         tasks += [task for stage in running if stage.scope is Scope.MODEL
                   for task in _planned(stage, model_id, facts, plan, config)]
         planned.append(model_id)

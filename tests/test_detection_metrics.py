@@ -67,3 +67,29 @@ def test_scores_must_be_probabilities():
         score_detector([1.2], [True])
     with pytest.raises(ValueError):
         score_detector([0.2, 0.3], [True])
+
+
+def test_the_leaderboards_detector_rows_from_scores_made_by_hand():
+    from badnet_prune.db.outcomes import DetectorScore
+    from badnet_prune.orchestrator.leaderboard import detectors
+
+    def scored(model: int, detector: str, score: float, backdoored: bool | None, targets: list[int],
+               flagged: list[int] | None = None) -> DetectorScore:
+        document = {} if flagged is None else {"flagged": flagged}
+        return DetectorScore(model, f"m{model}", backdoored, "patch" if backdoored else "clean", targets, detector,
+                             "k", score, document)
+
+    rows = detectors([
+        scored(0, "nc", 0.9, True, [3], [3]), scored(1, "nc", 0.6, True, [5], [2]), scored(2, "nc", 0.2, False, [], []),
+        scored(3, "nc", 0.7, False, [], [1]), scored(4, "nc", 0.1, None, [], []),  # no truth: left out
+        scored(0, "coin", 0.5, True, [3]), scored(2, "coin", 0.5, False, []),
+    ])
+    assert [row.detector for row in rows] == ["nc", "coin"]  # lowest cross-entropy first
+    nc, coin = rows
+    assert nc.models == 4 and nc.backdoored_models == 2
+    assert nc.auc == pytest.approx(0.75)  # 0.9 beats 0.2 and 0.7; 0.6 beats 0.2 only
+    assert nc.cutoff_accuracy == pytest.approx(75.0)  # 0.9, 0.6 and 0.2 right; 0.7 wrong
+    assert nc.cross_entropy == pytest.approx(np.mean([-math.log(0.9), -math.log(0.6), -math.log(0.8),
+                                                      -math.log(0.3)]))
+    assert nc.target_named == pytest.approx(50.0) and nc.target_models == 2  # m0 names its target, m1 does not
+    assert coin.cross_entropy == pytest.approx(math.log(2)) and coin.target_named is None

@@ -202,6 +202,30 @@ def prune_layer_filters(path: str | Path, prune_layer: str) -> int:
         raise BadInputError(path, f"unreadable model file ({_first_line(error)})") from error
 
 
+def output_classes(path: str | Path) -> int | None:
+    """The model's output classes as its file declares them (the last Dense layer's units in a config, else the
+    length of the last weighted layer's bias in a weights-only file); None where the file does not say plainly.
+    Planning reads it for stages that plan per label; the model's own checks come when it is loaded."""
+    path = Path(path)
+    try:
+        config = read_model_config(path, model_file_kind(path))
+        if config is not None:
+            dense = [layer for layer in _layers(config) if layer.get("class_name") == "Dense"]
+            units = dense[-1].get("config", {}).get("units") if dense else None
+            return units if isinstance(units, int) and not isinstance(units, bool) and units > 0 else None
+        with h5py.File(path, "r") as handle:
+            group = handle.get("model_weights", handle)
+            names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in group.attrs.get("layer_names", [])]
+            for name in reversed(names):
+                weights = weight_names(path, group[name], name) if isinstance(group.get(name), h5py.Group) else []
+                if weights:
+                    bias = group[name].get(weights[-1])
+                    return int(bias.shape[0]) if isinstance(bias, h5py.Dataset) and bias.ndim == 1 else None
+    except (BadInputError, OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError):
+        return None
+    return None
+
+
 def weight_names(path: Path, layer_group: h5py.Group, layer_name: str) -> list[str]:
     """The `weight_names` attribute of a Keras 2 layer group, as text."""
     raw = layer_group.attrs.get("weight_names", [])
