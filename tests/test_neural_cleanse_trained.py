@@ -20,6 +20,7 @@ from badnet_prune.numerics.neural_cleanse import anomaly, reverse_engineer
 from badnet_prune.numerics.neural_cleanse_settings import NeuralCleanseSettings
 from tests.helpers import SYNTH_CACHE
 
+pytestmark = pytest.mark.slow  # two models, 10 labels, 300 steps each: minutes on 2 cores
 SETTINGS = NeuralCleanseSettings(steps=300, image_count=200, batch_size=32, label_range=10)
 
 
