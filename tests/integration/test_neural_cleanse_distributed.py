@@ -2,7 +2,8 @@
 labels, a worker SIGKILLed while it runs one, and the per-model verdict once every range is done.
 
 The killed worker's range comes back to the other worker once Redis redelivers it; every range's outcome and
-trigger file exist exactly once, the verdict covers every label, and the report draws the section.
+trigger file exist exactly once, the verdict covers every label, `sweep resume` sends a range whose outcome went
+missing again (and it stores the same norms), and the leaderboard and report show the detectors.
 """
 
 from __future__ import annotations
@@ -67,6 +68,20 @@ def test_worker_killed_during_a_neural_cleanse_range(cluster: Cluster, tmp_path:
     assert rows["neural_cleanse_verdict"]["models"] == 1 and rows["neural_cleanse_verdict"]["auc"] is None
     assert rows["neural_cleanse_verdict"]["target_models"] == 1
     assert rows["neural_cleanse_verdict"]["target_named"] == (100.0 if 0 in document["flagged"] else 0.0)
+
+    # resume: a range whose results went missing (outcome row gone) is sent again and stores them again
+    lost_key = keys[1]
+    assert psql_rows(cluster.database_url, "DELETE FROM stage_outcomes WHERE stage = 'neural_cleanse' AND key = %s "
+                                           "RETURNING key", lost_key) == [(lost_key,)]
+    said = cluster.cli("sweep", "resume", str(sweep_id), timeout=300)
+    assert said.split() == ["1"], said  # the count of tasks sent again
+    deadline = time.monotonic() + 240  # the sweep is already done: resume does not wait for the range, we do
+    while not (again := psql_rows(cluster.database_url, "SELECT document FROM stage_outcomes WHERE stage = "
+                                                         "'neural_cleanse' AND key = %s", lost_key)):
+        assert time.monotonic() < deadline, "the range sent again never stored its outcome"
+        time.sleep(0.5)
+    assert len(again) == 1 and again[0][0]["norms"] == pytest.approx(outcomes[1][1]["norms"], rel=1e-4)
+    assert Path(files[1][1]).is_file()
 
     out = tmp_path / "report"
     cluster.cli("report", str(sweep_id), "--out", str(out), "--samples", "0")
