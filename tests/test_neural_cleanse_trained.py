@@ -2,11 +2,11 @@
 validation images): the patch BadNet's target is flagged, and no label of the clean model is.
 
 Measured here (bench/RESULTS.md, "Neural Cleanse"): patch model, target 2 flagged alone (norm 6.6, anomaly
-index 2.71; the other labels 12-41); clean model, largest index below the median 1.06, nothing flagged. Not tested because it
-does not hold: on the default quick synthetic BadNet (sunglasses trigger, tests/helpers.cached_quick_badnet)
-the target's reversed norm sits among the others' (35 of 28-62 at 300 steps, 29 of 23-49 at 500) and its mask
-does not lie on the sunglasses, so Neural Cleanse does not flag it; the trigger is large and drawn in the
-face's pose, where the paper's method is known to be weak.
+index 2.71; the other labels 12-41); clean model, largest index below the median 1.06, nothing flagged.
+Not tested because it does not hold: on the default quick synthetic BadNet (sunglasses trigger,
+tests/helpers.cached_quick_badnet) the target's reversed norm sits among the others' (35 of 28-62 at 300
+steps, 29 of 23-49 at 500) and its mask does not lie on the sunglasses, so Neural Cleanse does not flag it;
+the trigger is large and drawn in the face's pose, where the paper's method is known to be weak.
 """
 
 from __future__ import annotations
