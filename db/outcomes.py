@@ -1,5 +1,5 @@
-"""Reading the view defense_outcomes (migration 0010) and the compute each stage took per model: what the
-leaderboard aggregates, read in two queries whatever the sweep's size."""
+"""Reading the view defense_outcomes (migration 0010), the compute each stage took per model and the detectors'
+scores with each model's truth: what the leaderboard aggregates, read in three queries whatever the sweep's size."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import column, func, select, table
 from sqlalchemy.orm import Session
 
-from badnet_prune.db.models import Task
+from badnet_prune.db.models import Model, StageOutcome, Task
 
 FIELDS = ("model_id", "model", "backdoored", "attack", "network", "setting", "poison", "b_clean_accuracy",
           "clean_accuracy", "b_asr", "asr", "robust_accuracy", "detected", "false_alarms", "fidelity")
@@ -50,3 +50,33 @@ def stage_seconds(session: Session, sweep_id: int) -> dict[tuple[int, str], floa
              .where(Task.sweep_id == sweep_id, Task.model_id.is_not(None), Task.state == "done")
              .group_by(Task.model_id, Task.stage))
     return {(model_id, stage): float(seconds or 0.0) for model_id, stage, seconds in session.execute(query)}
+
+
+@dataclass(frozen=True)
+class DetectorScore:
+    """A detector's score for one model (a stage outcome with a score), with the model's truth where it has one."""
+
+    model_id: int
+    model: str
+    backdoored: bool | None
+    attack: str | None
+    targets: list[int]  # the true targets (the truth's list, or its values by poison); empty where none
+    detector: str  # the stage
+    key: str
+    score: float
+    document: dict
+
+
+def read_detector_scores(session: Session, sweep_id: int) -> list[DetectorScore]:
+    query = (select(StageOutcome.model_id, Model.name, Model.truth_backdoored, Model.truth_attack,
+                    Model.truth_targets, StageOutcome.stage, StageOutcome.key, StageOutcome.score,
+                    StageOutcome.document)
+             .join(Model, Model.id == StageOutcome.model_id)
+             .where(Model.sweep_id == sweep_id, StageOutcome.score.is_not(None))
+             .order_by(StageOutcome.stage, StageOutcome.model_id, StageOutcome.key))
+    scores = []
+    for model_id, name, backdoored, attack, targets, stage, key, score, document in session.execute(query):
+        values = list(targets.values()) if isinstance(targets, dict) else list(targets or [])
+        scores.append(DetectorScore(model_id, name, None if backdoored is None else bool(backdoored), attack,
+                                    [int(t) for t in values], stage, key, float(score), dict(document or {})))
+    return scores

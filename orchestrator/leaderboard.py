@@ -13,6 +13,11 @@ models:
 - compute: the median over models of the seconds its stage and the stages it waits for took.
 The same broken down by attack kind; and for clean models (no backdoor) what a defense costs them: the
 clean drop and false alarms, since a defense must not hurt a clean model.
+
+Detectors (stages that store a score in [0, 1] per model) are scored over the models with truth as TrojAI
+scores them (numerics.detection_metrics): ROC-AUC, cross-entropy with its 95% interval, accuracy at cut-off
+0.5; and, for a detector whose evidence names flagged labels (Neural Cleanse), the share of backdoored models
+with known targets whose flagged labels include a true target.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from badnet_prune.db.outcomes import DefenseOutcome
+from badnet_prune.db.outcomes import DefenseOutcome, DetectorScore
+from badnet_prune.numerics.detection_metrics import score_detector
 from badnet_prune.pipeline.contract import Stage, get_stage, stages
 from badnet_prune.pipeline.presentation import Network, setting_label
 
@@ -59,6 +65,23 @@ class CleanModelRow:
     drop_p90: float
     drop_worst: float
     false_alarms: float | None
+
+
+@dataclass(frozen=True)
+class DetectorRow:
+    """A detector over the sweep's models with truth (see the module's docstring); target_named in percent."""
+
+    detector: str
+    models: int
+    backdoored_models: int
+    auc: float | None
+    cross_entropy: float
+    ce_low: float
+    ce_high: float
+    ce_half_width: float
+    cutoff_accuracy: float  # percent of models on the right side of 0.5
+    target_named: float | None
+    target_models: int  # backdoored models with known targets that target_named counts over
 
 
 def declared_networks() -> dict[str, tuple[Stage, Network]]:
@@ -145,3 +168,22 @@ def _chain(stage: Stage) -> list[str]:
             names.append(name)
             todo.extend(get_stage(name).after)
     return names
+
+
+def detectors(scores: Sequence[DetectorScore]) -> list[DetectorRow]:
+    """Per detector, its scores judged against the truth of the models that carry one; lowest cross-entropy first."""
+    groups: dict[str, list[DetectorScore]] = {}
+    for entry in scores:
+        if entry.backdoored is not None:
+            groups.setdefault(entry.detector, []).append(entry)
+    rows = []
+    for detector, group in groups.items():
+        scored = score_detector([e.score for e in group], [bool(e.backdoored) for e in group])
+        named = [bool(set(e.document["flagged"]) & set(e.targets)) for e in group
+                 if e.backdoored and e.targets and isinstance(e.document.get("flagged"), list)]
+        rows.append(DetectorRow(
+            detector=detector, models=scored.models, backdoored_models=scored.backdoored, auc=scored.auc,
+            cross_entropy=scored.cross_entropy, ce_low=scored.ce_low, ce_high=scored.ce_high,
+            ce_half_width=scored.ce_half_width, cutoff_accuracy=100.0 * scored.accuracy,
+            target_named=100.0 * float(np.mean(named)) if named else None, target_models=len(named)))
+    return sorted(rows, key=lambda r: (r.cross_entropy, r.detector))

@@ -43,11 +43,13 @@ class PlannedSweep:
 
 @dataclass(frozen=True)
 class CheckedModel:
-    """A model's inputs as checked before registering: the prune layer's channels, each data file's images."""
+    """A model's inputs as checked before registering: the prune layer's channels, each data file's images, and
+    the classes the model file declares (None where it does not say plainly; stages that plan per label read it)."""
 
     channels: int
     counts: dict[Path, int]
     notes: list[str]
+    num_classes: int | None = None
 
 
 # (path, the model's image shape, its classes) -> (images, layout note): what one check of a data file found,
@@ -75,7 +77,7 @@ def check_model_inputs(model: ModelSpec, prune_layer: str, rank_layer: str, open
         counts[path], note = opened[key]
         if note is not None and note not in notes:
             notes.append(note)
-    return CheckedModel(channels, counts, notes)
+    return CheckedModel(channels, counts, notes, outline.num_classes)
 
 
 def sweep_files(spec: SweepSpec) -> list[Path]:
@@ -115,19 +117,18 @@ def register_sweep(
     running = [stage for stage in stages() if stage.enabled(config)]
     for model in spec.models:
         try:
-            model_id, channels, model_notes = _register_model(session, sweep_id, spec, model, hashes, data_ids,
-                                                              opened)
+            model_id, checked = _register_model(session, sweep_id, spec, model, hashes, data_ids, opened)
         except BadInputError as error:
             failed[model.name] = str(error)
             model_id = add_model(session, sweep_id, name=model.name, path=str(model.path), sha256="",
                                  input_scale=model.input_scale, data=[], truth=_truth(model))
             set_model_status(session, model_id, "failed", error=str(error))
             continue
-        facts = ModelFacts(name=model.name, channel_count=channels, class_count=None)
+        facts = ModelFacts(name=model.name, channel_count=checked.channels, class_count=checked.num_classes)
         tasks += [task for stage in running if stage.scope is Scope.MODEL
                   for task in _planned(stage, model_id, facts, plan, config)]
         planned.append(model_id)
-        notes += [note for note in model_notes if note not in notes]
+        notes += [note for note in checked.notes if note not in notes]
     tasks += [task for stage in running if stage.scope is Scope.SWEEP
               for task in _planned(stage, None, None, plan, config)]
     plan_all(session, sweep_id, tasks)
@@ -178,8 +179,8 @@ def _register_model(
     session: Session, sweep_id: int, spec: SweepSpec, model: ModelSpec, hashes: dict[str, str],
     data_ids: dict[tuple[str, str], int],
     opened: Opened,
-) -> tuple[int, int, list[str]]:
-    """The model's id, prune-layer channels and layout notes (check_model_inputs); each data file is recorded
+) -> tuple[int, CheckedModel]:
+    """The model's id and what check_model_inputs found (channels, classes, layout notes); each data file is recorded
     once per sweep (data_ids)."""
     def sha256(path: Path) -> str:
         return hashes.get(str(path)) or sha256_file(path)
@@ -196,4 +197,4 @@ def _register_model(
         input_scale=model.input_scale, data=data, truth=_truth(model),
     )
     set_model_status(session, model_id, "pending", channel_count=checked.channels)
-    return model_id, checked.channels, checked.notes
+    return model_id, checked

@@ -126,6 +126,9 @@ class Stage(Generic[ArgumentsT, SettingsT]):
     outcome: the type of the document its tasks store in stage_outcomes, where they store one.
     presentation: the networks it evaluates and what it adds to summaries, exports and the report.
     option_prefix: the prefix of defend's options for its settings ('' keeps them bare).
+    settings_from: another stage, declared before it, whose table enables and configures this one (its
+        settings are that stage's; it has no table or options of its own): a follow-up step of a stage
+        split in many tasks, such as a per-model summary once every task of the model is done.
     """
 
     name: str
@@ -142,6 +145,7 @@ class Stage(Generic[ArgumentsT, SettingsT]):
     progress: Progress = Progress()
     presentation: Presentation | None = None
     option_prefix: str | None = None
+    settings_from: str | None = None
 
     @property
     def celery_name(self) -> str:
@@ -163,6 +167,8 @@ class Stage(Generic[ArgumentsT, SettingsT]):
     def sweep_settings(self, config: Mapping[str, Any]) -> SettingsT | None:
         """This stage's settings in a sweep, from the sweep's stored config (its [name] table); None when the
         sweep does not run the stage (or the stage has no settings)."""
+        if self.settings_from is not None:
+            return get_stage(self.settings_from).sweep_settings(config)
         if self.settings is None:
             return None
         table = config.get(self.name)
@@ -171,6 +177,8 @@ class Stage(Generic[ArgumentsT, SettingsT]):
         return self.settings.model_validate(table, strict=False)
 
     def enabled(self, config: Mapping[str, Any]) -> bool:
+        if self.settings_from is not None:
+            return get_stage(self.settings_from).enabled(config)
         return self.settings is None or self.sweep_settings(config) is not None
 
     def job(self, task_id: int, sweep_id: int, model_id: int | None, arguments: Mapping[str, Any],
@@ -202,6 +210,9 @@ def register(stage: Stage[ArgumentsT, SettingsT]) -> Stage[ArgumentsT, SettingsT
         if known == stage:
             return stage  # a module imported twice (as a plugin and by name) declares the same stage
         raise ValueError(f"stage {stage.name!r} is declared twice")
+    if stage.settings_from is not None and (stage.settings is not None or stage.settings_from not in _registry):
+        raise ValueError(f"stage {stage.name!r} takes its settings from {stage.settings_from!r}: that stage must be "
+                         f"declared before it, and it may not have settings of its own")
     for name in stage.after:
         waited = _registry.get(name)
         if waited is None:

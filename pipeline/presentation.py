@@ -54,14 +54,24 @@ class Panel:
 
 
 @dataclass(frozen=True)
+class Picture:
+    """An image drawn in a section's grid: pixels (H, W, 3) with values 0..255 (a numpy array), and its caption."""
+
+    caption: str
+    pixels: Any
+
+
+@dataclass(frozen=True)
 class Section:
-    """A part of a model's report page: a title, a caption, figure panels and a small table."""
+    """A part of a model's report page: a title, a caption, figure panels (or, without panels, a grid of
+    pictures: a detector's reversed triggers) and a small table."""
 
     title: str
     caption: str
     panels: list[Panel] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    pictures: list[Picture] = field(default_factory=list)
 
 
 def setting_label(key: str) -> str:

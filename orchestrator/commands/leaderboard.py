@@ -26,19 +26,26 @@ def leaderboard(
 ) -> None:
     """The leaderboard of a sweep whose models carry ground truth (a model.truth table in the sweep file, as `zoo`
     writes it): per defense and setting, the share of backdoored models repaired, the ASR and clean drop
-    it left, robust accuracy, fidelity, false alarms and compute; and what each defense costs the clean models.
+    it left, robust accuracy, fidelity, false alarms and compute; what each defense costs the clean models; and
+    each detector's ROC-AUC, cross-entropy with its 95% interval and accuracy at cut-off 0.5.
 
     Example: badnet-prune leaderboard 1 --by-attack --asr-bound 5 --clean-bound 2
     """
     settings = load_settings(db=db)
 
-    from badnet_prune.db.outcomes import read_defense_outcomes, stage_seconds
+    from badnet_prune.db.outcomes import read_defense_outcomes, read_detector_scores, stage_seconds
     from badnet_prune.db.repository import get_sweep
     from badnet_prune.db.session import prepare_database, session_scope
     from badnet_prune.numerics.errors import BadInputError
-    from badnet_prune.orchestrator.leaderboard import clean_models, has_truth
+    from badnet_prune.orchestrator.leaderboard import clean_models, detectors, has_truth
     from badnet_prune.orchestrator.leaderboard import leaderboard as board
-    from badnet_prune.orchestrator.report.tables import CLEAN_MODEL_COLUMNS, LEADERBOARD_COLUMNS, display, label
+    from badnet_prune.orchestrator.report.tables import (
+        CLEAN_MODEL_COLUMNS,
+        DETECTOR_COLUMNS,
+        LEADERBOARD_COLUMNS,
+        display,
+        label,
+    )
     from badnet_prune.pipeline.contract import load_stage_modules
 
     load_stage_modules(settings.stage_modules)
@@ -49,14 +56,17 @@ def leaderboard(
         except LookupError:
             raise BadInputError(f"sweep {sweep_id}", "no such sweep in this database") from None
         outcomes, seconds = read_defense_outcomes(session, sweep_id), stage_seconds(session, sweep_id)
+        scores = read_detector_scores(session, sweep_id)
     if not has_truth(outcomes):
         raise BadInputError(f"sweep {sweep_id}", "no model carries ground truth: give each a [model.truth] table "
                             "in the sweep file (`badnet-prune zoo` writes them)")
     rows = board(outcomes, seconds, asr_bound=asr_bound, clean_bound=clean_bound, by_attack=by_attack)
     clean = clean_models(outcomes, clean_bound=clean_bound)
+    scored = detectors(scores)
     if as_json:
         print(json.dumps({"asr_bound": asr_bound, "clean_bound": clean_bound, "defenses": [asdict(r) for r in rows],
-                          "clean_models": [asdict(r) for r in clean]}, indent=2))
+                          "clean_models": [asdict(r) for r in clean], "detectors": [asdict(r) for r in scored]},
+                         indent=2))
         return
     console = Console()
     shown = [c for c in LEADERBOARD_COLUMNS if c not in ("network", "setting")]
@@ -77,4 +87,12 @@ def leaderboard(
         for row in clean:
             values = asdict(row)
             table.add_row(*(display(column, values[column]) for column in shown_clean))
+        console.print(table)
+    if scored:
+        table = Table(title=f"sweep {sweep_id}: detectors (each model's score against its truth; cut-off 0.5)")
+        for column in DETECTOR_COLUMNS:
+            table.add_column(label(column), justify="left" if column == "detector" else "right")
+        for row in scored:
+            values = asdict(row)
+            table.add_row(*(display(column, values[column]) for column in DETECTOR_COLUMNS))
         console.print(table)

@@ -7,13 +7,19 @@ finished a week ago, on another machine, is the same report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from badnet_prune.db.model_results import ModelResults, read_model_results
-from badnet_prune.db.outcomes import DefenseOutcome, read_defense_outcomes, stage_seconds
+from badnet_prune.db.outcomes import (
+    DefenseOutcome,
+    DetectorScore,
+    read_defense_outcomes,
+    read_detector_scores,
+    stage_seconds,
+)
 from badnet_prune.db.repository import get_sweep, list_models, model_data_paths
 from badnet_prune.db.results import StoredStep, read_steps
 from badnet_prune.numerics.thresholds import Threshold, parse_threshold
@@ -68,6 +74,7 @@ class SweepReport:
     clean_bound: float
     step_columns: list[str]  # orchestrator.exports.step_rows: the `steps` command's CSV
     step_rows: list[dict[str, Any]]
+    detector_scores: list[DetectorScore] = field(default_factory=list)  # detectors' scores with the models' truth
 
     @property
     def complete_models(self) -> list[ModelReport]:
@@ -117,4 +124,5 @@ def read_report(session: Session, sweep_id: int, asr_bound: float, clean_bound: 
         clean_bound=clean_bound,
         step_columns=step_columns,
         step_rows=step_table,
+        detector_scores=read_detector_scores(session, sweep_id),
     )

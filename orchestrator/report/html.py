@@ -85,7 +85,8 @@ def _leaderboard(pages: ReportPages) -> list[str]:
         return []
     parts = ['<section id="leaderboard"><h2>Leaderboard: the defenses across the models</h2>',
              f"<p>{escape(pages.leaderboard_caption())} Click a column to sort.</p>"]
-    titles = {"leaderboard": None, "leaderboard_by_attack": "By attack kind", "clean_models": "Clean models"}
+    titles = {"leaderboard": None, "leaderboard_by_attack": "By attack kind", "clean_models": "Clean models",
+              "detectors": "Detectors: is the model backdoored?"}
     for table in pages.leaderboard:
         if titles[table.name]:
             parts.append(f"<h3>{titles[table.name]}</h3>")

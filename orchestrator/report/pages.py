@@ -97,7 +97,7 @@ class ReportPages:
     @property
     def leaderboard(self) -> list[Table]:
         """The leaderboard's tables, where the sweep's models carry ground truth (they lead the report)."""
-        return [self.tables[name] for name in ("leaderboard", "leaderboard_by_attack", "clean_models")
+        return [self.tables[name] for name in ("leaderboard", "leaderboard_by_attack", "clean_models", "detectors")
                 if name in self.tables]
 
     def leaderboard_caption(self) -> str:
@@ -109,7 +109,11 @@ class ReportPages:
                 f"classified as their true label; fidelity as TrojAI's mitigation round defines it; false "
                 f"alarms: clean images a repaired net flags; compute: seconds of the defense's tasks and "
                 f"those it waits for, per model. Then the same by attack kind, and what each defense costs "
-                f"the clean models.")
+                f"the clean models. Detectors: each model's score (its probability of a backdoor) against the "
+                f"truth, as TrojAI scores it: ROC-AUC, cross-entropy (scores clipped to [1e-12, 1 - 1e-12]) with "
+                f"its 95% bootstrap interval and 1.96 x std / sqrt(n), accuracy at cut-off 0.5, and for a "
+                f"detector that flags labels the share of backdoored models whose flagged labels include a "
+                f"true target.")
 
     def description(self) -> str:
         r = self.report
@@ -183,8 +187,11 @@ def stage_sections(model: ModelReport) -> list[StageSection]:
             continue
         for number, section in enumerate(stage.presentation.sections(model.results)):
             table = Table(f"{stage.name}-{number}", section.columns, section.rows) if section.columns else None
-            sections.append(StageSection(f"{stage.name}-{number}", section.title, section.caption,
-                                         panels_png(section.panels, f"{model.name}: {section.title}"), table))
+            png = panels_png(section.panels, f"{model.name}: {section.title}")
+            if png is None and section.pictures:
+                png = sample_grid_png([picture.pixels for picture in section.pictures],
+                                      [[(picture.caption, None)] for picture in section.pictures])
+            sections.append(StageSection(f"{stage.name}-{number}", section.title, section.caption, png, table))
     return sections
 
 

@@ -11,14 +11,15 @@ from typing import Any
 
 from badnet_prune.db.model_results import Metrics
 from badnet_prune.numerics.thresholds import Threshold, parse_threshold
-from badnet_prune.orchestrator.leaderboard import clean_models, has_truth, leaderboard
+from badnet_prune.orchestrator.leaderboard import clean_models, detectors, has_truth, leaderboard
 from badnet_prune.orchestrator.report.data import ModelReport, SweepReport
 from badnet_prune.pipeline.contract import stages
 from badnet_prune.pipeline.presentation import Network, Presentation
 
 PERCENT_DECIMALS = 2
 FRACTION_DECIMALS = 4
-FRACTION_COLUMNS = frozenset({"fraction_pruned", "mean_activation", "fidelity"})
+FRACTION_COLUMNS = frozenset({"fraction_pruned", "mean_activation", "fidelity", "auc", "cross_entropy", "ce_low",
+                              "ce_high", "ce_half_width"})
 
 # What a reader sees above a column in the page and report.md; the CSV files keep the machine names.
 LABELS = {
@@ -31,6 +32,11 @@ LABELS = {
     "drop_p90": "clean drop, p90 (points)", "drop_worst": "clean drop, worst (points)",
     "robust_accuracy": "robust accuracy, mean %", "fidelity": "fidelity, mean", "false_alarms": "false alarms, mean %",
     "seconds": "compute, median s a model", "within_bound": "within the clean bound %",
+    # the detectors'
+    "backdoored_models": "backdoored models", "auc": "ROC-AUC", "cross_entropy": "cross-entropy",
+    "ce_low": "cross-entropy 95% low", "ce_high": "cross-entropy 95% high", "ce_half_width": "cross-entropy +-",
+    "cutoff_accuracy": "accuracy at 0.5 %", "target_named": "true target flagged %",
+    "target_models": "models with targets",
 }
 # A network's columns are its name and one of these: G_clean_drop -> "G clean drop (points)" (its declared label).
 NETWORK_COLUMNS = {"clean_accuracy": "{} clean accuracy %", "clean_drop": "{} clean drop (points)",
@@ -301,6 +307,8 @@ def rows_by_model(table: Table, names: list[str]) -> dict[str, Table]:
 
 LEADERBOARD_COLUMNS = ["defense", "models", "repaired", "asr_median", "asr_p90", "asr_worst", "drop_median", "drop_p90",
                        "robust_accuracy", "fidelity", "false_alarms", "seconds", "network", "setting"]
+DETECTOR_COLUMNS = ["detector", "models", "backdoored_models", "auc", "cross_entropy", "ce_low", "ce_high",
+                    "ce_half_width", "cutoff_accuracy", "target_named", "target_models"]
 CLEAN_MODEL_COLUMNS = ["defense", "models", "within_bound", "drop_median", "drop_p90", "drop_worst", "false_alarms",
                        "network", "setting"]
 
@@ -318,4 +326,6 @@ def leaderboard_tables(report: SweepReport) -> list[Table]:
         Table("leaderboard", LEADERBOARD_COLUMNS, [asdict(row) for row in overall]),
         Table("leaderboard_by_attack", ["attack", *LEADERBOARD_COLUMNS], [asdict(row) for row in by_attack]),
         Table("clean_models", CLEAN_MODEL_COLUMNS, [asdict(row) for row in clean]),
+        *([Table("detectors", DETECTOR_COLUMNS, [asdict(row) for row in scored])]
+          if (scored := detectors(report.detector_scores)) else []),
     ]

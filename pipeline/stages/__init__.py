@@ -4,6 +4,8 @@ The registry's order is the import order below: the pruning defense first (rank,
 then each further defense and detector, so that tables list networks in that order.
 """
 
-from badnet_prune.pipeline.stages import rank, prune_range, threshold, fine_tune, repair, anp, clp, finish  # noqa: I001
+from badnet_prune.pipeline.stages import rank, prune_range, threshold, fine_tune, repair, anp, clp  # noqa: I001
+from badnet_prune.pipeline.stages import neural_cleanse, pruning_curve, finish
 
-__all__ = ["anp", "clp", "fine_tune", "finish", "prune_range", "rank", "repair", "threshold"]
+__all__ = ["anp", "clp", "fine_tune", "finish", "neural_cleanse", "prune_range", "pruning_curve", "rank", "repair",
+           "threshold"]
