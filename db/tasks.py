@@ -12,6 +12,7 @@ Session and neither open nor commit one (db.session.session_scope).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -211,6 +212,26 @@ def fail_open_tasks(session: Session, model_id: int, error: str) -> None:
         .where(Task.model_id == model_id, Task.state.in_(OPEN_STATES))
         .values(state="failed", error=error, finished_at=utcnow(), lease_token=None, lease_expires_at=None)
     )
+
+
+@dataclass(frozen=True)
+class AbandonedTask:
+    """A task left 'running' by a worker that stopped renewing its lease (killed, or its machine gone)."""
+
+    task_id: int
+    stage: str
+    model_id: int | None
+    worker: str | None
+    lease_expired_at: datetime
+
+
+def abandoned_tasks(session: Session, sweep_id: int) -> list[AbandonedTask]:
+    """The sweep's running tasks whose lease has expired, oldest first: nothing runs them until they are sent
+    again (`sweep resume`, or a waiting client when the sweep stalls) or the broker's visibility timeout."""
+    rows = session.scalars(
+        select(Task).where(Task.sweep_id == sweep_id, Task.state == "running", Task.lease_expires_at.is_not(None),
+                           Task.lease_expires_at <= utcnow()).order_by(Task.lease_expires_at, Task.id))
+    return [AbandonedTask(task.id, task.stage, task.model_id, task.worker, task.lease_expires_at) for task in rows]
 
 
 def lease_is_live(task: Task, now: datetime | None = None) -> bool:

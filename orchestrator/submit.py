@@ -189,11 +189,15 @@ def _done(session, stage: Stage, task: Task, config: dict) -> bool:
 
 
 def _held(task: Task, held_ids: set[str] | None, now, grace: timedelta) -> bool:
-    """Whether something will still run this open task: a live lease, or (queued or running) a message
-    the broker still holds or may still be receiving."""
+    """Whether something will still run this open task: a live lease, or (queued) a message the broker
+    still holds or may still be receiving. A running task whose lease expired is held by nothing."""
     if lease_is_live(task, now):
         return True
-    if task.state not in ("queued", "running", "retrying"):
+    if task.state == "running":
+        # its lease ran out: the worker that held it is gone (or cut off), and the message it took comes
+        # back only at the broker's visibility timeout; a copy sent now runs under a lease of its own
+        return False
+    if task.state not in ("queued", "retrying"):
         return False
     if held_ids is None:
         return True  # the broker cannot be asked: never send a second copy on a guess

@@ -31,6 +31,7 @@ def status(
     from badnet_prune.db.inputs import input_scale_notes
     from badnet_prune.db.repository import sweep_progress
     from badnet_prune.db.session import prepare_database, session_scope
+    from badnet_prune.db.tasks import abandoned_tasks
     from badnet_prune.orchestrator.submit import check_broker, lost_task_count
     from badnet_prune.pipeline.contract import load_stage_modules, stages
 
@@ -47,9 +48,11 @@ def status(
 
             raise BadInputError(f"sweep {sweep_id}", "no such sweep in this database") from None
         notes = input_scale_notes(session, sweep_id)
+        abandoned = abandoned_tasks(session, sweep_id)
     lost = lost_task_count(settings, engine, sweep_id)
     if as_json:
-        print(json.dumps({**asdict(progress), "lost_tasks": lost, "input_scale_notes": notes}, indent=2))
+        print(json.dumps({**asdict(progress), "lost_tasks": lost, "input_scale_notes": notes,
+                          "abandoned_tasks": [asdict(task) for task in abandoned]}, indent=2, default=str))
         return
     declared = stages()
     table = Table(title=f"sweep {progress.sweep_id}: {progress.status}")
@@ -65,8 +68,14 @@ def status(
     for name, note in notes.items():  # whole lines under the table: a column would fold them into a few words a row
         Console().print(f"{name}: {note}", soft_wrap=True, markup=False,
                         style="yellow" if note.startswith("warning:") else None)
-    if lost:
-        Console(stderr=True).print(f"{lost} task(s) are queued or running but no queue holds them (lost with the "
+    for task in abandoned:
+        Console(stderr=True).print(
+            f"task {task.task_id} ({task.stage}) ran on {task.worker or 'a worker'}, silent since "
+            f"{task.lease_expired_at:%Y-%m-%d %H:%M:%S} UTC (its lease expired: the worker is gone): "
+            f"`badnet-prune sweep resume {sweep_id}` sends it again", soft_wrap=True, markup=False)
+    lost_elsewhere = (lost or 0) - len(abandoned)
+    if lost_elsewhere > 0:
+        Console(stderr=True).print(f"{lost_elsewhere} task(s) are queued but no queue holds them (lost with the "
                                    f"broker?): run `badnet-prune sweep resume {sweep_id}`", soft_wrap=True)
 
 

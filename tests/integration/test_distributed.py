@@ -154,6 +154,41 @@ def test_whole_worker_killed_mid_task(cluster: Cluster, slow_badnet: Path, tmp_p
     assert_identical_models(assert_complete(cluster, sweep_id, {"s0", "s1", "s2"}))
 
 
+def test_a_dead_workers_task_is_sent_again_at_its_leases_end_not_the_visibility_timeout(
+        cluster: Cluster, slow_badnet: Path, tmp_path: Path):
+    """The broker's visibility timeout at its default (300 s): the killed worker's message would come back only
+    then. Its lease (15 s) ends first; `status` names the task and its gone worker, `sweep resume` sends it
+    again, and the sweep ends within the task's time plus 60 s, every result stored once."""
+    from badnet_prune.settings import Settings
+
+    default = Settings.model_fields["visibility_timeout_s"].default
+    cluster.extra_env = {"BADNET_PRUNE_VISIBILITY_TIMEOUT": str(default)}
+    cluster.start_workers(2)
+    sweep_id = cluster.submit(slow_sweep(tmp_path, slow_badnet, models=3, range_size=61))
+    task_id, node = wait_running(cluster, "prune_range", after_s=0.5)
+    worker = next(w for w in cluster.workers if w.name == node)
+    worker.kill_all()
+    killed_at = time.monotonic()
+    while not cluster.status(sweep_id)["abandoned_tasks"]:
+        assert time.monotonic() < killed_at + 60, "the dead worker's lease did not expire within 60 s"
+        time.sleep(1)
+    (abandoned,) = cluster.status(sweep_id)["abandoned_tasks"]
+    assert (abandoned["task_id"], abandoned["worker"]) == (task_id, node)
+    shown = cluster.cli_process("status", str(sweep_id)).stderr
+    assert f"task {task_id} (prune_range) ran on {node}" in shown and "sweep resume" in shown, shown
+    resumed = cluster.cli_process("sweep", "resume", str(sweep_id)).stderr
+    assert "sending 1 task(s) again" in resumed, resumed
+    cluster.wait_done(sweep_id, timeout=60 + 120)
+    finished = time.monotonic() - killed_at
+    print(f"worker {node} killed during task {task_id}; sweep done {finished:.1f}s after the kill "
+          f"(visibility timeout {default}s)")
+    assert finished < default, "the task waited for the visibility timeout"
+    state, attempts, _ = task_row(cluster, task_id)
+    assert (state, attempts) == ("done", 2)
+    assert_identical_models(assert_complete(cluster, sweep_id, {"s0", "s1", "s2"}))
+    assert cluster.query(DUPLICATES) == []
+
+
 def restart_redis() -> None:
     """Stop Redis without saving (its queues are lost) and start it again, always."""
     try:
