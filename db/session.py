@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -216,10 +217,28 @@ def _configure_sqlite_connection(dbapi_connection: sqlite3.Connection, _record: 
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(cursor)
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
+
+
+def _enable_wal(cursor: sqlite3.Cursor) -> None:
+    """Switch a new database file to WAL, waiting while another process holds it.
+
+    Leaving the rollback journal needs an exclusive lock, and SQLite answers "database is locked" at once,
+    without its busy handler, when processes open a fresh file together: so the wait is ours, bounded by
+    the same busy timeout. Once the file is in WAL mode the pragma is a no-op that takes no lock.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _begin_immediate(connection: Any) -> None:

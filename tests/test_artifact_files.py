@@ -41,9 +41,10 @@ def test_a_full_output_disk_is_one_line_naming_the_file_and_leaves_nothing(small
         "--poisoned", f"sunglasses={root / 'data/bd/bd_valid.h5'},{root / 'data/bd/bd_test.h5'}", env=env,
     )
     assert done.returncode == 2, done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, done.stderr
-    assert "No space left on device" in errors[0] and str(small_disk / "models") in errors[0], errors[0]
+    reasons = [line for line in done.stderr.splitlines() if "No space left on device" in line]
+    assert len(reasons) == 1, done.stderr
+    assert reasons[0].startswith("model bd_weights failed: ") and str(small_disk / "models") in reasons[0], reasons[0]
+    assert done.stderr.splitlines()[-1].startswith("error: the defense failed, for the reason above; "), done.stderr
     left = sorted(path.name for path in (small_disk / "models").iterdir())
     assert left == [], f"the failed threshold task left {left}"
 
