@@ -38,6 +38,9 @@ POLL_SHARE = 0.05
 MAX_POLL_SECONDS = 5.0
 NO_WORKER_AFTER_S = 10.0
 SHOWN_MODELS = 8
+# Piped, a line is printed when the stages at work change, and otherwise at most this often while their
+# counted units (epochs, steps) move: a long fine-tuning says each epoch without flooding a log.
+PIPED_LINE_SECONDS = 5.0
 MODEL_STATES = ("pending", "running", "done", "failed")
 
 
@@ -121,7 +124,10 @@ class _View:
         self._said_failed: set[int] = set()
         self._said_scale: set[str] = set()
         self._phase: tuple[str, ...] = ()
+        self._phase_text = ""
+        self._clock = StageClock()
         self._started = time.monotonic()
+        self._last_line = self._started
         self._last_draw = 0.0
         self._progress = Progress(
             TextColumn(f"sweep {sweep_id}"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
@@ -161,7 +167,7 @@ class _View:
         shown = min(total, done + overview.running_share)
         self.status = overview.status
         self.ended = overview.status in ("done", "failed")
-        phase, busy = _phase(overview)
+        phase, busy = stages_at_work(overview, self._clock, now)
         snapshot = (done, total, tuple(sorted(by_status.items())), overview.status)
         changed = snapshot != self._last
         self._last = snapshot
@@ -170,12 +176,17 @@ class _View:
         if self._live is not None:
             self._details = _details(overview, f"{phase}; models: {summary}", notes)
             self._live.update(Group(self._progress, self._details), refresh=True)
-        elif busy != self._phase or (self.ended and changed):
-            elapsed = time.monotonic() - self._started
-            left = f", about {elapsed / shown * (total - shown):.0f} s left" if 0 < shown < total else ""
+        elif (busy != self._phase or (self.ended and changed)
+              or (phase != self._phase_text and now - self._last_line >= PIPED_LINE_SECONDS)):
+            elapsed = now - self._started
+            # by tasks, where no stage's own pace is known yet: tasks of unequal length make it a rough guide
+            left = (f", about {elapsed / shown * (total - shown):.0f} s left by tasks"
+                    if 0 < shown < total and " s left" not in phase else "")
             self.console.print(f"sweep {self.sweep_id}: {phase}; {done}/{total} tasks; models: {summary}; "
                                f"{overview.status} ({elapsed:.0f} s{left})", soft_wrap=True, markup=False)
+            self._last_line = now
         self._phase = busy
+        self._phase_text = phase
         if self._live is None:
             for name, note in notes.items():
                 if name not in self._said_scale:  # once per model: the rank stage writes it once
@@ -188,8 +199,24 @@ class _View:
         return changed
 
 
-def _phase(overview: SweepOverview) -> tuple[str, tuple[str, ...]]:
-    """The stages at work now, by their declared descriptions with their tasks done of planned; and their names."""
+class StageClock:
+    """Each stage's time left from its own pace: the units (epochs, steps) it counted since this watcher first
+    saw it at work, over the seconds since. None until a unit has been counted while watched, so the first
+    figure is measured, never assumed."""
+
+    def __init__(self) -> None:
+        self._first: dict[str, tuple[float, int]] = {}
+
+    def seconds_left(self, stage: str, done: int, planned: int, now: float) -> float | None:
+        first_seen, first_done = self._first.setdefault(stage, (now, done))
+        if done <= first_done or now <= first_seen:
+            return None
+        return (planned - done) * (now - first_seen) / (done - first_done)
+
+
+def stages_at_work(overview: SweepOverview, clock: StageClock, now: float) -> tuple[str, tuple[str, ...]]:
+    """The stages at work now, by their declared descriptions with their tasks done of planned, their counted
+    units and, once measured, the time the stage has left at its pace; and their names."""
     from badnet_prune.pipeline.contract import stages
 
     busy, names = [], []
@@ -202,6 +229,9 @@ def _phase(overview: SweepOverview) -> tuple[str, tuple[str, ...]]:
             counted = ""
             if units and stage.progress.unit != "tasks":
                 counted = f", {units[0]}/{units[1]} {stage.progress.unit}"
+                left = clock.seconds_left(stage.name, units[0], units[1], now)
+                if left is not None:
+                    counted += f", about {left:.0f} s left at its pace"
             busy.append(f"{stage.name}: {stage.description} ({ended}/{total}{counted})")
             names.append(stage.name)
     text = "; ".join(busy) or ("finished" if overview.status in ("done", "failed") else "waiting for a worker")
