@@ -394,3 +394,19 @@ class CurveAsr(Base):
     poison_name: Mapped[str] = mapped_column(primary_key=True)
     asr: Mapped[float]  # percent
     hits: Mapped[int | None]
+
+
+class VerdictRuleRow(Base):
+    """A combined-verdict rule (numerics.verdict_rule), fitted on one sweep's models with ground truth and named,
+    so that other sweeps judge their models by it. Not tied to that sweep by a foreign key: the rule outlives
+    it. The fitted models' file hashes let a sweep refuse to judge a model the rule was fitted on."""
+
+    __tablename__ = "verdict_rules"
+
+    name: Mapped[str] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    rule: Mapped[dict[str, Any]]  # detectors, weights, bias, means, scales
+    fitted_sweep_id: Mapped[int]
+    fitted_models: Mapped[list[str]]  # sha256 of each model file it was fitted on
+    backdoored_models: Mapped[int]
+    clean_models: Mapped[int]

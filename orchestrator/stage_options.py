@@ -108,7 +108,8 @@ def _annotation(entry: StageOption) -> Any:
     default = info.get_default(call_default_factory=True)
     shown = default.value if isinstance(default, enum.Enum) else default
     described = (info.description or entry.field.replace("_", " ")).rstrip(".")
-    text = f"{entry.stage.name}: {described} (default {shown}; only with {entry.stage.flag})."
+    given = "required" if info.is_required() else f"default {shown}"
+    text = f"{entry.stage.name}: {described} ({given}; only with {entry.stage.flag})."
     return Annotated[_option_type(info) | None, typer.Option(entry.option, help=text, show_default=False)]
 
 

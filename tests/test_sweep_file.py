@@ -82,9 +82,9 @@ def test_defend_shaped_input_is_accepted() -> None:
     ({"thresholds": [0.02, "2%"]}, "thresholds: thresholds repeat: 0.02"),
     ({"thresholds": [1.5]}, "thresholds: threshold 1.5 is outside (0, 1)"),
     ({"thresholds": [True]}, "thresholds: a threshold must be a number"),
-    ({"tresholds": [0.02]}, "tresholds: unknown key (allowed: anp, clp, clp_statistic, fine_tune, model, name, "
-                            "neural_cleanse, policy, prune_layer, pruning_curve, range_size, rank_layer, repair, "
-                            "thresholds, trust_model_code)"),
+    ({"tresholds": [0.02]}, "tresholds: unknown key (allowed: anp, clp, clp_statistic, detection_verdict, "
+                            "fine_tune, model, name, neural_cleanse, policy, prune_layer, pruning_curve, range_size, "
+                            "rank_layer, repair, thresholds, trust_model_code)"),
     ({"models": []}, "models: unknown key"),
     ({"prune_layer": 3}, "prune_layer: expected a valid string, got 3"),
     ({"name": ""}, "name: expected at least 1 character"),

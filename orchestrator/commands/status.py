@@ -32,6 +32,7 @@ def status(
     from badnet_prune.db.repository import sweep_progress
     from badnet_prune.db.session import prepare_database, session_scope
     from badnet_prune.db.tasks import abandoned_tasks
+    from badnet_prune.db.verdict_rules import sweep_verdicts
     from badnet_prune.orchestrator.submit import check_broker, lost_task_count
     from badnet_prune.pipeline.contract import load_stage_modules, stages
 
@@ -49,21 +50,28 @@ def status(
             raise BadInputError(f"sweep {sweep_id}", "no such sweep in this database") from None
         notes = input_scale_notes(session, sweep_id)
         abandoned = abandoned_tasks(session, sweep_id)
+        verdicts = sweep_verdicts(session, sweep_id)
     lost = lost_task_count(settings, engine, sweep_id)
     if as_json:
         print(json.dumps({**asdict(progress), "lost_tasks": lost, "input_scale_notes": notes,
-                          "abandoned_tasks": [asdict(task) for task in abandoned]}, indent=2, default=str))
+                          "abandoned_tasks": [asdict(task) for task in abandoned],
+                          "verdicts": [asdict(verdict) for verdict in verdicts]}, indent=2, default=str))
         return
     declared = stages()
     table = Table(title=f"sweep {progress.sweep_id}: {progress.status}")
-    for column in ("model", "status", "tasks done", "error"):
+    judged: dict[str, list[str]] = {}
+    for verdict in verdicts:
+        judged.setdefault(verdict.model, []).append(f"{verdict.verdict} ({verdict.probability:.2f}, {verdict.rule})")
+    columns = ("model", "status", "tasks done", "error") + (("verdict",) if judged else ())
+    for column in columns:
         table.add_column(column, overflow="fold")
     for model in progress.models:
         per_stage = ", ".join(
             stage_progress(stage.name, counts, model.units.get(stage.name), stage.progress.unit)
             for stage in declared if (counts := model.stages.get(stage.name))
         )
-        table.add_row(model.name, model.status, per_stage, model.error or "")
+        cells = [model.name, model.status, per_stage, model.error or ""]
+        table.add_row(*cells, *(["; ".join(judged.get(model.name, []))] if judged else []))
     Console().print(table)
     for name, note in notes.items():  # whole lines under the table: a column would fold them into a few words a row
         Console().print(f"{name}: {note}", soft_wrap=True, markup=False,

@@ -5,7 +5,7 @@ then each further defense and detector, so that tables list networks in that ord
 """
 
 from badnet_prune.pipeline.stages import rank, prune_range, threshold, fine_tune, repair, anp, clp  # noqa: I001
-from badnet_prune.pipeline.stages import neural_cleanse, pruning_curve, finish
+from badnet_prune.pipeline.stages import neural_cleanse, pruning_curve, detection_verdict, finish
 
-__all__ = ["anp", "clp", "fine_tune", "finish", "neural_cleanse", "prune_range", "pruning_curve", "rank", "repair",
-           "threshold"]
+__all__ = ["anp", "clp", "detection_verdict", "fine_tune", "finish", "neural_cleanse", "prune_range",
+           "pruning_curve", "rank", "repair", "threshold"]

@@ -120,7 +120,7 @@ def test_downgrading_drops_the_views_and_upgrading_restores_them(tmp_path: Path)
 
     url = f"sqlite:///{tmp_path / 'views.db'}"
     views = {"step_results", "selection_results", "evaluation_results", "curve_results",
-             "stage_outcome_results", "defense_outcomes"}  # 0002, 0007 and 0010
+             "stage_outcome_results", "defense_outcomes", "model_verdicts"}  # 0002, 0007, 0010 and 0011
     engine = prepare_database(url)
     assert set(inspect(engine).get_view_names()) == views
     config = Config(str(ALEMBIC_INI))
