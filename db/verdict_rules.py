@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import select
+from sqlalchemy import column, select, table
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from badnet_prune.db.models import Model, StageOutcome, VerdictRuleRow
+from badnet_prune.db.models import Model, VerdictRuleRow
 from badnet_prune.numerics.errors import BadInputError
-from badnet_prune.numerics.verdict_rule import CUTOFF, VerdictRule
+from badnet_prune.numerics.verdict_rule import VerdictRule
 
-VERDICT_STAGE = "detection_verdict"  # the stage that stores each model's combined verdict
+# the view of migration 0011: each model's combined verdict by rule, as the detection_verdict stage stored it
+MODEL_VERDICTS = table("model_verdicts", column("sweep_id"), column("model_id"), column("model"), column("rule"),
+                       column("probability"), column("verdict"))
 
 
 @dataclass(frozen=True)
 class StoredRule:
+    """A rule as stored: what judges a model, and what it was fitted on, so that those models are refused."""
+
     name: str
     rule: VerdictRule
     fitted_sweep_id: int
@@ -26,24 +32,40 @@ class StoredRule:
 
 def save_rule(session: Session, name: str, rule: VerdictRule, *, fitted_sweep_id: int, fitted_models: list[str],
               backdoored_models: int, clean_models: int) -> None:
-    """Store a new rule; a name already taken is refused, since sweeps judged by it must keep meaning it."""
+    """Store a new rule; a name already taken is refused, since sweeps judged by it must keep meaning it (also
+    when another process stored the same name a moment ago: the primary key decides)."""
     existing = session.get(VerdictRuleRow, name)
     if existing is not None:
         raise BadInputError("NAME", f"a verdict rule named {name!r} exists (fitted on sweep "
                             f"{existing.fitted_sweep_id}); choose another name")
-    session.add(VerdictRuleRow(name=name, rule={key: list(value) if isinstance(value, tuple) else value
-                                                for key, value in asdict(rule).items()},
-                               fitted_sweep_id=fitted_sweep_id, fitted_models=sorted(fitted_models),
-                               backdoored_models=backdoored_models, clean_models=clean_models))
+    try:
+        with session.begin_nested():
+            session.add(VerdictRuleRow(name=name, rule={key: list(value) if isinstance(value, tuple) else value
+                                                        for key, value in asdict(rule).items()},
+                                       fitted_sweep_id=fitted_sweep_id, fitted_models=sorted(fitted_models),
+                                       backdoored_models=backdoored_models, clean_models=clean_models))
+    except IntegrityError:
+        raise BadInputError("NAME", f"a verdict rule named {name!r} exists; choose another name") from None
 
 
 def read_rule(session: Session, name: str) -> StoredRule | None:
+    """The rule stored under `name` (None: no such rule); a row edited into nonsense is refused in one line."""
     row = session.get(VerdictRuleRow, name)
     if row is None:
         return None
     document = row.rule
-    rule = VerdictRule(detectors=tuple(document["detectors"]), weights=tuple(document["weights"]),
-                       bias=float(document["bias"]), means=tuple(document["means"]), scales=tuple(document["scales"]))
+    try:
+        rule = VerdictRule(detectors=tuple(str(d) for d in document["detectors"]),
+                           weights=tuple(float(w) for w in document["weights"]), bias=float(document["bias"]),
+                           means=tuple(float(m) for m in document["means"]),
+                           scales=tuple(float(s) for s in document["scales"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise BadInputError(f"verdict rule {name!r}", f"its stored row is malformed: {error}") from None
+    values = (*rule.weights, rule.bias, *rule.means, *rule.scales)
+    lengths = {len(rule.detectors), len(rule.weights), len(rule.means), len(rule.scales)}
+    if len(lengths) != 1 or not all(math.isfinite(v) for v in values) or min(rule.scales, default=1.0) <= 0:
+        raise BadInputError(f"verdict rule {name!r}", "its stored row is malformed: lengths differ, or a value is "
+                            "not finite, or a scale is not positive")
     return StoredRule(row.name, rule, row.fitted_sweep_id, frozenset(row.fitted_models), row.backdoored_models,
                       row.clean_models)
 
@@ -62,10 +84,9 @@ class ModelVerdict:
 
 
 def sweep_verdicts(session: Session, sweep_id: int) -> list[ModelVerdict]:
-    """Each model's combined verdict in a sweep, by rule (what the view model_verdicts shows)."""
-    query = (select(Model.name, StageOutcome.key, StageOutcome.score)
-             .join(Model, Model.id == StageOutcome.model_id)
-             .where(Model.sweep_id == sweep_id, StageOutcome.stage == VERDICT_STAGE, StageOutcome.score.is_not(None))
-             .order_by(Model.id, StageOutcome.key))
-    return [ModelVerdict(name, rule, float(score), "backdoored" if score >= CUTOFF else "clean")
-            for name, rule, score in session.execute(query)]
+    """Each model's combined verdict in a sweep, by rule: the view model_verdicts, which SQL users read too."""
+    view = MODEL_VERDICTS.c
+    query = (select(view.model, view.rule, view.probability, view.verdict).where(view.sweep_id == sweep_id)
+             .order_by(view.model_id, view.rule))
+    return [ModelVerdict(model, rule, float(probability), verdict)
+            for model, rule, probability, verdict in session.execute(query) if probability is not None]

@@ -98,6 +98,13 @@ def register_sweep(
     """
     config = {**_json_safe(spec.source), **(extra_config or {}), "trust_model_code": spec.trust_model_code,
               **{name: settings.model_dump(mode="json") for name, settings in spec.stage_settings.items()}}
+    if hashes is None:
+        hashes = sha256_files(sweep_files(spec))
+    running = [stage for stage in stages() if stage.enabled(config)]
+    model_hashes = [found for model in spec.models if (found := hashes.get(str(model.path)))]
+    for stage in running:
+        if stage.check is not None:
+            stage.check(session, stage.sweep_settings(config), config, model_hashes)
     thresholds = parse_thresholds(spec.thresholds)
     sweep_id = create_sweep(
         session, name=spec.name, config=config, thresholds=[t.key for t in thresholds], policy=spec.policy,
@@ -107,14 +114,11 @@ def register_sweep(
     planned: list[int] = []
     failed: dict[str, str] = {}
     notes: list[str] = []
-    if hashes is None:
-        hashes = sha256_files(sweep_files(spec))
     data_ids: dict[tuple[str, str], int] = {}  # (path, sha256) -> id: many models share their data files
     opened: Opened = {}
     tasks: list[tuple[int | None, str, str, dict[str, Any], int]] = []  # every model's, planned in one statement
     plan = SweepPlan(thresholds=thresholds, policy=spec.policy, range_size=spec.range_size,
                      prune_layer=spec.prune_layer, rank_layer=spec.rank_layer)
-    running = [stage for stage in stages() if stage.enabled(config)]
     for model in spec.models:
         try:
             model_id, checked = _register_model(session, sweep_id, spec, model, hashes, data_ids, opened)

@@ -124,7 +124,7 @@ class _View:
         self._said_failed: set[int] = set()
         self._said_scale: set[str] = set()
         self._phase: tuple[str, ...] = ()
-        self._phase_text = ""
+        self._moved: tuple = ()
         self._clock = StageClock()
         self._started = time.monotonic()
         self._last_line = self._started
@@ -168,6 +168,7 @@ class _View:
         self.status = overview.status
         self.ended = overview.status in ("done", "failed")
         phase, busy = stages_at_work(overview, self._clock, now)
+        moved = (done, tuple(overview.units.get(name) for name in busy))  # tasks ended, units counted
         snapshot = (done, total, tuple(sorted(by_status.items())), overview.status)
         changed = snapshot != self._last
         self._last = snapshot
@@ -177,7 +178,7 @@ class _View:
             self._details = _details(overview, f"{phase}; models: {summary}", notes)
             self._live.update(Group(self._progress, self._details), refresh=True)
         elif (busy != self._phase or (self.ended and changed)
-              or (phase != self._phase_text and now - self._last_line >= PIPED_LINE_SECONDS)):
+              or (moved != self._moved and now - self._last_line >= PIPED_LINE_SECONDS)):
             elapsed = now - self._started
             # by tasks, where no stage's own pace is known yet: tasks of unequal length make it a rough guide
             left = (f", about {elapsed / shown * (total - shown):.0f} s left by tasks"
@@ -185,8 +186,8 @@ class _View:
             self.console.print(f"sweep {self.sweep_id}: {phase}; {done}/{total} tasks; models: {summary}; "
                                f"{overview.status} ({elapsed:.0f} s{left})", soft_wrap=True, markup=False)
             self._last_line = now
+            self._moved = moved  # what the last line said: a move since is said at the next chance
         self._phase = busy
-        self._phase_text = phase
         if self._live is None:
             for name, note in notes.items():
                 if name not in self._said_scale:  # once per model: the rank stage writes it once
@@ -201,17 +202,22 @@ class _View:
 
 class StageClock:
     """Each stage's time left from its own pace: the units (epochs, steps) it counted since this watcher first
-    saw it at work, over the seconds since. None until a unit has been counted while watched, so the first
-    figure is measured, never assumed."""
+    saw it at work, over the seconds until the latest of them was counted. None until a unit has been counted
+    while watched, so the first figure is measured, never assumed; between two units the figure holds still
+    rather than drift with the wait."""
 
     def __init__(self) -> None:
         self._first: dict[str, tuple[float, int]] = {}
+        self._latest: dict[str, tuple[float, int]] = {}
 
     def seconds_left(self, stage: str, done: int, planned: int, now: float) -> float | None:
         first_seen, first_done = self._first.setdefault(stage, (now, done))
-        if done <= first_done or now <= first_seen:
+        if done != self._latest.get(stage, (first_seen, first_done))[1]:
+            self._latest[stage] = (now, done)
+        counted_at, counted = self._latest.get(stage, (first_seen, first_done))
+        if counted <= first_done or counted_at <= first_seen:
             return None
-        return (planned - done) * (now - first_seen) / (done - first_done)
+        return (planned - counted) * (counted_at - first_seen) / (counted - first_done)
 
 
 def stages_at_work(overview: SweepOverview, clock: StageClock, now: float) -> tuple[str, tuple[str, ...]]:

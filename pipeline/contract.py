@@ -129,6 +129,10 @@ class Stage(Generic[ArgumentsT, SettingsT]):
     settings_from: another stage, declared before it, whose table enables and configures this one (its
         settings are that stage's; it has no table or options of its own): a follow-up step of a stage
         split in many tasks, such as a per-model summary once every task of the model is done.
+    check: what the stage needs of the database and the sweep, checked when a sweep that runs it is
+        registered, before anything is stored: given the session, its settings, the sweep's config (which
+        stages run) and the models' file hashes, it raises BadInputError to refuse the sweep in one line,
+        rather than fail every model after hours of other stages' work.
     """
 
     name: str
@@ -146,6 +150,7 @@ class Stage(Generic[ArgumentsT, SettingsT]):
     presentation: Presentation | None = None
     option_prefix: str | None = None
     settings_from: str | None = None
+    check: Callable[[Session, SettingsT, Mapping[str, Any], Sequence[str]], None] | None = None
 
     @property
     def celery_name(self) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from badnet_prune.db.repository import Truth, add_model, create_sweep
 from badnet_prune.db.results import save_outcome
@@ -173,17 +173,53 @@ def test_status_and_the_view_model_verdicts_show_it(judged: dict) -> None:
     assert f"{stored.verdict} ({stored.probability:.2f}, hand)" in table.stdout
 
 
-def test_a_model_the_rule_was_fitted_on_is_refused(judged: dict, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("rule", "flags", "message"), [
+    ("seen", ["--clp-statistic", "--pruning-curve"], "rule 'seen' was fitted on 1 of this sweep's model files "
+                                                     "(sweep 4): judge them by a rule fitted on other models"),
+    ("nope", ["--clp-statistic", "--pruning-curve"], "no verdict rule named 'nope' in this database; fit one with "
+                                                     "`badnet-prune fit-verdict nope --sweep ID`"),
+    ("hand", ["--clp-statistic"], "rule 'hand' needs the pruning_curve detector's score, which this sweep does not "
+                                  "compute: add a [pruning_curve] table"),
+])
+def test_a_sweep_the_rule_cannot_judge_is_refused_before_anything_is_stored(judged: dict, tmp_path: Path, rule: str,
+                                                                            flags: list[str], message: str) -> None:
+    from badnet_prune.db.models import Sweep
     from badnet_prune.files.hashing import sha256_file
 
     db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     engine = prepare_database(db_url)
     with session_scope(engine) as session:
+        save_rule(session, "hand", HAND_RULE, fitted_sweep_id=0, fitted_models=[], backdoored_models=1,
+                  clean_models=1)
         save_rule(session, "seen", HAND_RULE, fitted_sweep_id=4, backdoored_models=1, clean_models=1,
                   fitted_models=[sha256_file(judged["root"] / "models" / "bd_net.h5")])
-    engine.dispose()
-    arguments = [*judged["arguments"][:-1], "seen"]
+    arguments = judged["arguments"][:judged["arguments"].index("--clp-statistic")]
     arguments[arguments.index("--out") + 1] = str(tmp_path / "out")
-    done = run_cli(*arguments, env=_env(tmp_path, db_url))
+    done = run_cli(*arguments, *flags, "--detection-verdict", "--detection-verdict-rule", rule,
+                   env=_env(tmp_path, db_url))
     assert done.returncode == 2
-    assert "rule 'seen' was fitted on this model's file (sweep 4)" in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: [detection_verdict] rule: {message}"], done.stderr
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Sweep)) == 0, "nothing registered"
+    engine.dispose()
+
+
+def test_fit_verdict_refuses_a_sweep_of_one_kind_of_model(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    engine = prepare_database(db_url)
+    with session_scope(engine) as session:
+        sweep_id = create_sweep(session, name="one-kind", config={}, thresholds=["0.1"], policy="first",
+                                prune_layer="conv_3", rank_layer="pool_3", range_size=8,
+                                artifact_dir=tmp_path / "artifacts")
+        for index in range(3):
+            model_id = add_model(session, sweep_id, name=f"m{index}", path=tmp_path / f"m{index}.h5",
+                                 sha256=f"{index:064x}", input_scale=1.0, data=[], truth=Truth(True, "patch"))
+            save_outcome(session, model_id, "clp_statistic", "statistic", {}, score=0.1 * index)
+    done = run_cli("fit-verdict", "one", "--sweep", str(sweep_id), env=_env(tmp_path, db_url))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: verdict rule: needs clean and backdoored models with known truth; got 3 backdoored of 3"]
+    with session_scope(engine) as session:
+        assert read_rule(session, "one") is None
+    engine.dispose()

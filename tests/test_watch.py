@@ -26,6 +26,8 @@ def test_a_stage_says_its_time_left_only_once_its_own_pace_is_measured() -> None
     assert clock.seconds_left("fine_tune", 1, 60, now=100.0) is None, "first sight: no pace yet"
     assert clock.seconds_left("fine_tune", 1, 60, now=130.0) is None, "no unit counted since"
     assert clock.seconds_left("fine_tune", 4, 60, now=130.0) == 56 * 30.0 / 3
+    assert clock.seconds_left("fine_tune", 4, 60, now=150.0) == 56 * 30.0 / 3, "holds still between units"
+    assert clock.seconds_left("fine_tune", 5, 60, now=170.0) == 55 * 70.0 / 4
     assert clock.seconds_left("anp", 0, 10, now=130.0) is None, "each stage its own pace"
 
 

@@ -19,6 +19,9 @@ import numpy as np
 from badnet_prune.numerics.errors import BadInputError
 
 CUTOFF = 0.5  # a probability at or above it is the verdict "backdoored"
+# The smallest spread a score is standardised by: scores live in [0, 1], and a detector nearly constant on the
+# fitting zoo would otherwise turn a new model's tiny difference into a certain verdict.
+MIN_SCALE = 0.01
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class VerdictRule:
             raise BadInputError("verdict rule", f"needs the scores of {', '.join(missing)}")
         logit = self.bias + sum(weight * (scores[name] - mean) / scale for name, weight, mean, scale
                                 in zip(self.detectors, self.weights, self.means, self.scales, strict=True))
+        if not math.isfinite(logit):
+            raise BadInputError("verdict rule", f"gives no finite value for the scores {dict(scores)}")
         return 1.0 / (1.0 + math.exp(-logit)) if logit >= 0 else math.exp(logit) / (1.0 + math.exp(logit))
 
 
@@ -46,8 +51,6 @@ def fit_verdict_rule(scores: np.ndarray, backdoored: Sequence[bool], detectors: 
     """The rule fitted on a zoo: `scores` has one row per model and one column per detector (each in [0, 1]),
     `backdoored` the models' truth. Both kinds of model must be present: a rule fitted on one kind alone
     would say that kind of every model."""
-    import keras
-
     features = np.asarray(scores, dtype="float64")
     labels = np.asarray(backdoored, dtype="float32")
     if features.ndim != 2 or features.shape[1] != len(detectors) or features.shape[0] != len(labels):
@@ -56,9 +59,12 @@ def fit_verdict_rule(scores: np.ndarray, backdoored: Sequence[bool], detectors: 
     if not 0 < labels.sum() < len(labels):
         raise BadInputError("verdict rule", f"needs clean and backdoored models with known truth; got "
                             f"{int(labels.sum())} backdoored of {len(labels)}")
+    if not np.isfinite(features).all():
+        raise BadInputError("verdict rule", "a detector score is not a finite number")
+    from badnet_prune.numerics.tf_setup import keras
+
     means = features.mean(axis=0)
-    spreads = features.std(axis=0)
-    scales = np.where(spreads > 1e-9, spreads, 1.0)
+    scales = np.maximum(features.std(axis=0), MIN_SCALE)
     standardised = ((features - means) / scales).astype("float32")
     model = keras.Sequential([
         keras.Input((len(detectors),)),

@@ -15,9 +15,10 @@ def fit_verdict(
                     "then give in their detection_verdict table (rule = NAME), e.g. zoo-seed0.")],
     sweep_id: Annotated[int, typer.Option("--sweep", help="The sweep whose models (with ground truth, as `zoo` "
                         "writes it) and detector scores it is fitted on, e.g. --sweep 3.")],
-    detector: Annotated[list[str] | None, typer.Option("--detector", help="A detector stage to combine, repeated "
-                        "for several, e.g. --detector clp_statistic --detector pruning_curve (default: every "
-                        "detector that scored every model with ground truth).")] = None,
+    detector: Annotated[list[str] | None, typer.Option("--detector", help="A detector stage to combine "
+                        "(clp_statistic, pruning_curve, neural_cleanse_verdict), repeated for several, e.g. "
+                        "--detector clp_statistic --detector pruning_curve (default: each of them that scored every "
+                        "model with ground truth).")] = None,
     db: DbOption = None,
 ) -> None:
     """Fit the combined verdict on one sweep's models, and store it under NAME for other sweeps to judge theirs.
@@ -37,12 +38,13 @@ def fit_verdict(
     from badnet_prune.db.outcomes import read_detector_scores
     from badnet_prune.db.repository import get_sweep
     from badnet_prune.db.session import prepare_database, session_scope
-    from badnet_prune.db.verdict_rules import VERDICT_STAGE, model_file_hashes, read_rule, save_rule
+    from badnet_prune.db.verdict_rules import model_file_hashes, read_rule, save_rule
     from badnet_prune.numerics.detection_metrics import score_detector
     from badnet_prune.numerics.errors import BadInputError
     from badnet_prune.numerics.names import check_name
     from badnet_prune.numerics.verdict_rule import fit_verdict_rule
     from badnet_prune.pipeline.contract import load_stage_modules
+    from badnet_prune.pipeline.stages.detection_verdict import ENABLED_BY
 
     check_name(name, "NAME")
     load_stage_modules(settings.stage_modules)
@@ -55,7 +57,7 @@ def fit_verdict(
         if read_rule(session, name) is not None:
             raise BadInputError("NAME", f"a verdict rule named {name!r} exists; choose another name")
         scores = [entry for entry in read_detector_scores(session, sweep_id)
-                  if entry.backdoored is not None and entry.detector != VERDICT_STAGE]
+                  if entry.backdoored is not None and entry.detector in ENABLED_BY]
         hashes = model_file_hashes(session, sweep_id)
     table: dict[int, dict[str, float]] = {}
     truth: dict[int, bool] = {}
@@ -69,6 +71,9 @@ def fit_verdict(
     available = sorted(set.intersection(*(set(found) for found in table.values())))
     chosen = sorted(dict.fromkeys(detector)) if detector else available
     for wanted in chosen:
+        if wanted not in ENABLED_BY:
+            raise BadInputError("--detector", f"{wanted!r} is not a detector a rule can combine "
+                                f"(choose from {', '.join(ENABLED_BY)})")
         lacking = [names[model] for model, found in table.items() if wanted not in found]
         if lacking:
             raise BadInputError("--detector", f"{wanted} scored {len(table) - len(lacking)} of the {len(table)} "

@@ -1,19 +1,21 @@
 """detection_verdict: is this model backdoored, by a combined-verdict rule fitted on another zoo.
 
 Enabled by `[detection_verdict] rule = "NAME"` (defend: --detection-verdict --detection-verdict-rule NAME), NAME
-being a rule stored by `badnet-prune verdict-rule fit NAME --sweep ID` from a sweep of models with ground
-truth. Once a model's detectors are done (the CLP statistic, the pruning curve, Neural Cleanse's verdict:
-whichever the sweep runs), the rule's probability is stored as this stage's score, so the leaderboard scores
-it like any detector, and the view model_verdicts lists it. A model the rule was fitted on (the same file,
-by sha256) is refused: its verdict would measure the fit, not the rule. A rule that needs a detector the
-sweep does not run fails the model with a line naming the table to add.
+being a rule stored by `badnet-prune fit-verdict NAME --sweep ID` from a sweep of models with ground truth.
+Once a model's detectors are done (the CLP statistic, the pruning curve, Neural Cleanse's verdict), the rule's
+probability is stored as this stage's score, so the leaderboard scores it like any detector, and the view
+model_verdicts lists it. The sweep is refused when it is registered, before any work, if the rule does not
+exist, needs a detector the sweep does not run, or was fitted on one of the sweep's models (the same file,
+by sha256): that model's verdict would measure the fit, not the rule. The job checks the same again, since a
+rule's row is read when the task runs.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from badnet_prune.db.results import outcome_stored, save_outcome
 from badnet_prune.db.session import session_scope
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from badnet_prune.db.model_results import ModelResults
+    from badnet_prune.db.verdict_rules import StoredRule
     from badnet_prune.pipeline.runtime import Runtime
 
 NAME = "detection_verdict"
@@ -39,9 +42,10 @@ ENABLED_BY = {CLP_STATISTIC.name: CLP_STATISTIC.name, PRUNING_CURVE.name: PRUNIN
 
 
 class DetectionVerdictSettings(StageSettings):
-    """rule: the name of a rule stored by `badnet-prune verdict-rule fit`, e.g. zoo-seed0."""
+    """Which stored rule judges the sweep's models."""
 
-    rule: Name
+    rule: Annotated[Name, Field(description="the name of a rule stored by `badnet-prune fit-verdict`, e.g. "
+                                "zoo-seed0")]
 
 
 class DetectionVerdictArguments(StageArguments):
@@ -66,30 +70,55 @@ def plan(context: PlanContext[DetectionVerdictSettings]) -> list[DetectionVerdic
     return [DetectionVerdictArguments(rule=context.settings.rule)]
 
 
-def run(runtime: Runtime, job: Job[DetectionVerdictArguments, DetectionVerdictSettings]) -> None:
-    from badnet_prune.db.model_results import read_model_results
+def _rule(session: Session, name: str) -> StoredRule:
     from badnet_prune.db.verdict_rules import read_rule
+
+    stored_rule = read_rule(session, name)
+    if stored_rule is None:
+        raise BadInputError("[detection_verdict] rule", f"no verdict rule named {name!r} in this database; "
+                            f"fit one with `badnet-prune fit-verdict {name} --sweep ID`")
+    return stored_rule
+
+
+def check(session: Session, settings: DetectionVerdictSettings, config: Mapping[str, Any],
+          model_hashes: Sequence[str]) -> None:
+    """The rule exists, the sweep runs its detectors, and it was fitted on none of the sweep's models."""
+    from badnet_prune.pipeline.contract import get_stage
+
+    stored_rule = _rule(session, settings.rule)
+    for detector in stored_rule.rule.detectors:
+        if detector not in ENABLED_BY or not get_stage(detector).enabled(config):
+            table = ENABLED_BY.get(detector, detector)
+            raise BadInputError("[detection_verdict] rule", f"rule {settings.rule!r} needs the {detector} detector's "
+                                f"score, which this sweep does not compute: add a [{table}] table")
+    seen = sum(found in stored_rule.fitted_models for found in model_hashes)
+    if seen:
+        raise BadInputError("[detection_verdict] rule", f"rule {settings.rule!r} was fitted on {seen} of this "
+                            f"sweep's model files (sweep {stored_rule.fitted_sweep_id}): judge them by a rule fitted "
+                            "on other models")
+
+
+def run(runtime: Runtime, job: Job[DetectionVerdictArguments, DetectionVerdictSettings]) -> None:
+    from badnet_prune.db.repository import get_model
+    from badnet_prune.db.results import read_outcomes
 
     assert job.model_id is not None
     name = job.arguments.rule
     with session_scope(runtime.engine) as session:
-        stored_rule = read_rule(session, name)
-        results = read_model_results(session, job.model_id, steps=[])
-    if stored_rule is None:
-        raise BadInputError("[detection_verdict] rule", f"no verdict rule named {name!r} in this database; "
-                            f"fit one with `badnet-prune verdict-rule fit {name} --sweep ID`")
-    if results.sha256 in stored_rule.fitted_models:
+        stored_rule = _rule(session, name)
+        sha256 = get_model(session, job.model_id).sha256
+        found = {(row.stage, row.key): row.score for row in read_outcomes(session, job.model_id)}
+    if sha256 in stored_rule.fitted_models:
         raise BadInputError("[detection_verdict] rule", f"rule {name!r} was fitted on this model's file (sweep "
                             f"{stored_rule.fitted_sweep_id}): judge it by a rule fitted on other models")
     scores: dict[str, float] = {}
     for detector in stored_rule.rule.detectors:
-        found = next((outcome.score for outcome in results.outcomes.get(detector, {}).values()
-                      if outcome.score is not None), None)
-        if found is None:
-            table = ENABLED_BY.get(detector, detector)
-            raise BadInputError("[detection_verdict] rule", f"rule {name!r} needs the {detector} detector's score, "
-                                f"which this sweep does not compute: add a [{table}] table")
-        scores[detector] = found
+        values = [score for (stage, _), score in found.items() if stage == detector and score is not None]
+        if len(values) != 1:
+            raise BadInputError("[detection_verdict] rule", f"rule {name!r} needs one {detector} score for this "
+                                f"model, and the sweep stored {len(values)}: add a "
+                                f"[{ENABLED_BY.get(detector, detector)}] table")
+        scores[detector] = values[0]
     probability = stored_rule.rule.probability(scores)
     outcome = DetectionVerdictOutcome(rule=name, probability=probability, backdoored=probability >= CUTOFF,
                                       scores=scores, fitted_sweep_id=stored_rule.fitted_sweep_id)
@@ -130,4 +159,5 @@ DETECTION_VERDICT = register(Stage(
     stored=stored,
     outcome=DetectionVerdictOutcome,
     presentation=Presentation(summary=summary, notes=notes),
+    check=check,
 ))

@@ -4,7 +4,7 @@ Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-07
 
-- verdict_rules: a rule fitted on one sweep's models with ground truth (`badnet-prune verdict-rule fit`), by
+- verdict_rules: a rule fitted on one sweep's models with ground truth (`badnet-prune fit-verdict`), by
   name: its detectors, weights, bias and standardisation, the sweep it was fitted on, and the sha256 of each
   model file it saw.
 - model_verdicts: one row per model and rule that judged it (the detection_verdict stage's outcomes): the
@@ -51,10 +51,14 @@ def upgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name != "postgresql":
         return
-    for role, privileges in ((READER, "SELECT"), (APP, "SELECT, INSERT, UPDATE, DELETE")):
+    for role, privileges in ((READER, "SELECT"), (APP, "SELECT, INSERT")):
         if bind.scalar(sa.text("SELECT count(*) FROM pg_roles WHERE rolname = :name"), {"name": role}):
             op.execute(f"GRANT {privileges} ON verdict_rules TO {role}")
             op.execute(f"GRANT SELECT ON model_verdicts TO {role}")
+    # a stored rule is never changed: the sweeps judged by it must keep meaning it (0003's default privileges
+    # give the application UPDATE and DELETE on new tables)
+    if bind.scalar(sa.text("SELECT count(*) FROM pg_roles WHERE rolname = :name"), {"name": APP}):
+        op.execute(f"REVOKE UPDATE, DELETE ON verdict_rules FROM {APP}")
 
 
 def downgrade() -> None:
