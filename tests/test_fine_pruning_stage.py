@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -67,6 +68,7 @@ class Tuned:
     out: Path
     cache: Path
     stdout: str
+    stderr: str
     summary: dict
 
     @property
@@ -81,7 +83,15 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> Tuned:
     done = run_cli(*defend_arguments(root, work / "out", "--fine-tune", "--epochs", str(EPOCHS)), cache=work / "cache")
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((work / "out" / "summary.json").read_text(encoding="utf-8"))
-    return Tuned(root, work / "out", work / "cache", done.stdout, summary)
+    return Tuned(root, work / "out", work / "cache", done.stdout, done.stderr, summary)
+
+
+def test_fine_tuning_says_its_progress_in_epochs(tuned: Tuned) -> None:
+    """Piped, as here, the watcher names the stage at work with its tasks and epochs done of planned (two
+    thresholds, EPOCHS each), so a long fine-tuning is never a silence after 'about 3 s left'."""
+    lines = [line for line in tuned.stderr.splitlines() if "fine_tune: fine-tune B'" in line]
+    assert lines, tuned.stderr[-3000:]
+    assert re.search(rf"\(\d/2, \d+/{2 * EPOCHS} epochs", lines[0]), lines[0]
 
 
 def test_b_fine_and_g_fine_load_in_plain_keras_and_follow_their_rules(tuned: Tuned, tmp_path: Path) -> None:
