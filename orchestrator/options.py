@@ -11,6 +11,9 @@ import typer
 from badnet_prune.numerics.selection import POLICIES
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from badnet_prune.db.models import Sweep
     from badnet_prune.settings import Settings
 
 
@@ -68,6 +71,24 @@ PolicyOption = Annotated[
                  "within: t as a budget, the most pruning whose drop stays within t. notebook: the lab notebook's "
                  "overwrite behaviour. Example: --policy within"),
 ]
+
+# A sweep's id: an INTEGER primary key, so at most 2**63 - 1 (a larger number would reach the database driver
+# and end in its overflow traceback instead of a usage line).
+MAX_SWEEP_ID = 2**63 - 1
+SweepArgument = Annotated[int, typer.Argument(metavar="SWEEP", min=1, max=MAX_SWEEP_ID,
+                                              help="The sweep's id, as `sweep` printed it.")]
+
+
+def existing_sweep(session: Session, sweep_id: int) -> Sweep:
+    """The sweep, or one line saying that this database has none of that id."""
+    from badnet_prune.db.repository import get_sweep
+    from badnet_prune.numerics.errors import BadInputError
+
+    try:
+        return get_sweep(session, sweep_id)
+    except LookupError:
+        raise BadInputError(f"sweep {sweep_id}", "no such sweep in this database") from None
+
 
 DbOption = Annotated[
     str | None,

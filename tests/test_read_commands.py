@@ -27,6 +27,15 @@ def database(tmp_path: Path) -> str:
     (["steps", "1", "--model", "nosuch"], "--model: sweep 1 has no model 'nosuch' (its models: m0)"),
     (["steps", "7"], "sweep 7: no such sweep"),
     (["status", "7"], "sweep 7: no such sweep"),
+    (["leaderboard", "7"], "sweep 7: no such sweep"),
+    (["fit-verdict", "r", "--sweep", "7"], "sweep 7: no such sweep"),
+    # beyond a 64-bit key the driver would overflow: refused as a usage error before the database is asked
+    (["status", str(2**64)], "Invalid value for 'SWEEP': Input should be less than or equal to 9223372036854775807"),
+    (["steps", "0"], "Invalid value for 'SWEEP': Input should be greater than or equal to 1"),
+    (["leaderboard", str(2**64)], "Invalid value for 'SWEEP'"),
+    (["report", str(2**64), "--out", "r"], "Invalid value for 'SWEEP'"),
+    (["sweep", "resume", str(2**64)], "Invalid value for 'SWEEP'"),
+    (["fit-verdict", "r", "--sweep", str(2**64)], "Invalid value for '--sweep'"),
 ])
 def test_what_a_sweep_lacks_is_one_line(database: str, args: list[str], phrase: str) -> None:
     done = run_cli(*args, "--db", database)

@@ -7,14 +7,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from badnet_prune.orchestrator.options import DbOption, load_settings
+from badnet_prune.orchestrator.options import MAX_SWEEP_ID, DbOption, existing_sweep, load_settings
 
 
 def fit_verdict(
     name: Annotated[str, typer.Argument(metavar="NAME", help="The rule's name, an identifier that sweep files "
                     "then give in their detection_verdict table (rule = NAME), e.g. zoo-seed0.")],
-    sweep_id: Annotated[int, typer.Option("--sweep", help="The sweep whose models (with ground truth, as `zoo` "
-                        "writes it) and detector scores it is fitted on, e.g. --sweep 3.")],
+    sweep_id: Annotated[int, typer.Option("--sweep", min=1, max=MAX_SWEEP_ID, help="The sweep whose models (with "
+                        "ground truth, as `zoo` writes it) and detector scores it is fitted on, e.g. --sweep 3.")],
     detector: Annotated[list[str] | None, typer.Option("--detector", help="A detector stage to combine "
                         "(clp_statistic, pruning_curve, neural_cleanse_verdict), repeated for several, e.g. "
                         "--detector clp_statistic --detector pruning_curve (default: each of them that scored every "
@@ -36,7 +36,6 @@ def fit_verdict(
     import numpy as np
 
     from badnet_prune.db.outcomes import read_detector_scores
-    from badnet_prune.db.repository import get_sweep
     from badnet_prune.db.session import prepare_database, session_scope
     from badnet_prune.db.verdict_rules import model_file_hashes, read_rule, save_rule
     from badnet_prune.numerics.detection_metrics import score_detector
@@ -50,10 +49,7 @@ def fit_verdict(
     load_stage_modules(settings.stage_modules)
     engine = prepare_database(settings.db_url, create=False)
     with session_scope(engine) as session:
-        try:
-            get_sweep(session, sweep_id)
-        except LookupError:
-            raise BadInputError(f"sweep {sweep_id}", "no such sweep in this database") from None
+        existing_sweep(session, sweep_id)
         if read_rule(session, name) is not None:
             raise BadInputError("NAME", f"a verdict rule named {name!r} exists; choose another name")
         scores = [entry for entry in read_detector_scores(session, sweep_id)

@@ -10,12 +10,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from badnet_prune.orchestrator.options import AsrBoundOption, CleanBoundOption, DbOption, load_settings
+from badnet_prune.orchestrator.options import (
+    AsrBoundOption,
+    CleanBoundOption,
+    DbOption,
+    SweepArgument,
+    existing_sweep,
+    load_settings,
+)
 from badnet_prune.orchestrator.verdicts import ASR_BOUND, CLEAN_BOUND
 
 
 def leaderboard(
-    sweep_id: Annotated[int, typer.Argument(metavar="SWEEP", help="The sweep's id, as `sweep` printed it.")],
+    sweep_id: SweepArgument,
     db: DbOption = None,
     asr_bound: AsrBoundOption = ASR_BOUND,
     clean_bound: CleanBoundOption = CLEAN_BOUND,
@@ -34,7 +41,6 @@ def leaderboard(
     settings = load_settings(db=db)
 
     from badnet_prune.db.outcomes import read_defense_outcomes, read_detector_scores, stage_seconds
-    from badnet_prune.db.repository import get_sweep
     from badnet_prune.db.session import prepare_database, session_scope
     from badnet_prune.numerics.errors import BadInputError
     from badnet_prune.orchestrator.leaderboard import clean_models, detectors, has_truth
@@ -51,10 +57,7 @@ def leaderboard(
     load_stage_modules(settings.stage_modules)
     engine = prepare_database(settings.db_url, create=False)
     with session_scope(engine) as session:
-        try:
-            get_sweep(session, sweep_id)
-        except LookupError:
-            raise BadInputError(f"sweep {sweep_id}", "no such sweep in this database") from None
+        existing_sweep(session, sweep_id)
         outcomes, seconds = read_defense_outcomes(session, sweep_id), stage_seconds(session, sweep_id)
         scores = read_detector_scores(session, sweep_id)
     if not has_truth(outcomes):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from badnet_prune.orchestrator.options import AsrBoundOption, CleanBoundOption, DbOption, load_settings
+from badnet_prune.orchestrator.options import AsrBoundOption, CleanBoundOption, DbOption, SweepArgument, load_settings
 from badnet_prune.orchestrator.verdicts import ASR_BOUND, CLEAN_BOUND
 
 
@@ -19,7 +19,7 @@ def _folder(text: str) -> Path:
 
 
 def report(
-    sweep_id: Annotated[int, typer.Argument(metavar="SWEEP", help="The sweep's id, as `sweep` printed it.")],
+    sweep_id: SweepArgument,
     out: Annotated[Path, typer.Option("--out", parser=_folder,
                                       help="Folder for index.html, models/, report.md, figures/ and csv/.")],
     db: DbOption = None,

@@ -10,11 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from badnet_prune.orchestrator.options import DbOption, StatusBrokerOption, load_settings
+from badnet_prune.orchestrator.options import DbOption, StatusBrokerOption, SweepArgument, load_settings
 
 
 def status(
-    sweep_id: Annotated[int, typer.Argument(metavar="SWEEP", help="The sweep's id, as `sweep` printed it.")],
+    sweep_id: SweepArgument,
     db: DbOption = None,
     broker: StatusBrokerOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,

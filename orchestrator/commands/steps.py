@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from badnet_prune.orchestrator.options import DbOption, OutputFormat, load_settings
+from badnet_prune.orchestrator.options import DbOption, OutputFormat, SweepArgument, existing_sweep, load_settings
 
 
 def steps(
-    sweep_id: Annotated[int, typer.Argument(metavar="SWEEP", help="The sweep's id, as `sweep` printed it.")],
+    sweep_id: SweepArgument,
     model: Annotated[str | None, typer.Option("--model", help="Only this model (its name in the sweep).")] = None,
     output_format: Annotated[OutputFormat, typer.Option("--format", help="CSV, or JSON: a list of one object "
                              "per step.")] = OutputFormat.csv,
@@ -23,17 +23,14 @@ def steps(
     """
     settings = load_settings(db=db)
 
-    from badnet_prune.db.repository import get_sweep, list_models
+    from badnet_prune.db.repository import list_models
     from badnet_prune.db.session import prepare_database, session_scope
     from badnet_prune.numerics.errors import BadInputError
     from badnet_prune.orchestrator.exports import step_rows, to_csv
 
     engine = prepare_database(settings.db_url, create=False)  # reading: a mistyped file is an error, not a new db
     with session_scope(engine) as session:
-        try:
-            get_sweep(session, sweep_id)
-        except LookupError:
-            raise BadInputError(f"sweep {sweep_id}", "no such sweep in this database") from None
+        existing_sweep(session, sweep_id)
         names = [m.name for m in list_models(session, sweep_id)]
         if model is not None and model not in names:
             raise BadInputError("--model", f"sweep {sweep_id} has no model {model!r} (its models: {', '.join(names)})")

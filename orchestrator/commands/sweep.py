@@ -8,13 +8,14 @@ import typer
 from rich.console import Console
 
 from badnet_prune.numerics.errors import BadInputError
-from badnet_prune.orchestrator.options import BrokerOption, DbOption, load_settings
+from badnet_prune.orchestrator.options import MAX_SWEEP_ID, BrokerOption, DbOption, load_settings
 
 
 def sweep(
     target: Annotated[str, typer.Argument(metavar="FILE|resume", help="A sweep file (TOML), or the word "
                                        "`resume` followed by a sweep id.")],
-    sweep_id: Annotated[int | None, typer.Argument(metavar="SWEEP", help="With `resume`: the sweep to finish.")] = None,
+    sweep_id: Annotated[int | None, typer.Argument(metavar="SWEEP", min=1, max=MAX_SWEEP_ID,
+                                                   help="With `resume`: the sweep to finish.")] = None,
     db: DbOption = None,
     broker: BrokerOption = None,
     wait: Annotated[bool, typer.Option("--wait", help="Show progress until the sweep is done "
