@@ -24,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from badnet_prune.db.outcomes import DetectorScore, read_detector_scores  # noqa: E402
+from badnet_prune.db.outcomes import DetectorScore, read_detector_scores, scores_by_model  # noqa: E402
 from badnet_prune.db.session import prepare_database, session_scope  # noqa: E402
 from badnet_prune.numerics.detection_metrics import score_detector  # noqa: E402
 from badnet_prune.numerics.verdict_rule import CUTOFF, fit_verdict_rule  # noqa: E402
@@ -34,11 +34,9 @@ NEURAL_CLEANSE = "neural_cleanse_verdict"
 
 
 def by_model(scores: list[DetectorScore]) -> dict[int, dict[str, DetectorScore]]:
-    table: dict[int, dict[str, DetectorScore]] = defaultdict(dict)
-    for entry in scores:
-        if entry.backdoored is not None and entry.detector in DETECTORS:
-            table[entry.model_id][entry.detector] = entry
-    return {model: found for model, found in table.items() if set(found) == set(DETECTORS)}
+    """The models with truth that every detector scored."""
+    return {model: found for model, found in scores_by_model(scores, DETECTORS).items()
+            if set(found) == set(DETECTORS)}
 
 
 def judged(name: str, probabilities: list[float], truth: list[bool]) -> str:

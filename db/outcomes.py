@@ -3,6 +3,7 @@ scores with each model's truth: what the leaderboard aggregates, read in three q
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import column, func, select, table
@@ -80,3 +81,13 @@ def read_detector_scores(session: Session, sweep_id: int) -> list[DetectorScore]
         scores.append(DetectorScore(model_id, name, None if backdoored is None else bool(backdoored), attack,
                                     [int(t) for t in values], stage, key, float(score), dict(document or {})))
     return scores
+
+
+def scores_by_model(scores: Sequence[DetectorScore], detectors: Collection[str]) -> dict[int, dict[str, DetectorScore]]:
+    """Per model with ground truth, its score from each of `detectors` that scored it (what a combined verdict
+    is fitted and judged on)."""
+    table: dict[int, dict[str, DetectorScore]] = {}
+    for entry in scores:
+        if entry.backdoored is not None and entry.detector in detectors:
+            table.setdefault(entry.model_id, {})[entry.detector] = entry
+    return table

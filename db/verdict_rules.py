@@ -32,12 +32,8 @@ class StoredRule:
 
 def save_rule(session: Session, name: str, rule: VerdictRule, *, fitted_sweep_id: int, fitted_models: list[str],
               backdoored_models: int, clean_models: int) -> None:
-    """Store a new rule; a name already taken is refused, since sweeps judged by it must keep meaning it (also
-    when another process stored the same name a moment ago: the primary key decides)."""
-    existing = session.get(VerdictRuleRow, name)
-    if existing is not None:
-        raise BadInputError("NAME", f"a verdict rule named {name!r} exists (fitted on sweep "
-                            f"{existing.fitted_sweep_id}); choose another name")
+    """Store a new rule; a name already taken is refused, since sweeps judged by it must keep meaning it (the
+    primary key decides, also when another process stored the same name a moment ago)."""
     try:
         with session.begin_nested():
             session.add(VerdictRuleRow(name=name, rule={key: list(value) if isinstance(value, tuple) else value

@@ -66,6 +66,20 @@ def test_the_rule_setting_is_a_name_and_required() -> None:
         stage_tables({"detection_verdict": True})
 
 
+def test_a_rule_name_is_stored_once_and_the_second_is_refused_by_the_primary_key(tmp_path: Path) -> None:
+    engine = prepare_database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with session_scope(engine) as session:
+        save_rule(session, "once", HAND_RULE, fitted_sweep_id=1, fitted_models=[], backdoored_models=1,
+                  clean_models=1)
+    with pytest.raises(BadInputError, match="a verdict rule named 'once' exists"), session_scope(engine) as session:
+        save_rule(session, "once", HAND_RULE, fitted_sweep_id=2, fitted_models=[], backdoored_models=1,
+                  clean_models=1)
+    with session_scope(engine) as session:
+        stored = read_rule(session, "once")
+    engine.dispose()
+    assert stored is not None and stored.fitted_sweep_id == 1 and stored.rule == HAND_RULE, "the first is kept"
+
+
 def _scored_sweep(db_url: str, tmp_path: Path) -> int:
     """A sweep of 8 models with ground truth whose clp_statistic scores separate them and pruning_curve's do not."""
     engine = prepare_database(db_url)

@@ -35,7 +35,7 @@ def fit_verdict(
 
     import numpy as np
 
-    from badnet_prune.db.outcomes import read_detector_scores
+    from badnet_prune.db.outcomes import read_detector_scores, scores_by_model
     from badnet_prune.db.session import prepare_database, session_scope
     from badnet_prune.db.verdict_rules import model_file_hashes, read_rule, save_rule
     from badnet_prune.numerics.detection_metrics import score_detector
@@ -52,15 +52,8 @@ def fit_verdict(
         existing_sweep(session, sweep_id)
         if read_rule(session, name) is not None:
             raise BadInputError("NAME", f"a verdict rule named {name!r} exists; choose another name")
-        scores = [entry for entry in read_detector_scores(session, sweep_id)
-                  if entry.backdoored is not None and entry.detector in ENABLED_BY]
+        table = scores_by_model(read_detector_scores(session, sweep_id), ENABLED_BY)
         hashes = model_file_hashes(session, sweep_id)
-    table: dict[int, dict[str, float]] = {}
-    truth: dict[int, bool] = {}
-    names: dict[int, str] = {}
-    for entry in scores:
-        table.setdefault(entry.model_id, {})[entry.detector] = entry.score
-        truth[entry.model_id], names[entry.model_id] = bool(entry.backdoored), entry.model
     if not table:
         raise BadInputError(f"sweep {sweep_id}", "no model with ground truth has a detector score: run the sweep "
                             "with detector tables ([clp_statistic], [pruning_curve], [neural_cleanse])")
@@ -70,7 +63,7 @@ def fit_verdict(
         if wanted not in ENABLED_BY:
             raise BadInputError("--detector", f"{wanted!r} is not a detector a rule can combine "
                                 f"(choose from {', '.join(ENABLED_BY)})")
-        lacking = [names[model] for model, found in table.items() if wanted not in found]
+        lacking = [next(iter(found.values())).model for found in table.values() if wanted not in found]
         if lacking:
             raise BadInputError("--detector", f"{wanted} scored {len(table) - len(lacking)} of the {len(table)} "
                                 f"models with ground truth (not {', '.join(sorted(lacking)[:5])}); "
@@ -78,10 +71,10 @@ def fit_verdict(
     if not chosen:
         raise BadInputError(f"sweep {sweep_id}", "no detector scored every model with ground truth")
     models = sorted(table)
-    matrix = np.array([[table[model][wanted] for wanted in chosen] for model in models])
-    labels = [truth[model] for model in models]
+    matrix = np.array([[table[model][wanted].score for wanted in chosen] for model in models])
+    labels = [bool(next(iter(table[model].values())).backdoored) for model in models]
     rule = fit_verdict_rule(matrix, labels, chosen)
-    fitted = [rule.probability(table[model]) for model in models]
+    fitted = [rule.probability(dict(zip(chosen, row, strict=True))) for row in matrix.tolist()]
     backdoored = sum(labels)
     with session_scope(engine) as session:
         save_rule(session, name, rule, fitted_sweep_id=sweep_id, fitted_models=[hashes[model] for model in models],
