@@ -80,21 +80,20 @@ def test_a_rule_name_is_stored_once_and_the_second_is_refused_by_the_primary_key
     assert stored is not None and stored.fitted_sweep_id == 1 and stored.rule == HAND_RULE, "the first is kept"
 
 
-def _scored_sweep(db_url: str, tmp_path: Path) -> int:
-    """A sweep of 8 models with ground truth whose clp_statistic scores separate them and pruning_curve's do not."""
+def _scored_sweep(db_url: str, tmp_path: Path, models: list[tuple[bool, dict[str, float]]]) -> int:
+    """A sweep of models with ground truth (backdoored or not) and the detector scores given, model i's file
+    hash being i in hex."""
     engine = prepare_database(db_url)
     with session_scope(engine) as session:
         sweep_id = create_sweep(session, name="scored", config={}, thresholds=["0.1"], policy="first",
                                 prune_layer="conv_3", rank_layer="pool_3", range_size=8,
                                 artifact_dir=tmp_path / "artifacts")
-        for index in range(8):
-            backdoored = index < 5
+        for index, (backdoored, scores) in enumerate(models):
             model_id = add_model(session, sweep_id, name=f"m{index}", path=tmp_path / f"m{index}.h5",
                                  sha256=f"{index:064x}", input_scale=1.0, data=[],
                                  truth=Truth(backdoored, "patch" if backdoored else "clean"))
-            save_outcome(session, model_id, "clp_statistic", "statistic", {},
-                         score=0.8 - 0.02 * index if backdoored else 0.2 + 0.02 * index)
-            save_outcome(session, model_id, "pruning_curve", "features", {}, score=0.5)
+            for detector, score in scores.items():
+                save_outcome(session, model_id, detector, "key", {}, score=score)
     engine.dispose()
     return sweep_id
 
@@ -106,7 +105,10 @@ def _env(tmp_path: Path, db_url: str) -> dict[str, str]:
 
 def test_fit_verdict_stores_the_rule_by_name_and_refuses_what_it_cannot_fit(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    sweep_id = _scored_sweep(db_url, tmp_path)
+    # the CLP statistic separates the 5 backdoored models from the 3 clean ones; the pruning curve does not
+    sweep_id = _scored_sweep(db_url, tmp_path, [
+        (index < 5, {"clp_statistic": 0.8 - 0.02 * index if index < 5 else 0.2 + 0.02 * index, "pruning_curve": 0.5})
+        for index in range(8)])
     env = _env(tmp_path, db_url)
     done = run_cli("fit-verdict", "zoo-a", "--sweep", str(sweep_id), env=env)
     assert done.returncode == 0, done.stderr
@@ -221,19 +223,12 @@ def test_a_sweep_the_rule_cannot_judge_is_refused_before_anything_is_stored(judg
 
 def test_fit_verdict_refuses_a_sweep_of_one_kind_of_model(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    engine = prepare_database(db_url)
-    with session_scope(engine) as session:
-        sweep_id = create_sweep(session, name="one-kind", config={}, thresholds=["0.1"], policy="first",
-                                prune_layer="conv_3", rank_layer="pool_3", range_size=8,
-                                artifact_dir=tmp_path / "artifacts")
-        for index in range(3):
-            model_id = add_model(session, sweep_id, name=f"m{index}", path=tmp_path / f"m{index}.h5",
-                                 sha256=f"{index:064x}", input_scale=1.0, data=[], truth=Truth(True, "patch"))
-            save_outcome(session, model_id, "clp_statistic", "statistic", {}, score=0.1 * index)
+    sweep_id = _scored_sweep(db_url, tmp_path, [(True, {"clp_statistic": 0.1 * index}) for index in range(3)])
     done = run_cli("fit-verdict", "one", "--sweep", str(sweep_id), env=_env(tmp_path, db_url))
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "error: verdict rule: needs clean and backdoored models with known truth; got 3 backdoored of 3"]
+    engine = prepare_database(db_url)
     with session_scope(engine) as session:
         assert read_rule(session, "one") is None
     engine.dispose()
