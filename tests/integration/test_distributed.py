@@ -131,13 +131,20 @@ def test_pool_child_killed_mid_task(cluster: Cluster, slow_badnet: Path, tmp_pat
     assert_identical_models(assert_complete(cluster, sweep_id, {"s0", "s1", "s2"}))
 
 
-def test_whole_worker_killed_mid_task(cluster: Cluster, slow_badnet: Path, tmp_path: Path):
+def kill_a_worker_mid_prune_range(cluster: Cluster, slow_badnet: Path, tmp_path: Path):
+    """Two workers on a 3-model sweep; the one running a prune_range task is killed whole (SIGKILL to its
+    main process and pool): the sweep, the task, that worker and when."""
     cluster.start_workers(2)
     sweep_id = cluster.submit(slow_sweep(tmp_path, slow_badnet, models=3, range_size=61))
     task_id, node = wait_running(cluster, "prune_range", after_s=0.5)
     worker = next(w for w in cluster.workers if w.name == node)
     worker.kill_all()
-    killed_at = time.monotonic()
+    return sweep_id, task_id, worker, time.monotonic()
+
+
+def test_whole_worker_killed_mid_task(cluster: Cluster, slow_badnet: Path, tmp_path: Path):
+    sweep_id, task_id, worker, killed_at = kill_a_worker_mid_prune_range(cluster, slow_badnet, tmp_path)
+    node = worker.name
     deadline = killed_at + 240
     while task_row(cluster, task_id)[:2] == ("running", 1):
         assert time.monotonic() < deadline, "the dead worker's task was not redelivered within 4 minutes"
@@ -163,12 +170,8 @@ def test_a_dead_workers_task_is_sent_again_at_its_leases_end_not_the_visibility_
 
     default = Settings.model_fields["visibility_timeout_s"].default
     cluster.extra_env = {"BADNET_PRUNE_VISIBILITY_TIMEOUT": str(default)}
-    cluster.start_workers(2)
-    sweep_id = cluster.submit(slow_sweep(tmp_path, slow_badnet, models=3, range_size=61))
-    task_id, node = wait_running(cluster, "prune_range", after_s=0.5)
-    worker = next(w for w in cluster.workers if w.name == node)
-    worker.kill_all()
-    killed_at = time.monotonic()
+    sweep_id, task_id, worker, killed_at = kill_a_worker_mid_prune_range(cluster, slow_badnet, tmp_path)
+    node = worker.name
     while not cluster.status(sweep_id)["abandoned_tasks"]:
         assert time.monotonic() < killed_at + 60, "the dead worker's lease did not expire within 60 s"
         time.sleep(1)
