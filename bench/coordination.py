@@ -100,7 +100,7 @@ def as_worker(argv: list[str]) -> None:
             stats[name]["count"] += 1
             local.label = outer
 
-    real_run, real_send, real_heartbeat_enter = flow.run_planned_task, CeleryDispatcher.send, flow._Heartbeat.__enter__
+    real_run, real_send, real_heartbeat_enter = flow.run_planned_task, CeleryDispatcher.send, flow.LeaseHeartbeat.__enter__
 
     def timed_run(runtime, task_id, stage_name=None):
         local.ran = False
@@ -129,7 +129,7 @@ def as_worker(argv: list[str]) -> None:
 
     flow.session_scope = db_session.session_scope = timed_scope  # flow's own, and those imported when called
     flow.run_planned_task = timed_run
-    flow._Heartbeat.__enter__ = heartbeat_enter
+    flow.LeaseHeartbeat.__enter__ = heartbeat_enter
     CeleryDispatcher.send = timed_send
     sys.argv = [CLI, *argv]
     from badnet_prune.orchestrator.cli import console_main

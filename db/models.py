@@ -410,3 +410,40 @@ class VerdictRuleRow(Base):
     fitted_models: Mapped[list[str]]  # sha256 of each model file it was fitted on
     backdoored_models: Mapped[int]
     clean_models: Mapped[int]
+
+
+class ZooBuild(Base):
+    """One model of a zoo built on the workers (`badnet-prune zoo` with a broker): what to build, and the life
+    of its build under the same lease discipline as a task (db.tasks), so that a redelivered message never
+    builds beside a running build and a dead worker's build is taken over.
+
+    `folder` (absolute) is the model's folder in its zoo and its identity: planning the same zoo again finds
+    its rows. `record` is the built model's zoo.json (synth.zoo.ZooModel), read back by the client.
+    """
+
+    __tablename__ = "zoo_builds"
+    __table_args__ = (CheckConstraint(one_of("state", TASK_STATES), name="state"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    folder: Mapped[str] = mapped_column(unique=True)
+    zoo: Mapped[str] = mapped_column(index=True)  # the zoo's folder (absolute)
+    name: Mapped[str]
+    attack: Mapped[str]
+    seed: Mapped[int]
+    settings: Mapped[dict[str, Any]]  # synth.zoo.ZooSettings as JSON
+    cache_key: Mapped[str]
+    cache_dir: Mapped[str]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    state: Mapped[str] = mapped_column(default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    worker: Mapped[str | None]
+    message_id: Mapped[str | None]
+    lease_token: Mapped[str | None]
+    lease_expires_at: Mapped[datetime | None]
+    enqueued_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    seconds: Mapped[float | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    progress_done: Mapped[int | None]  # unused by builds; the lease functions write it for every leased row
+    record: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -19,12 +19,14 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, literal, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from badnet_prune.db.models import Model, Task, utcnow
+from badnet_prune.db.models import Model, Task, ZooBuild, utcnow
 from badnet_prune.db.upsert import upsert_statement
 
 OPEN_STATES = ("pending", "queued", "running", "retrying")
 STARTABLE_STATES = ("pending", "queued", "retrying")
 TERMINAL_MODEL_STATES = ("done", "failed")
+# The rows that run under a lease: a stage's task, and a zoo model's build (db.zoo_builds).
+Leased = type[Task] | type[ZooBuild]
 
 
 def plan_tasks(
@@ -158,49 +160,53 @@ def reset_to_pending(session: Session, task_ids: Sequence[int]) -> None:
 
 
 def take_lease(
-    session: Session, task_id: int, token: str, worker: str, lease_s: float, *, dead_token: str | None = None
+    session: Session, task_id: int, token: str, worker: str, lease_s: float, *, dead_token: str | None = None,
+    table: Leased = Task,
 ) -> bool:
-    """Start a task under a lease: from a startable state, or from 'running' whose lease expired (or whose
-    holder is known dead: dead_token). True if this caller now holds it; attempts + 1."""
+    """Start a task (or another leased row: table) under a lease: from a startable state, or from 'running' whose
+    lease expired (or whose holder is known dead: dead_token). True if this caller now holds it; attempts + 1."""
     now = utcnow()
-    takeover = and_(Task.state == "running", or_(Task.lease_expires_at.is_(None), Task.lease_expires_at <= now))
+    takeover = and_(table.state == "running", or_(table.lease_expires_at.is_(None), table.lease_expires_at <= now))
     if dead_token is not None:
-        takeover = or_(takeover, and_(Task.state == "running", Task.lease_token == dead_token))
+        takeover = or_(takeover, and_(table.state == "running", table.lease_token == dead_token))
     result = session.execute(
-        update(Task)
-        .where(Task.id == task_id, or_(Task.state.in_(STARTABLE_STATES), takeover))
+        update(table)
+        .where(table.id == task_id, or_(table.state.in_(STARTABLE_STATES), takeover))
         .values(
             state="running", lease_token=token, lease_expires_at=now + timedelta(seconds=lease_s),
-            attempts=Task.attempts + 1, worker=worker, started_at=now, finished_at=None, seconds=None,
+            attempts=table.attempts + 1, worker=worker, started_at=now, finished_at=None, seconds=None,
             progress_done=0,
         )
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-def renew_lease(session: Session, task_id: int, token: str, lease_s: float, progress: int | None = None) -> bool:
+def renew_lease(session: Session, task_id: int, token: str, lease_s: float, progress: int | None = None,
+                table: Leased = Task) -> bool:
     """Push the lease's expiry on while the task runs, with how many of its progress units are done where its
     job said; False if another holder took it over."""
     values: dict[str, Any] = {"lease_expires_at": utcnow() + timedelta(seconds=lease_s)}
     if progress is not None:
         values["progress_done"] = progress
     result = session.execute(
-        update(Task).where(Task.id == task_id, Task.lease_token == token, Task.state == "running").values(values)
+        update(table).where(table.id == task_id, table.lease_token == token, table.state == "running").values(values)
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-def end_task(session: Session, task_id: int, token: str, state: str, error: str | None = None) -> bool:
-    """Record a leased task's outcome (done, failed, retrying) and release the lease, in one UPDATE;
-    False if the caller is not the holder."""
+def end_task(session: Session, task_id: int, token: str, state: str, error: str | None = None, *,
+             table: Leased = Task, values: dict[str, Any] | None = None) -> bool:
+    """Record a leased task's outcome (done, failed, retrying), with any further values of its row, and release
+    the lease, in one UPDATE; False if the caller is not the holder."""
     now = utcnow()
+    progress = {"progress_done": table.progress_total if state == "done" else table.progress_done} \
+        if table is Task else {}
     statement = (
-        update(Task)
-        .where(Task.id == task_id, Task.lease_token == token, Task.state == "running")
-        .values(state=state, error=error, finished_at=now, seconds=_seconds_since(session, Task.started_at, now),
-                lease_token=None, lease_expires_at=None,
-                progress_done=Task.progress_total if state == "done" else Task.progress_done)
-        .returning(Task.id)
+        update(table)
+        .where(table.id == task_id, table.lease_token == token, table.state == "running")
+        .values(state=state, error=error, finished_at=now, seconds=_seconds_since(session, table, now),
+                lease_token=None, lease_expires_at=None, **progress, **(values or {}))
+        .returning(table.id)
     )
     return session.execute(statement, execution_options={"synchronize_session": False}).first() is not None
 
@@ -234,7 +240,7 @@ def abandoned_tasks(session: Session, sweep_id: int) -> list[AbandonedTask]:
     return [AbandonedTask(task.id, task.stage, task.model_id, task.worker, task.lease_expires_at) for task in rows]
 
 
-def lease_is_live(task: Task, now: datetime | None = None) -> bool:
+def lease_is_live(task: Task | ZooBuild, now: datetime | None = None) -> bool:
     return task.state == "running" and task.lease_expires_at is not None and task.lease_expires_at > (now or utcnow())
 
 
@@ -242,9 +248,9 @@ def _scope(model_id: int | None) -> ColumnElement[bool]:
     return Task.model_id.is_(None) if model_id is None else Task.model_id == model_id
 
 
-def _seconds_since(session: Session, column: Any, now: datetime) -> ColumnElement[float]:
-    """now - column in seconds, computed by the database in the UPDATE that ends a task."""
-    moment = literal(now, Task.__table__.c.started_at.type)
+def _seconds_since(session: Session, table: Leased, now: datetime) -> ColumnElement[float]:
+    """now - the row's started_at in seconds, computed by the database in the UPDATE that ends a task."""
+    moment = literal(now, table.__table__.c.started_at.type)
     if session.get_bind().dialect.name == "postgresql":
-        return func.extract("epoch", moment - column)
-    return (func.julianday(moment) - func.julianday(column)) * 86400.0
+        return func.extract("epoch", moment - table.started_at)
+    return (func.julianday(moment) - func.julianday(table.started_at)) * 86400.0

@@ -30,6 +30,7 @@ from badnet_prune.db.models import Sweep, Task, utcnow
 from badnet_prune.db.repository import set_model_status
 from badnet_prune.db.session import session_scope
 from badnet_prune.db.tasks import (
+    Leased,
     claim_stages,
     end_task,
     fail_open_tasks,
@@ -77,26 +78,26 @@ class Outcome:
 def run_planned_task(runtime: Runtime, task_id: object, stage_name: str | None = None) -> Outcome:
     """Run task `task_id` if its row says it may run; stage_name is what the message claimed to be."""
     if not isinstance(task_id, int) or isinstance(task_id, bool):
-        return _refused(f"task id {task_id!r} is not an integer")
+        return refused(f"task id {task_id!r} is not an integer")
     with session_scope(runtime.engine) as session:
         task = get_task(session, task_id)
         if task is None:
-            return _refused(f"no task {task_id}")
+            return refused(f"no task {task_id}")
         try:
             stage = get_stage(task.stage)
         except LookupError as error:
-            return _refused(f"task {task_id}: {error}")
+            return refused(f"task {task_id}: {error}")
         if stage_name is not None and stage_name != stage.name:
-            return _refused(f"task {task_id} is a {stage.name} task, not {stage_name}")
+            return refused(f"task {task_id} is a {stage.name} task, not {stage_name}")
         context = TaskIds(task_id=task.id, sweep_id=task.sweep_id, model_id=task.model_id)
         reason = _why_not_startable(session, task, stage)
         done, failed = task.state == "done", task.state == "failed"
         if reason is None:
-            if lease_is_live(task) and not _holder_is_dead(task.lease_token):
+            if lease_is_live(task) and not holder_is_dead(task.lease_token):
                 remaining = (task.lease_expires_at - utcnow()).total_seconds() if task.lease_expires_at else 0.0
                 LOG.warning("task %s runs elsewhere (%s): this copy looks again later", task_id, task.worker)
                 return Outcome(False, f"task {task_id} runs elsewhere ({task.worker})", max(1.0, remaining))
-            dead = task.lease_token if task.state == "running" and _holder_is_dead(task.lease_token) else None
+            dead = task.lease_token if task.state == "running" and holder_is_dead(task.lease_token) else None
             token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
             if not take_lease(session, task_id, token, runtime.hostname, LEASE_S, dead_token=dead):
                 return Outcome(False, f"task {task_id} was started by another worker", LEASE_S)
@@ -113,13 +114,13 @@ def run_planned_task(runtime: Runtime, task_id: object, stage_name: str | None =
             # model's failure is said once by the watcher, so this is not said again.
             LOG.debug("message not run: task %s: %s", task_id, reason)
             return Outcome(False, f"task {task_id}: {reason}")
-        return _refused(f"task {task_id}: {reason}")
+        return refused(f"task {task_id}: {reason}")
     try:
         job = stage.job(task_id, context.sweep_id, context.model_id, raw_arguments, config)
-        with _Heartbeat(runtime, task_id, token):
+        with LeaseHeartbeat(runtime, task_id, token):
             stage.run(runtime, job)
     except TRANSIENT_ERRORS:
-        _end_quietly(runtime, task_id, token, "retrying", "database or broker unavailable; retrying")
+        end_quietly(runtime, task_id, token, "retrying", "database or broker unavailable; retrying")
         raise
     except Exception as error:  # a model's bad input, or a failure of its own: the other models go on
         reason = str(error) if isinstance(error, BadInputError) else f"{type(error).__name__}: {error}"
@@ -149,12 +150,12 @@ def _why_not_startable(session, task: Task, stage: Stage) -> str | None:
     return None
 
 
-def _refused(message: str) -> Outcome:
+def refused(message: str) -> Outcome:
     LOG.warning("message not run: %s", message)
     return Outcome(False, message)
 
 
-def _holder_is_dead(token: str | None) -> bool:
+def holder_is_dead(token: str | None) -> bool:
     """A lease taken on this machine by a process that no longer exists (a killed pool child)."""
     if not token:
         return False
@@ -171,40 +172,43 @@ def _holder_is_dead(token: str | None) -> bool:
     return False
 
 
-class _Heartbeat:
-    """Renews a task's lease every third of its length while the job runs (on a daemon thread), writing the
-    progress its job last reported along with it: progress costs no transaction of its own."""
+class LeaseHeartbeat:
+    """Renews a leased row's lease every third of its length while the job runs (on a daemon thread). For a
+    task it writes the progress its job last reported along with it: progress costs no transaction of its own."""
 
-    def __init__(self, runtime: Runtime, task_id: int, token: str) -> None:
-        self._runtime, self._task_id, self._token = runtime, task_id, token
+    def __init__(self, runtime: Runtime, task_id: int, token: str, table: Leased = Task) -> None:
+        self._runtime, self._task_id, self._token, self._table = runtime, task_id, token, table
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"lease-{task_id}", daemon=True)
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{table.__tablename__}-{task_id}", daemon=True)
 
-    def __enter__(self) -> _Heartbeat:
+    def __enter__(self) -> LeaseHeartbeat:
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
-        self._runtime.progress.pop(self._task_id, None)
+        if self._table is Task:
+            self._runtime.progress.pop(self._task_id, None)
 
     def _beat(self) -> None:
         while not self._stop.wait(LEASE_S / 3):
             try:
-                progress = self._runtime.progress.get(self._task_id)
+                progress = self._runtime.progress.get(self._task_id) if self._table is Task else None
                 with session_scope(self._runtime.engine) as session:
-                    if not renew_lease(session, self._task_id, self._token, LEASE_S, progress):
-                        LOG.warning("task %s: lease taken over by another worker", self._task_id)
+                    if not renew_lease(session, self._task_id, self._token, LEASE_S, progress, table=self._table):
+                        LOG.warning("%s %s: lease taken over by another worker", self._table.__tablename__,
+                                    self._task_id)
                         return
             except TRANSIENT_ERRORS:
-                LOG.warning("task %s: could not renew its lease (database unavailable)", self._task_id)
+                LOG.warning("%s %s: could not renew its lease (database unavailable)", self._table.__tablename__,
+                            self._task_id)
 
 
-def _end_quietly(runtime: Runtime, task_id: int, token: str, state: str, error: str) -> None:
+def end_quietly(runtime: Runtime, task_id: int, token: str, state: str, error: str, table: Leased = Task) -> None:
     try:
         with session_scope(runtime.engine) as session:
-            end_task(session, task_id, token, state, error)
+            end_task(session, task_id, token, state, error, table=table)
     except TRANSIENT_ERRORS:
         pass  # the database itself is what failed; the retry will record the outcome
 

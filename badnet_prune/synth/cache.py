@@ -3,7 +3,8 @@
 The recipe's name carries code_key(), a digest of the code that makes a synthetic model, so a build made by
 older code is never mistaken for a current one. Concurrent builders (test sessions, pytest-xdist's
 processes, zoo runs) never see half a build: the first takes a lock file, builds in its own temporary
-folder and renames it into place; the others wait for it and use its build.
+folder and renames it into place; the others wait for it and use its build. A builder that was killed
+leaves its temporary folder behind; the next builder of the recipe removes it under the lock.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def cached_build(final: Path, build: Callable[[Path], object], marker: str, read
         fcntl.flock(lock, fcntl.LOCK_EX)  # another builder of this recipe: wait for its build
         if (final / marker).is_file():
             return final
+        for stale in final.parent.glob(f"{final.name}.*"):  # a killed builder's folder: none builds it now
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
         building = Path(tempfile.mkdtemp(prefix=f"{final.name}.", dir=final.parent))
         try:
             build(building)

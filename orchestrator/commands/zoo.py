@@ -47,6 +47,13 @@ def zoo(
     fine_tune: Annotated[bool, typer.Option(
         "--fine-tune/--no-fine-tune", help="Whether the sweep file fine-prunes every threshold (a fine_tune table "
         "of defaults; the default), or prunes only, e.g. --no-fine-tune for a quicker sweep.")] = True,
+    broker: Annotated[str | None, typer.Option(
+        "--broker", help="Build on the workers of this Celery broker, one task per model (default: "
+        "$BADNET_PRUNE_BROKER; without one, the models are built in this process). The workers must see OUT and "
+        "the cache at the same paths. Example: --broker redis://127.0.0.1:6379/0")] = None,
+    db: Annotated[str | None, typer.Option(
+        "--db", help="The database the workers' builds are recorded in, with a broker (default: $BADNET_PRUNE_DB, "
+        "else ./badnet-prune.db). Example: --db postgresql://postgres@127.0.0.1/badnet")] = None,
 ) -> None:
     """Build a population of clean and backdoored DeepIDs on face-like photos, list them and write a sweep file.
 
@@ -54,6 +61,9 @@ def zoo(
     into OUT/NAME; a second run with the same options only links. The manifest (manifest.json and .csv)
     has one row per model: attack, triggers, targets, poison rate, seed, and B's clean accuracy and ASR
     per trigger measured on the written files. OUT/sweep.toml carries each model's ground truth.
+    With a broker (--broker or $BADNET_PRUNE_BROKER) each model is one task on the workers, recorded in the
+    database (the table zoo_builds), and this command waits for them; interrupted, it can be run again to
+    collect what the workers built meanwhile.
     Exit status: 0 all built, 1 some model missed its accuracy (the others are written), 2 bad input.
 
     Example: badnet-prune zoo zoo --models 12 --seed 100, then badnet-prune sweep zoo/sweep.toml --wait
@@ -69,7 +79,9 @@ def zoo(
     else:
         plan_mix = ZooMix(seed=seed or 0, size="full" if quick is False else "quick", classes=classes,
                           models=spread(models) if models else dict(DEFAULT_MIX))
-    _require_tensorflow()
+    app_settings = load_settings(db=db, broker=broker)
+    if not app_settings.broker_url:
+        _require_tensorflow()
     settings = plan_mix.settings()
     plan = plan_mix.plan()
     if out.exists() and not out.is_dir():
@@ -79,8 +91,13 @@ def zoo(
         folder = out / planned.name
         if folder.exists() and not (folder / "zoo.json").is_file():
             raise BadInputError(folder, "exists and is not a zoo model: refused, so that nothing else is overwritten")
-    cache_dir = cache if cache is not None else load_settings().cache_dir / "zoo"
-    built, failed = _build_all(plan, settings, cache_dir, out, Console(stderr=True))
+    cache_dir = cache if cache is not None else app_settings.cache_dir / "zoo"
+    if app_settings.broker_url:
+        from badnet_prune.orchestrator.zoo_queue import build_on_workers
+
+        built, failed = build_on_workers(app_settings, plan, settings, cache_dir, out, Console(stderr=True))
+    else:
+        built, failed = _build_all(plan, settings, cache_dir, out, Console(stderr=True))
 
     from badnet_prune.orchestrator.zoo_sweep import write_zoo_sweep
     from badnet_prune.synth.population import manifest_row, write_manifest

@@ -1,0 +1,89 @@
+"""A zoo model's build on a worker: the build id in, the row re-read, the model built (or linked from the
+cache), its record written to the row.
+
+The row says everything (attack, seed, settings, folders); a message carries only the id. A build that
+is done is never built again, one running under another worker's live lease is looked at again later,
+and one whose worker died is taken over. The model is built by synth.zoo.cached_model, into the shared
+cache and linked into the zoo's folder, as `badnet-prune zoo` builds it in-process: a build interrupted
+half-way leaves no half-written model anywhere (the cache publishes by rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from pathlib import Path
+
+from badnet_prune.db.models import ZooBuild, utcnow
+from badnet_prune.db.session import session_scope
+from badnet_prune.db.tasks import end_task, lease_is_live, take_lease
+from badnet_prune.db.zoo_builds import get_build
+from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.synth.zoo import ATTACKS, SynthesisError, ZooSettings, cached_model
+from badnet_prune.worker.flow import (
+    LEASE_S,
+    TRANSIENT_ERRORS,
+    LeaseHeartbeat,
+    Outcome,
+    end_quietly,
+    holder_is_dead,
+    refused,
+)
+from badnet_prune.worker.runtime import Runtime
+
+ZOO_TASK = "badnet_prune.zoo_model"
+
+
+def run_zoo_build(runtime: Runtime, build_id: object) -> Outcome:
+    """Build zoo model `build_id` if its row says it may be built."""
+    if not isinstance(build_id, int) or isinstance(build_id, bool):
+        return refused(f"zoo build id {build_id!r} is not an integer")
+    with session_scope(runtime.engine) as session:
+        build = get_build(session, build_id)
+        if build is None:
+            return refused(f"no zoo build {build_id}")
+        if build.state == "done":
+            return Outcome(False, f"zoo build {build_id}: already done")
+        if build.state == "failed":
+            return refused(f"zoo build {build_id}: failed ({build.error})")
+        if lease_is_live(build) and not holder_is_dead(build.lease_token):
+            remaining = (build.lease_expires_at - utcnow()).total_seconds() if build.lease_expires_at else 0.0
+            return Outcome(False, f"zoo build {build_id} runs elsewhere ({build.worker})", max(1.0, remaining))
+        dead = build.lease_token if build.state == "running" and holder_is_dead(build.lease_token) else None
+        token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+        if not take_lease(session, build_id, token, runtime.hostname, LEASE_S, dead_token=dead, table=ZooBuild):
+            return Outcome(False, f"zoo build {build_id} was started by another worker", LEASE_S)
+        recipe = (build.attack, build.seed, dict(build.settings), Path(build.cache_dir), Path(build.folder))
+    try:
+        with LeaseHeartbeat(runtime, build_id, token, table=ZooBuild):
+            record = _build(*recipe)
+    except TRANSIENT_ERRORS:
+        end_quietly(runtime, build_id, token, "retrying", "database or broker unavailable; retrying", table=ZooBuild)
+        raise
+    except Exception as error:  # the model missed its accuracy, or its folder is refused: the zoo's other models go on
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not isinstance(error, BadInputError | SynthesisError):
+            reason = f"{type(error).__name__}: {reason}"
+        with session_scope(runtime.engine) as session:
+            end_task(session, build_id, token, "failed", reason, table=ZooBuild)
+        return Outcome(True, f"failed: {reason}")
+    with session_scope(runtime.engine) as session:
+        end_task(session, build_id, token, "done", table=ZooBuild, values={"record": record})
+    return Outcome(True, "done")
+
+
+def _build(attack: str, seed: int, settings: dict, cache_dir: Path, folder: Path) -> dict:
+    """The model built or linked into folder; its record as JSON."""
+    from badnet_prune.numerics.tf_setup import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise BadInputError("KERAS_BACKEND", f"this worker runs Keras on {keras.backend.backend()}; zoo models "
+                            "are trained with TensorFlow: build them on a worker with KERAS_BACKEND=tensorflow")
+    if attack not in ATTACKS:
+        raise BadInputError(folder, f"unknown attack {attack!r} (known: {', '.join(ATTACKS)})")
+    recipe = ZooSettings.model_validate_json(json.dumps(settings))
+    record, _ = cached_model(attack, seed, recipe, cache_dir, folder)  # type: ignore[arg-type]
+    return record.model_dump(mode="json")
+
