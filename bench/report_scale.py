@@ -7,9 +7,11 @@ TensorFlow, no model files: the report without samples reads only the database, 
 the report itself (reading, drawing the curves, writing the pages). It prints, per size, the time
 of write_report (wall, and this process's CPU time, the steadier on a shared machine), the size of
 index.html, of the largest model page and of the whole folder, and where Chromium is installed, how
-long headless Chromium takes to load index.html (and a blank page, its floor).
+long headless Chromium takes to load index.html (and a blank page, its floor). With --truth, each size
+again with ground truth on every model (the report then leads with the leaderboard, issue 26's scale
+point), and the ratio of the two.
 
-    .venv/bin/python bench/report_scale.py [--models 150 1000] [--work /tmp/badnet-prune-report-scale]
+    .venv/bin/python bench/report_scale.py [--models 150 1000] [--truth] [--work /tmp/badnet-prune-report-scale]
 """
 
 from __future__ import annotations
@@ -31,16 +33,25 @@ from sqlalchemy import Engine  # noqa: E402
 STEPS = 60  # channels of the pruned layer
 THRESHOLDS = ("0.02", "0.04", "0.1")
 POISONS = ("sunglasses", "lipstick")
+ATTACKS = ("sunglasses", "pruning-aware", "patch", "blended", "multi-trigger")
 
 
 def synthetic_sweep(engine: Engine, models: int, *, poisons: tuple[str, ...] = POISONS,
                     thresholds: tuple[str, ...] = THRESHOLDS, fine_tune: bool = False, seed: int = 0,
-                    names: list[str] | None = None) -> int:
+                    names: list[str] | None = None, truth: bool = False) -> int:
     """A finished sweep of `models` models with plausible curves (accuracy falls late, ASR falls at a random
     step); each threshold selects the last step whose validation accuracy is at least acc0 x (1 - t), so two
     thresholds may select the same step. fine_tune adds fine-pruning rows (epoch 0..2, G'' evaluations).
-    Returns the sweep's id."""
-    from badnet_prune.db.repository import add_model, create_sweep, set_model_status, set_sweep_status, upsert_data_file
+    truth gives every model ground truth (one in six clean, the others spread over ATTACKS), so that the
+    report leads with the leaderboard. Returns the sweep's id."""
+    from badnet_prune.db.repository import (
+        Truth,
+        add_model,
+        create_sweep,
+        set_model_status,
+        set_sweep_status,
+        upsert_data_file,
+    )
     from badnet_prune.db.results import (
         CurvePointRow,
         StepRow,
@@ -63,9 +74,12 @@ def synthetic_sweep(engine: Engine, models: int, *, poisons: tuple[str, ...] = P
                  for index, role in enumerate(("clean_valid", "clean_test", *poisons))}
         data = [("clean_valid", "", files["clean_valid"]), ("clean_test", "", files["clean_test"])]
         data += [(role, poison, files[poison]) for poison in poisons for role in ("poisoned_valid", "poisoned_test")]
-        for name in names:
+        for index, name in enumerate(names):
+            clean = index % 6 == 0
+            known = Truth(not clean, "clean" if clean else ATTACKS[index % len(ATTACKS)],
+                          {} if clean else dict.fromkeys(poisons, 0)) if truth else None
             model_id = add_model(session, sweep_id, name=name, path=f"/nonexistent/{name}.h5", sha256="0" * 64,
-                                 input_scale=1.0, data=data)
+                                 input_scale=1.0, data=data, truth=known)
             acc0 = float(random.uniform(90, 99))
             order = random.permutation(STEPS)
             save_ranking(session, model_id, [(int(c), p, float(STEPS - p) / 10) for p, c in enumerate(order)])
@@ -114,17 +128,17 @@ def synthetic_sweep(engine: Engine, models: int, *, poisons: tuple[str, ...] = P
     return sweep_id
 
 
-def measure(work: Path, models: int) -> dict[str, float]:
-    """Build a sweep of `models` models and time its report (no samples)."""
+def measure(work: Path, models: int, truth: bool = False) -> dict[str, float]:
+    """Build a sweep of `models` models (with ground truth: truth) and time its report (no samples)."""
     from badnet_prune.db.session import prepare_database
     from badnet_prune.orchestrator.report.write import write_report
 
-    folder = work / f"{models}"
+    folder = work / f"{models}{'-truth' if truth else ''}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     engine = prepare_database(f"sqlite:///{folder / 'sweep.db'}")
     started = time.perf_counter()
-    sweep_id = synthetic_sweep(engine, models)
+    sweep_id = synthetic_sweep(engine, models, truth=truth)
     built = time.perf_counter() - started
     started, cpu = time.perf_counter(), time.process_time()
     index = write_report(engine, sweep_id, folder / "report", samples_per_set=0)
@@ -132,7 +146,7 @@ def measure(work: Path, models: int) -> dict[str, float]:
     engine.dispose()
     total = sum(path.stat().st_size for path in (folder / "report").rglob("*") if path.is_file())
     pages = list((folder / "report" / "models").iterdir())
-    result = {"models": models, "rows_s": built, "report_s": seconds, "report_cpu_s": cpu,
+    result = {"models": models, "truth": truth, "rows_s": built, "report_s": seconds, "report_cpu_s": cpu,
               "index_mb": index.stat().st_size / 1e6,
               "largest_model_page_mb": max(p.stat().st_size for p in pages) / 1e6, "folder_mb": total / 1e6}
     browser = shutil.which("chromium")
@@ -157,11 +171,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, nargs="+", default=[150, 1000])
     parser.add_argument("--work", type=Path, default=Path("/tmp/badnet-prune-report-scale"))
+    parser.add_argument("--truth", action="store_true", help="also each size with ground truth (the leaderboard "
+                        "leads the report), and its ratio to the same size without")
     args = parser.parse_args()
     for models in args.models:
-        result = measure(args.work, models)
-        print(" ".join(f"{key}={value:.2f}" if isinstance(value, float) else f"{key}={value}"
-                       for key, value in result.items()), flush=True)
+        plain = measure(args.work, models)
+        runs = [plain, measure(args.work, models, truth=True)] if args.truth else [plain]
+        for result in runs:
+            print(" ".join(f"{key}={value:.2f}" if isinstance(value, float) else f"{key}={value}"
+                           for key, value in result.items()), flush=True)
+        if args.truth:
+            cpu, wall = (runs[1][key] / plain[key] for key in ("report_cpu_s", "report_s"))
+            print(f"models={models}: with ground truth, the report takes x{cpu:.2f} the CPU and x{wall:.2f} the wall "
+                  "time of the same sweep without", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from sqlalchemy import column, select, table
 from sqlalchemy.exc import IntegrityError
@@ -28,16 +30,21 @@ class StoredRule:
     fitted_models: frozenset[str]  # sha256 of the model files it was fitted on
     backdoored_models: int
     clean_models: int
+    # the settings of each detector's table in the sweep it was fitted on ({} for a rule stored without them)
+    detector_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def save_rule(session: Session, name: str, rule: VerdictRule, *, fitted_sweep_id: int, fitted_models: list[str],
-              backdoored_models: int, clean_models: int) -> None:
-    """Store a new rule; a name already taken is refused, since sweeps judged by it must keep meaning it (the
-    primary key decides, also when another process stored the same name a moment ago)."""
+              backdoored_models: int, clean_models: int,
+              detector_settings: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Store a new rule, with the settings its detectors were run with (by table); a name already taken is
+    refused, since sweeps judged by it must keep meaning it (the primary key decides, also when another process
+    stored the same name a moment ago)."""
+    document = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(rule).items()}
+    document["detector_settings"] = {table: dict(values) for table, values in (detector_settings or {}).items()}
     try:
         with session.begin_nested():
-            session.add(VerdictRuleRow(name=name, rule={key: list(value) if isinstance(value, tuple) else value
-                                                        for key, value in asdict(rule).items()},
+            session.add(VerdictRuleRow(name=name, rule=document,
                                        fitted_sweep_id=fitted_sweep_id, fitted_models=sorted(fitted_models),
                                        backdoored_models=backdoored_models, clean_models=clean_models))
     except IntegrityError:
@@ -55,6 +62,8 @@ def read_rule(session: Session, name: str) -> StoredRule | None:
                            weights=tuple(float(w) for w in document["weights"]), bias=float(document["bias"]),
                            means=tuple(float(m) for m in document["means"]),
                            scales=tuple(float(s) for s in document["scales"]))
+        detector_settings = {str(table): dict(values) for table, values in
+                             dict(document.get("detector_settings", {})).items()}
     except (KeyError, TypeError, ValueError) as error:
         raise BadInputError(f"verdict rule {name!r}", f"its stored row is malformed: {error}") from None
     values = (*rule.weights, rule.bias, *rule.means, *rule.scales)
@@ -63,7 +72,7 @@ def read_rule(session: Session, name: str) -> StoredRule | None:
         raise BadInputError(f"verdict rule {name!r}", "its stored row is malformed: lengths differ, or a value is "
                             "not finite, or a scale is not positive")
     return StoredRule(row.name, rule, row.fitted_sweep_id, frozenset(row.fitted_models), row.backdoored_models,
-                      row.clean_models)
+                      row.clean_models, detector_settings)
 
 
 def model_file_hashes(session: Session, sweep_id: int) -> dict[int, str]:

@@ -62,7 +62,12 @@ def build_on_workers(settings: Settings, plan: list[PlannedModel], zoo_settings:
     if not app.control.ping(timeout=1.0):
         console.print("zoo: no worker answers yet: start one with `badnet-prune worker` (the builds wait in the "
                       "queue)", soft_wrap=True, markup=False)
-    rows = _wait(engine, app, build_ids, console, timedelta(seconds=settings.in_flight_grace_s))
+    try:
+        rows = _wait(engine, app, build_ids, console, timedelta(seconds=settings.in_flight_grace_s))
+    except KeyboardInterrupt:
+        console.print("zoo: interrupted; the builds go on on the workers: run the same command again to collect "
+                      "them (it sends nothing that is built or building)", soft_wrap=True, markup=False)
+        raise
     return _collect(rows)
 
 

@@ -80,12 +80,13 @@ def test_a_rule_name_is_stored_once_and_the_second_is_refused_by_the_primary_key
     assert stored is not None and stored.fitted_sweep_id == 1 and stored.rule == HAND_RULE, "the first is kept"
 
 
-def _scored_sweep(db_url: str, tmp_path: Path, models: list[tuple[bool, dict[str, float]]]) -> int:
+def _scored_sweep(db_url: str, tmp_path: Path, models: list[tuple[bool, dict[str, float]]],
+                  config: dict | None = None) -> int:
     """A sweep of models with ground truth (backdoored or not) and the detector scores given, model i's file
-    hash being i in hex."""
+    hash being i in hex; config: the sweep's stored tables."""
     engine = prepare_database(db_url)
     with session_scope(engine) as session:
-        sweep_id = create_sweep(session, name="scored", config={}, thresholds=["0.1"], policy="first",
+        sweep_id = create_sweep(session, name="scored", config=config or {}, thresholds=["0.1"], policy="first",
                                 prune_layer="conv_3", rank_layer="pool_3", range_size=8,
                                 artifact_dir=tmp_path / "artifacts")
         for index, (backdoored, scores) in enumerate(models):
@@ -108,7 +109,7 @@ def test_fit_verdict_stores_the_rule_by_name_and_refuses_what_it_cannot_fit(tmp_
     # the CLP statistic separates the 5 backdoored models from the 3 clean ones; the pruning curve does not
     sweep_id = _scored_sweep(db_url, tmp_path, [
         (index < 5, {"clp_statistic": 0.8 - 0.02 * index if index < 5 else 0.2 + 0.02 * index, "pruning_curve": 0.5})
-        for index in range(8)])
+        for index in range(8)], config={"pruning_curve": {"drop_points": 3.0}, "clp_statistic": {}})
     env = _env(tmp_path, db_url)
     done = run_cli("fit-verdict", "zoo-a", "--sweep", str(sweep_id), env=env)
     assert done.returncode == 0, done.stderr
@@ -121,6 +122,7 @@ def test_fit_verdict_stores_the_rule_by_name_and_refuses_what_it_cannot_fit(tmp_
     assert stored.fitted_models == frozenset(f"{index:064x}" for index in range(8))
     assert (stored.fitted_sweep_id, stored.backdoored_models, stored.clean_models) == (sweep_id, 5, 3)
     assert stored.rule.weights[0] > 0, "a higher CLP statistic means backdoored on this sweep"
+    assert stored.detector_settings == {"clp_statistic": {}, "pruning_curve": {"drop_points": 3.0}}
 
     refusals = {
         ("zoo-a",): "a verdict rule named 'zoo-a' exists",
@@ -196,6 +198,9 @@ def test_status_and_the_view_model_verdicts_show_it(judged: dict) -> None:
                                                      "`badnet-prune fit-verdict nope --sweep ID`"),
     ("hand", ["--clp-statistic"], "rule 'hand' needs the pruning_curve detector's score, which this sweep does not "
                                   "compute: add a [pruning_curve] table"),
+    ("tuned", ["--clp-statistic", "--pruning-curve"], "rule 'tuned' was fitted on scores from [pruning_curve] "
+     "drop_points = 3.0; this sweep sets drop_points = 1.0: its scores would not mean what the rule learned (use "
+     "those settings, or fit a rule on a zoo run with these)"),
 ])
 def test_a_sweep_the_rule_cannot_judge_is_refused_before_anything_is_stored(judged: dict, tmp_path: Path, rule: str,
                                                                             flags: list[str], message: str) -> None:
@@ -209,6 +214,8 @@ def test_a_sweep_the_rule_cannot_judge_is_refused_before_anything_is_stored(judg
                   clean_models=1)
         save_rule(session, "seen", HAND_RULE, fitted_sweep_id=4, backdoored_models=1, clean_models=1,
                   fitted_models=[sha256_file(judged["root"] / "models" / "bd_net.h5")])
+        save_rule(session, "tuned", HAND_RULE, fitted_sweep_id=5, fitted_models=[], backdoored_models=1,
+                  clean_models=1, detector_settings={"clp_statistic": {}, "pruning_curve": {"drop_points": 3.0}})
     arguments = judged["arguments"][:judged["arguments"].index("--clp-statistic")]
     arguments[arguments.index("--out") + 1] = str(tmp_path / "out")
     done = run_cli(*arguments, *flags, "--detection-verdict", "--detection-verdict-rule", rule,

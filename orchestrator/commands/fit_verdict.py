@@ -43,13 +43,13 @@ def fit_verdict(
     from badnet_prune.numerics.names import check_name
     from badnet_prune.numerics.verdict_rule import fit_verdict_rule
     from badnet_prune.pipeline.contract import load_stage_modules
-    from badnet_prune.pipeline.stages.detection_verdict import ENABLED_BY
+    from badnet_prune.pipeline.stages.detection_verdict import ENABLED_BY, detector_settings
 
     check_name(name, "NAME")
     load_stage_modules(settings.stage_modules)
     engine = prepare_database(settings.db_url, create=False)
     with session_scope(engine) as session:
-        existing_sweep(session, sweep_id)
+        config = dict(existing_sweep(session, sweep_id).config)
         if read_rule(session, name) is not None:
             raise BadInputError("NAME", f"a verdict rule named {name!r} exists; choose another name")
         table = scores_by_model(read_detector_scores(session, sweep_id), ENABLED_BY)
@@ -78,7 +78,8 @@ def fit_verdict(
     backdoored = sum(labels)
     with session_scope(engine) as session:
         save_rule(session, name, rule, fitted_sweep_id=sweep_id, fitted_models=[hashes[model] for model in models],
-                  backdoored_models=backdoored, clean_models=len(models) - backdoored)
+                  backdoored_models=backdoored, clean_models=len(models) - backdoored,
+                  detector_settings=detector_settings(chosen, config))
     in_sample = score_detector(fitted, labels)
     console = Console()
     weights = ", ".join(f"{wanted} {weight:+.3f}" for wanted, weight in zip(chosen, rule.weights, strict=True))

@@ -5,8 +5,10 @@ being a rule stored by `badnet-prune fit-verdict NAME --sweep ID` from a sweep o
 Once a model's detectors are done (the CLP statistic, the pruning curve, Neural Cleanse's verdict), the rule's
 probability is stored as this stage's score, so the leaderboard scores it like any detector, and the view
 model_verdicts lists it. The sweep is refused when it is registered, before any work, if the rule does not
-exist, needs a detector the sweep does not run, or was fitted on one of the sweep's models (the same file,
-by sha256): that model's verdict would measure the fit, not the rule. The job checks the same again, since a
+exist, needs a detector the sweep does not run or runs with other settings than the sweep it was fitted on
+(Neural Cleanse's steps, the pruning curve's drop_points: its scores would mean something else), or was
+fitted on one of the sweep's models (the same file, by sha256): that model's verdict would measure the fit,
+not the rule. The job checks the same again, since a
 rule's row is read when the task runs.
 """
 
@@ -80,9 +82,25 @@ def _rule(session: Session, name: str) -> StoredRule:
     return stored_rule
 
 
+def detector_settings(detectors: Sequence[str], config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The settings each detector's table has in a sweep (its stored config), by table: what a rule fitted on the
+    sweep's scores records, so that a sweep running them otherwise is refused. A table the config lacks (scores
+    stored by other means) records nothing."""
+    tables = {ENABLED_BY[detector] for detector in detectors}
+    return {table: _table_settings(table, config) for table in sorted(tables) if table in config}
+
+
+def _table_settings(table: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    from badnet_prune.pipeline.contract import get_stage
+
+    settings = get_stage(table).sweep_settings(config)
+    return settings.model_dump(mode="json") if settings is not None else {}
+
+
 def check(session: Session, settings: DetectionVerdictSettings, config: Mapping[str, Any],
           model_hashes: Sequence[str]) -> None:
-    """The rule exists, the sweep runs its detectors, and it was fitted on none of the sweep's models."""
+    """The rule exists, the sweep runs its detectors with the settings the rule was fitted on, and it was fitted on
+    none of the sweep's models."""
     from badnet_prune.pipeline.contract import get_stage
 
     stored_rule = _rule(session, settings.rule)
@@ -91,6 +109,18 @@ def check(session: Session, settings: DetectionVerdictSettings, config: Mapping[
             table = ENABLED_BY.get(detector, detector)
             raise BadInputError("[detection_verdict] rule", f"rule {settings.rule!r} needs the {detector} detector's "
                                 f"score, which this sweep does not compute: add a [{table}] table")
+    for table, fitted_with in stored_rule.detector_settings.items():
+        if table not in ENABLED_BY.values():
+            raise BadInputError(f"verdict rule {settings.rule!r}", f"its stored row is malformed: it records "
+                                f"settings of {table!r}, which is not a detector's table")
+        here = _table_settings(table, config)
+        differ = sorted(key for key in {*fitted_with, *here} if fitted_with.get(key) != here.get(key))
+        if differ:
+            raise BadInputError("[detection_verdict] rule", f"rule {settings.rule!r} was fitted on scores from "
+                                f"[{table}] " + ", ".join(f"{key} = {fitted_with.get(key)!r}" for key in differ)
+                                + "; this sweep sets " + ", ".join(f"{key} = {here.get(key)!r}" for key in differ)
+                                + ": its scores would not mean what the rule learned (use those settings, or fit a "
+                                "rule on a zoo run with these)")
     seen = sum(found in stored_rule.fitted_models for found in model_hashes)
     if seen:
         raise BadInputError("[detection_verdict] rule", f"rule {settings.rule!r} was fitted on {seen} of this "
