@@ -100,7 +100,8 @@ def as_worker(argv: list[str]) -> None:
             stats[name]["count"] += 1
             local.label = outer
 
-    real_run, real_send, real_heartbeat_enter = flow.run_planned_task, CeleryDispatcher.send, flow.LeaseHeartbeat.__enter__
+    real_run, real_send = flow.run_planned_task, CeleryDispatcher.send
+    real_heartbeat_enter = flow.LeaseHeartbeat.__enter__
 
     def timed_run(runtime, task_id, stage_name=None):
         local.ran = False

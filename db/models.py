@@ -426,7 +426,7 @@ class ZooBuild(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     folder: Mapped[str] = mapped_column(unique=True)
-    zoo: Mapped[str] = mapped_column(index=True)  # the zoo's folder (absolute)
+    zoo: Mapped[str]  # the zoo's folder (absolute): which zoo a build is of, for SQL readers
     name: Mapped[str]
     attack: Mapped[str]
     seed: Mapped[int]
@@ -445,5 +445,4 @@ class ZooBuild(Base):
     finished_at: Mapped[datetime | None]
     seconds: Mapped[float | None]
     error: Mapped[str | None] = mapped_column(Text)
-    progress_done: Mapped[int | None]  # unused by builds; the lease functions write it for every leased row
     record: Mapped[dict[str, Any] | None] = mapped_column(JSON)

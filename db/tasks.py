@@ -175,7 +175,7 @@ def take_lease(
         .values(
             state="running", lease_token=token, lease_expires_at=now + timedelta(seconds=lease_s),
             attempts=table.attempts + 1, worker=worker, started_at=now, finished_at=None, seconds=None,
-            progress_done=0,
+            **({"progress_done": 0} if table is Task else {}),
         )
     )
     return result.rowcount == 1  # type: ignore[attr-defined]

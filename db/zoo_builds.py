@@ -53,7 +53,9 @@ def plan_builds(session: Session, planned: Sequence[PlannedBuild], present: Coll
         kept = (row.state == "done" and row.cache_key == wanted["cache_key"] and row.folder in present)
         if kept or lease_is_live(row) or (row.state in ("pending", "queued") and _same_recipe(row, wanted)):
             continue
-        session.execute(update(ZooBuild).where(ZooBuild.id == row.id).values(
+        not_live = or_(ZooBuild.state != "running", ZooBuild.lease_expires_at.is_(None),
+                       ZooBuild.lease_expires_at <= utcnow())  # another client may have sent it since the read
+        session.execute(update(ZooBuild).where(ZooBuild.id == row.id, not_live).values(
             **wanted, state="pending", error=None, record=None, message_id=None, enqueued_at=None,
             lease_token=None, lease_expires_at=None))
     return [rows[p.folder].id for p in planned]
@@ -91,17 +93,28 @@ def record_build_messages(session: Session, sent: Sequence[tuple[int, str]]) -> 
 
 def release_abandoned(session: Session, build_ids: Sequence[int], held: Collection[str] | None,
                       unsent_after: timedelta) -> list[int]:
-    """Make claimable again, in one UPDATE, the builds nothing will run: running under an expired lease (the
-    worker died), or queued longer ago than unsent_after whose message the broker no longer holds (held: the
-    ids it holds; None when it could not be asked, and then only expired leases count). The ids released."""
+    """Make claimable again the builds nothing will run: running under an expired lease (the worker died), or
+    queued longer ago than unsent_after whose message the broker no longer holds (held: the ids it holds; None
+    when it could not be asked, and then only expired leases count). The ids released. The broker's ids are
+    compared here, not in SQL: a shared queue may hold more of them than a statement binds."""
     now = utcnow()
     expired = and_(ZooBuild.state == "running", ZooBuild.lease_expires_at.is_not(None),
                    ZooBuild.lease_expires_at <= now)
-    abandoned = expired
-    if held is not None:
-        lost = and_(ZooBuild.state.in_(("queued", "retrying")), ZooBuild.enqueued_at < now - unsent_after,
-                    or_(ZooBuild.message_id.is_(None), ZooBuild.message_id.not_in(list(held))))
-        abandoned = or_(expired, lost)
-    statement = (update(ZooBuild).where(ZooBuild.id.in_(build_ids), abandoned)
+    waiting = and_(ZooBuild.state.in_(("queued", "retrying")), ZooBuild.enqueued_at < now - unsent_after)
+    candidates = session.execute(select(ZooBuild.id, ZooBuild.state, ZooBuild.message_id)
+                                 .where(ZooBuild.id.in_(build_ids), or_(expired, waiting))).all()
+    chosen = [build_id for build_id, state, message_id in candidates
+              if state == "running" or (held is not None and (message_id is None or message_id not in held))]
+    if not chosen:
+        return []
+    statement = (update(ZooBuild).where(ZooBuild.id.in_(chosen), or_(expired, waiting))
                  .values(state="pending", lease_token=None, lease_expires_at=None).returning(ZooBuild.id))
     return sorted(session.scalars(statement, execution_options={"synchronize_session": False}))
+
+
+def fail_unstarted(session: Session, build_ids: Sequence[int], reason: str) -> None:
+    """End, as failed with `reason`, those of the builds that no worker has started (pending or queued)."""
+    if build_ids:
+        session.execute(update(ZooBuild).where(ZooBuild.id.in_(build_ids), ZooBuild.attempts == 0,
+                                               ZooBuild.state.in_(("pending", "queued")))
+                        .values(state="failed", error=reason, finished_at=utcnow()))

@@ -3,15 +3,17 @@
 The zoo's rows are planned in the database (db.zoo_builds), the pending ones claimed and sent, and this
 process waits on the rows: a line per model as it ends, and on a terminal a bar with the time left.
 Builds whose worker died (an expired lease) or whose message the broker lost are sent again, so a zoo
-finishes while any worker lives. The workers write into the zoo's folder and the cache named here, so
-both must be on storage they see at the same paths; a model a worker built that is not found here is
-a failure that says so. Interrupted, the builds go on; the same command again collects them.
+finishes while any worker lives; a database that stops answering is waited for. The workers write into
+the zoo's folder and the cache named here, so both must be on storage they see at the same paths; a
+model a worker built that is not found here is a failure that says so. Interrupted, the builds go on;
+the same command again collects them.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -26,16 +28,19 @@ from badnet_prune.db.session import display_url, prepare_database, session_scope
 from badnet_prune.db.zoo_builds import (
     PlannedBuild,
     claim_builds,
+    fail_unstarted,
     plan_builds,
     record_build_messages,
     release_abandoned,
     zoo_builds,
 )
+from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.orchestrator.submit import check_broker
 from badnet_prune.settings import Settings
 from badnet_prune.synth.population import PlannedModel
 from badnet_prune.synth.zoo import RECORD_FILE, ZooModel, ZooSettings, cache_key, read_record
 from badnet_prune.worker.celery_app import make_celery
+from badnet_prune.worker.flow import TRANSIENT_ERRORS
 from badnet_prune.worker.zoo_build import ZOO_TASK
 
 POLL_S = 1.0  # how often the rows are read while waiting
@@ -46,8 +51,12 @@ def build_on_workers(settings: Settings, plan: list[PlannedModel], zoo_settings:
                      out: Path, console: Console) -> tuple[list[ZooModel], dict[str, str]]:
     """Every planned model built by the workers (or found built); the records, and the failures by name."""
     check_broker(settings, then="; nothing was sent")
-    engine = prepare_database(settings.db_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
     app = make_celery(settings)
+    if _held_message_ids(app) is None:
+        raise BadInputError("BADNET_PRUNE_BROKER", f"the broker at {display_url(settings.broker_url or '')} cannot "
+                            "list the messages it holds (a Redis broker can), so a lost build could not be told "
+                            "from a queued one; nothing was sent")
+    engine = prepare_database(settings.db_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
     zoo, cache = out.resolve(), cache_dir.resolve()
     planned = [PlannedBuild(folder=str(zoo / p.name), zoo=str(zoo), name=p.name, attack=p.attack, seed=p.seed,
                             settings=zoo_settings.model_dump(mode="json"),
@@ -93,13 +102,25 @@ def _send(engine: Engine, app, build_ids: list[int]) -> int:
 
 
 def _wait(engine: Engine, app, build_ids: list[int], console: Console, grace: timedelta) -> list[ZooBuild]:
-    """Follow the builds until each has ended; builds nothing will run are sent again. The last rows."""
+    """Follow the builds until each has ended; builds nothing will run are sent again. The last rows.
+
+    A dead worker's build (its lease expired) is sent again at once; a build waiting in the queue is looked
+    for in the broker only once nothing has moved for `grace` (a backlog is not a loss). A build sent
+    MAX_RESENDS times that no worker ever started fails, saying why that usually happens."""
     view = _WaitView(console, len(build_ids))
     said: set[int] = set()
+    resent: Counter[int] = Counter()
+    seen: list[tuple[int, str]] = []
+    moved = time.monotonic()
     with view:
         while True:
-            with session_scope(engine) as session:
-                rows = zoo_builds(session, build_ids)
+            try:
+                with session_scope(engine) as session:
+                    rows = zoo_builds(session, build_ids)
+            except TRANSIENT_ERRORS as error:
+                view.unavailable(error)
+                time.sleep(POLL_S)
+                continue
             left = view.update(rows)
             for row in rows:
                 if row.state in ENDED and row.id not in said:
@@ -107,21 +128,37 @@ def _wait(engine: Engine, app, build_ids: list[int], console: Console, grace: ti
                     view.say(_ended_line(row) + (f"; {left}" if left else ""))
             if len(said) == len(rows):
                 return rows
-            _send_abandoned(engine, app, build_ids, rows, grace)
+            states = [(row.id, row.state) for row in rows]
+            if states != seen:
+                seen, moved = states, time.monotonic()
+            stalled = time.monotonic() - moved >= grace.total_seconds()
+            try:
+                _send_abandoned(engine, app, build_ids, rows, grace, stalled, resent)
+            except TRANSIENT_ERRORS as error:
+                view.unavailable(error)
             time.sleep(POLL_S)
 
 
-def _send_abandoned(engine: Engine, app, build_ids: list[int], rows: list[ZooBuild], grace: timedelta) -> None:
+MAX_RESENDS = 3
+
+
+def _send_abandoned(engine: Engine, app, build_ids: list[int], rows: list[ZooBuild], grace: timedelta,
+                    stalled: bool, resent: Counter[int]) -> None:
+    """Send again what nothing will run: builds whose lease expired, and once stalled, lost messages."""
     now = utcnow()
-    if not any((row.state == "running" and row.lease_expires_at is not None and row.lease_expires_at <= now)
-               or (row.state in ("queued", "retrying") and row.enqueued_at is not None
-                   and row.enqueued_at < now - grace) for row in rows):
+    expired = any(row.state == "running" and row.lease_expires_at is not None and row.lease_expires_at <= now
+                  for row in rows)
+    if not (expired or stalled):
         return
-    held = _held_message_ids(app)
+    held = _held_message_ids(app) if stalled else None
+    never_started = {row.id for row in rows if row.attempts == 0}
     with session_scope(engine) as session:
         released = release_abandoned(session, build_ids, held, grace)
-    if released:
-        _send(engine, app, released)
+        resent.update(build_id for build_id in released if build_id in never_started)
+        hopeless = [build_id for build_id, count in resent.items() if count > MAX_RESENDS]
+        fail_unstarted(session, hopeless, f"sent {MAX_RESENDS + 1} times and never started: do the workers use "
+                       "this command's database (BADNET_PRUNE_DB) and broker?")
+    _send(engine, app, [build_id for build_id in released if build_id not in hopeless])
 
 
 def _held_message_ids(app) -> set[str] | None:
@@ -143,17 +180,24 @@ def _ended_line(row: ZooBuild) -> str:
 
 
 def _collect(rows: list[ZooBuild]) -> tuple[list[ZooModel], dict[str, str]]:
-    """The built models' records as found in the zoo's folder, in plan order, and the failures."""
+    """The built models' records as found in the zoo's folder, in plan order, and the failures: a folder that
+    holds another build than the one planned (other settings, or a worker running other generator code) is
+    one, so that the manifest never labels a model with settings it was not built with."""
     built: list[ZooModel] = []
     failed: dict[str, str] = {}
     for row in rows:
+        record_file = Path(row.folder) / RECORD_FILE
         if row.state != "done":
             failed[row.name] = row.error or row.state
-        elif not (Path(row.folder) / RECORD_FILE).is_file():
-            failed[row.name] = (f"built by {row.worker}, but {Path(row.folder) / RECORD_FILE} is not here: the "
-                                "workers must see the zoo's folder and the cache at the same paths as this machine")
+        elif not record_file.is_file():
+            failed[row.name] = (f"built by {row.worker}, but {record_file} is not here: the workers must see the "
+                                "zoo's folder and the cache at the same paths as this machine")
+        elif (found := read_record(Path(row.folder))).key != row.cache_key:
+            failed[row.name] = (f"{record_file} holds build {found.key}, not the planned {row.cache_key}: run the "
+                                "command again (a build of other settings finished meanwhile, or the workers run "
+                                "other generator code than this machine)")
         else:
-            built.append(read_record(Path(row.folder)))
+            built.append(found)
     return built, failed
 
 
@@ -192,6 +236,7 @@ class _WaitView:
                                  TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
                                  disable=not console.is_terminal)
         self.bar = self.progress.add_task("", total=total)
+        self.outage = False
 
     def __enter__(self) -> _WaitView:
         self.progress.__enter__()
@@ -203,6 +248,12 @@ class _WaitView:
     def say(self, line: str) -> None:
         self.console.print(line, soft_wrap=True, markup=False)
 
+    def unavailable(self, error: BaseException) -> None:
+        """Say once per outage that the database does not answer; the wait goes on."""
+        if not self.outage:
+            self.say(f"zoo: the database does not answer ({str(error).strip().splitlines()[0]}); still waiting")
+        self.outage = True
+
     def update(self, rows: list[ZooBuild]) -> str:
         """Show the rows' progress; the time left ('' once all have ended)."""
         self.pace.seconds = {}
@@ -213,4 +264,5 @@ class _WaitView:
         running = sum(row.state == "running" for row in rows)
         left = self.pace.left(rows) if ended < len(rows) else ""
         self.progress.update(self.bar, completed=ended, description=escape(f"{running} building; {left}"))
+        self.outage = False
         return left

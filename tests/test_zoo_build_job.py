@@ -31,9 +31,9 @@ def runtime(tmp_path: Path) -> Runtime:
     return install_runtime(settings, LocalDispatcher(settings, engine), engine=engine)
 
 
-def plan(runtime: Runtime, folder: Path, attack: str = "clean", settings: dict | None = None) -> int:
+def plan(runtime: Runtime, folder: Path, attack: str = "clean", settings: object = None) -> int:
     build = PlannedBuild(folder=str(folder), zoo=str(folder.parent), name=folder.name, attack=attack, seed=7,
-                         settings=settings or SETTINGS.model_dump(mode="json"),
+                         settings=settings if settings is not None else SETTINGS.model_dump(mode="json"),
                          cache_key=cache_key("clean", 7, SETTINGS), cache_dir=str(SYNTH_CACHE / "zoo"))
     with session_scope(runtime.engine) as session:
         (build_id,) = plan_builds(session, [build], present=[])
@@ -56,16 +56,20 @@ def test_a_message_that_is_not_a_build_id_is_refused(runtime: Runtime, tmp_path:
 
 @pytest.mark.parametrize(("attack", "settings", "reason"), [
     ("../../etc", None, "unknown attack '../../etc'"),
-    ("clean", {"classes": 3, "shell": "rm -rf /"}, "ValidationError"),
-    ("clean", {"classes": 10**6}, "ValidationError"),
+    ("clean", {"classes": 3, "shell": "rm -rf /"}, "its stored settings are refused: shell: Extra inputs are not "
+                                                   "permitted"),
+    ("clean", {"classes": 10**6}, "its stored settings are refused: classes: Input should be less than or equal "
+                                  "to 1283"),
+    ("clean", [3, "quick"], "its stored settings are not a table: list"),
 ])
 def test_a_row_naming_no_known_recipe_fails_in_one_line_and_writes_nothing(
-        runtime: Runtime, tmp_path: Path, attack: str, settings: dict | None, reason: str) -> None:
+        runtime: Runtime, tmp_path: Path, attack: str, settings: object, reason: str) -> None:
     folder = tmp_path / "zoo" / "m"
     build_id = plan(runtime, folder, attack=attack, settings=settings)
     outcome = run_zoo_build(runtime, build_id)
     stored = row(runtime, build_id)
-    assert outcome.ran and stored.state == "failed" and reason in stored.error and "\n" not in stored.error
+    assert outcome.ran and stored.state == "failed" and "\n" not in stored.error
+    assert stored.error.startswith(f"zoo build of {folder}: ") and reason in stored.error, stored.error
     assert not folder.exists()
 
 

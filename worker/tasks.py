@@ -32,8 +32,8 @@ TASK_OPTIONS = {
 }
 
 
-class StageFailed(Exception):
-    """A task whose model failed: recorded in the database, reported to Celery as a failure."""
+class TaskFailed(Exception):
+    """A task whose model (or zoo build) failed: recorded in the database, reported to Celery as a failure."""
 
 
 def _finish(task: Task, runtime: Runtime, outcome: Outcome) -> str:
@@ -43,7 +43,7 @@ def _finish(task: Task, runtime: Runtime, outcome: Outcome) -> str:
         countdown = min(outcome.retry_in_s, runtime.settings.visibility_timeout_s / 2)
         raise task.retry(countdown=countdown, max_retries=None)
     if outcome.ran and outcome.detail.startswith("failed"):
-        raise StageFailed(outcome.detail)
+        raise TaskFailed(outcome.detail)
     return outcome.detail
 
 

@@ -55,7 +55,7 @@ def run_zoo_build(runtime: Runtime, build_id: object) -> Outcome:
         token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
         if not take_lease(session, build_id, token, runtime.hostname, LEASE_S, dead_token=dead, table=ZooBuild):
             return Outcome(False, f"zoo build {build_id} was started by another worker", LEASE_S)
-        recipe = (build.attack, build.seed, dict(build.settings), Path(build.cache_dir), Path(build.folder))
+        recipe = (build.attack, build.seed, build.settings, build.cache_dir, build.folder)
     try:
         with LeaseHeartbeat(runtime, build_id, token, table=ZooBuild):
             record = _build(*recipe)
@@ -74,16 +74,30 @@ def run_zoo_build(runtime: Runtime, build_id: object) -> Outcome:
     return Outcome(True, "done")
 
 
-def _build(attack: str, seed: int, settings: dict, cache_dir: Path, folder: Path) -> dict:
-    """The model built or linked into folder; its record as JSON."""
+def _build(attack: object, seed: object, settings: object, cache_dir: object, folder: object) -> dict:
+    """The model built or linked into folder; its record as JSON. The row's values are checked here, inside the
+    lease, so that a row edited into nonsense fails its build in one line instead of escaping it."""
+    from pydantic import ValidationError
+
     from badnet_prune.numerics.tf_setup import keras
+
+    where = f"zoo build of {folder}"
+    if not (isinstance(folder, str) and isinstance(cache_dir, str) and isinstance(seed, int)):
+        raise BadInputError(where, "its stored folder, cache or seed is not of its type")
+    if not isinstance(settings, dict):
+        raise BadInputError(where, f"its stored settings are not a table: {type(settings).__name__}")
 
     if keras.backend.backend() != "tensorflow":
         raise BadInputError("KERAS_BACKEND", f"this worker runs Keras on {keras.backend.backend()}; zoo models "
                             "are trained with TensorFlow: build them on a worker with KERAS_BACKEND=tensorflow")
     if attack not in ATTACKS:
-        raise BadInputError(folder, f"unknown attack {attack!r} (known: {', '.join(ATTACKS)})")
-    recipe = ZooSettings.model_validate_json(json.dumps(settings))
-    record, _ = cached_model(attack, seed, recipe, cache_dir, folder)  # type: ignore[arg-type]
+        raise BadInputError(where, f"unknown attack {attack!r} (known: {', '.join(ATTACKS)})")
+    try:
+        recipe = ZooSettings.model_validate_json(json.dumps(settings))
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}"
+                             for item in error.errors(include_url=False))
+        raise BadInputError(where, f"its stored settings are refused: {problems}") from None
+    record, _ = cached_model(attack, seed, recipe, Path(cache_dir), Path(folder))  # type: ignore[arg-type]
     return record.model_dump(mode="json")
 

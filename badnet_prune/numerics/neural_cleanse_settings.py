@@ -33,7 +33,8 @@ class NeuralCleanseSettings(BaseModel):
 
     model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
 
-    label_range: Annotated[int, Field(ge=1, le=10_000)] = 16
+    # how the work is split, not what is computed: a verdict rule does not record it (detection_verdict)
+    label_range: Annotated[int, Field(ge=1, le=10_000, json_schema_extra={"splits_work": True})] = 16
     steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] = 300
     learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 0.1
     lambda_l1: Annotated[float, Field(ge=0.0, le=10.0)] = 1e-3

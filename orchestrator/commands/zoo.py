@@ -52,8 +52,9 @@ def zoo(
         "$BADNET_PRUNE_BROKER; without one, the models are built in this process). The workers must see OUT and "
         "the cache at the same paths. Example: --broker redis://127.0.0.1:6379/0")] = None,
     db: Annotated[str | None, typer.Option(
-        "--db", help="The database the workers' builds are recorded in, with a broker (default: $BADNET_PRUNE_DB, "
-        "else ./badnet-prune.db). Example: --db postgresql://postgres@127.0.0.1/badnet")] = None,
+        "--db", help="The database the workers' builds are recorded in, with a broker: the one the workers use "
+        "(default: $BADNET_PRUNE_DB, else ./badnet-prune.db). Example: --db postgresql://postgres@127.0.0.1/badnet")
+    ] = None,
 ) -> None:
     """Build a population of clean and backdoored DeepIDs on face-like photos, list them and write a sweep file.
 

@@ -8,8 +8,7 @@ model_verdicts lists it. The sweep is refused when it is registered, before any 
 exist, needs a detector the sweep does not run or runs with other settings than the sweep it was fitted on
 (Neural Cleanse's steps, the pruning curve's drop_points: its scores would mean something else), or was
 fitted on one of the sweep's models (the same file, by sha256): that model's verdict would measure the fit,
-not the rule. The job checks the same again, since a
-rule's row is read when the task runs.
+not the rule. The job checks the fitted models again, since a rule's row is read when the task runs.
 """
 
 from __future__ import annotations
@@ -91,10 +90,16 @@ def detector_settings(detectors: Sequence[str], config: Mapping[str, Any]) -> di
 
 
 def _table_settings(table: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The table's settings that decide what its scores are: those marked as only splitting the work (Neural
+    Cleanse's label_range) are left out."""
     from badnet_prune.pipeline.contract import get_stage
 
     settings = get_stage(table).sweep_settings(config)
-    return settings.model_dump(mode="json") if settings is not None else {}
+    if settings is None:
+        return {}
+    split = {name for name, field in type(settings).model_fields.items()
+             if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("splits_work")}
+    return settings.model_dump(mode="json", exclude=split)
 
 
 def check(session: Session, settings: DetectionVerdictSettings, config: Mapping[str, Any],
@@ -114,7 +119,7 @@ def check(session: Session, settings: DetectionVerdictSettings, config: Mapping[
             raise BadInputError(f"verdict rule {settings.rule!r}", f"its stored row is malformed: it records "
                                 f"settings of {table!r}, which is not a detector's table")
         here = _table_settings(table, config)
-        differ = sorted(key for key in {*fitted_with, *here} if fitted_with.get(key) != here.get(key))
+        differ = sorted(key for key in fitted_with if fitted_with[key] != here.get(key))
         if differ:
             raise BadInputError("[detection_verdict] rule", f"rule {settings.rule!r} was fitted on scores from "
                                 f"[{table}] " + ", ".join(f"{key} = {fitted_with.get(key)!r}" for key in differ)

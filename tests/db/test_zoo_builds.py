@@ -13,6 +13,7 @@ from badnet_prune.db.tasks import end_task, take_lease
 from badnet_prune.db.zoo_builds import (
     PlannedBuild,
     claim_builds,
+    fail_unstarted,
     get_build,
     plan_builds,
     record_build_messages,
@@ -83,3 +84,13 @@ def test_a_build_only_its_holder_ends_and_a_dead_workers_build_is_released(sessi
     build = get_build(session, build_id)
     assert (build.state, build.attempts, build.worker, build.record) == ("done", 2, "w2", {"name": "a"})
     assert build.seconds is not None and build.seconds >= 0
+
+
+def test_only_a_build_no_worker_started_is_failed_as_never_started(session: Session) -> None:
+    waiting, started = plan_builds(session, [planned("a"), planned("b")], present=[])
+    claim_builds(session, [waiting, started])
+    assert take_lease(session, started, "t", "w1", 30, table=ZooBuild)
+    fail_unstarted(session, [waiting, started], "never started")
+    session.commit()
+    assert (get_build(session, waiting).state, get_build(session, waiting).error) == ("failed", "never started")
+    assert get_build(session, started).state == "running"

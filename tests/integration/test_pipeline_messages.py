@@ -176,7 +176,7 @@ def test_a_model_that_fails_in_a_worker_is_a_failed_celery_task(cluster: Cluster
     cluster.start_workers(1)
     state = cluster.wait_done(sweep_id, timeout=180)
     assert state["status"] == "failed" and state["models"][0]["status"] == "failed", state
-    assert "StageFailed" in worker_logs(cluster), "Celery should record the task as failed"
+    assert "TaskFailed" in worker_logs(cluster), "Celery should record the task as failed"
 
 
 def test_a_copy_of_a_done_task_sends_what_its_first_run_claimed_and_never_sent(cluster: Cluster,

@@ -83,3 +83,35 @@ def test_a_worker_killed_mid_build_is_replaced_and_nothing_is_built_twice(cluste
     assert [row["name"] for row in manifest] == ["clean-7", "patch-7", "blended-7"]
     leftovers = [path.name for path in (cluster.folder / "cache" / "zoo").iterdir() if path.is_dir()]
     assert len(leftovers) == 3, f"one cache entry per model, no half-built folder: {leftovers}"
+
+
+def test_builds_that_no_worker_of_this_database_starts_are_sent_again_then_fail_saying_why(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """A worker on another database takes each message and finds no such build: the client sends each build again
+    once nothing has moved for the in-flight grace, and after four sends fails it in one line, exit status 1."""
+    from badnet_prune.db.session import prepare_database
+    from tests.helpers import run_cli
+
+    other = f"sqlite:///{tmp_path / 'other.sqlite'}"
+    prepare_database(other).dispose()
+    elsewhere = {**cluster.env, "BADNET_PRUNE_DB": other}
+    with open(cluster.folder / "stray.log", "wb") as log:
+        stray = subprocess.Popen([*CLI, "worker", "--concurrency", "1", "--hostname", "stray@localhost"], env=elsewhere,
+                                 cwd=cluster.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while b" ready." not in (cluster.folder / "stray.log").read_bytes():
+            assert stray.poll() is None and time.monotonic() < deadline, (cluster.folder / "stray.log").read_text()
+            time.sleep(0.2)
+        (cluster.folder / "mix.toml").write_text("seed = 7\nclasses = 3\nmodels = { clean = 1 }\n")
+        done = run_cli("zoo", str(cluster.folder / "zoo"), "--mix", str(cluster.folder / "mix.toml"),
+                       env={**cluster.env, "BADNET_PRUNE_IN_FLIGHT_GRACE": "2"}, cwd=cluster.folder)
+    finally:
+        stray.kill()
+        stray.wait(timeout=30)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert ("clean-7 failed: sent 4 times and never started: do the workers use this command's database "
+            "(BADNET_PRUNE_DB) and broker?") in done.stderr, done.stderr
+    [row] = builds(cluster)
+    assert (row["state"], row["attempts"]) == ("failed", 0)
+    assert (cluster.folder / "stray.log").read_text().count("message not run: no zoo build") == 4

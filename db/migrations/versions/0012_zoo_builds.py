@@ -47,15 +47,12 @@ def upgrade() -> None:
         sa.Column("finished_at", moment, nullable=True),
         sa.Column("seconds", sa.Double(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
-        sa.Column("progress_done", sa.Integer(), nullable=True),
         sa.Column("record", sa.JSON(), nullable=True),
         sa.CheckConstraint(STATES, name="ck_zoo_builds_state"),
         sa.PrimaryKeyConstraint("id", name="pk_zoo_builds"),
         sa.UniqueConstraint("folder", name="uq_zoo_builds_folder"),
     )
-    op.create_index("ix_zoo_builds_zoo", "zoo_builds", ["zoo"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_zoo_builds_zoo", table_name="zoo_builds")
     op.drop_table("zoo_builds")
