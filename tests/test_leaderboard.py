@@ -81,14 +81,19 @@ def expected_board(db_url: str, sweep_id: int, asr_bound: float, clean_bound: fl
             for key in {(r.network, r.threshold) for r in rows if r.network != "B"}:
                 clean = next(r.accuracy for r in rows if (r.network, r.threshold) == key and r.role == "clean_test")
                 asr = [r.accuracy for r in rows if (r.network, r.threshold) == key and r.role == "poisoned_test"]
-                entry = per_key.setdefault(key, {"asr": [], "drops": [], "repaired": []})
+                entry = per_key.setdefault(key, {"asr": [], "drops": [], "repaired": [], "robust": []})
                 entry["asr"] += asr
+                entry["robust"] += [r.robust_accuracy for r in rows
+                                    if (r.network, r.threshold) == key and r.role == "poisoned_test"]
                 entry["drops"].append(b_clean - clean)
                 entry["repaired"].append(all(a <= asr_bound for a in asr) and b_clean - clean <= clean_bound)
     engine.dispose()
+    assert all(robust is not None for v in per_key.values() for robust in v["robust"]), (
+        "the zoo's poisoned files carry true labels: every poisoned evaluation has a robust accuracy")
     return {key: {"models": len(v["drops"]), "repaired": 100.0 * sum(v["repaired"]) / len(v["repaired"]),
                   "asr_median": statistics.median(v["asr"]), "asr_worst": max(v["asr"]),
-                  "drop_median": statistics.median(v["drops"])} for key, v in per_key.items()}
+                  "drop_median": statistics.median(v["drops"]), "robust_accuracy": statistics.mean(v["robust"])}
+            for key, v in per_key.items()}
 
 
 def test_a_swept_zoos_leaderboard_equals_its_stored_evaluations_and_leads_the_report(tiny_zoo, tmp_path) -> None:  # noqa: F811

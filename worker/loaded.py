@@ -130,13 +130,14 @@ class WorkerMemory:
         if not split.is_split:
             images = data_file.read_all()
             live = np.ones((data_file.count, split.channel_count), dtype=bool)
-            return LoadedData(sha256, data_file.labels, live, None, images)
+            return LoadedData(sha256, data_file.labels, live, None, images, data_file.true_labels)
         name = cache_file_name(loaded.key.sha256, split.cut_layer, loaded.key.input_scale, sha256)
         cut = self.activation_cache.read(name, data_file.count)
         if cut is None:
             cut = cut_activations(loaded.head_forward, data_file.batches(), loaded.key.input_scale)
             self.activation_cache.write(name, cut)
-        return LoadedData(sha256, data_file.labels, live_channels(cut, split.pruned_values), cut, None)
+        return LoadedData(sha256, data_file.labels, live_channels(cut, split.pruned_values), cut, None,
+                          data_file.true_labels)
 
     def labels_at(self, loaded: LoadedModel, sets: Mapping[str, LoadedData]) -> LabelsAt:
         """The labeler for these data sets: tail on cut activations, or the whole model if unsplit.
