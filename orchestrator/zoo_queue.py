@@ -40,6 +40,7 @@ from badnet_prune.settings import Settings
 from badnet_prune.synth.population import PlannedModel
 from badnet_prune.synth.zoo import RECORD_FILE, ZooModel, ZooSettings, cache_key, read_record
 from badnet_prune.worker.celery_app import make_celery
+from badnet_prune.worker.dispatch import BROKER_ERRORS, CeleryDispatcher
 from badnet_prune.worker.flow import TRANSIENT_ERRORS
 from badnet_prune.worker.zoo_build import ZOO_TASK
 
@@ -51,11 +52,12 @@ def build_on_workers(settings: Settings, plan: list[PlannedModel], zoo_settings:
                      out: Path, console: Console) -> tuple[list[ZooModel], dict[str, str]]:
     """Every planned model built by the workers (or found built); the records, and the failures by name."""
     check_broker(settings, then="; nothing was sent")
-    app = make_celery(settings)
-    if _held_message_ids(app) is None:
-        raise BadInputError("BADNET_PRUNE_BROKER", f"the broker at {display_url(settings.broker_url or '')} cannot "
-                            "list the messages it holds (a Redis broker can), so a lost build could not be told "
-                            "from a queued one; nothing was sent")
+    broker = CeleryDispatcher(make_celery(settings))
+    if not _can_list_messages(broker):
+        reason = (f"does not answer ({broker.last_error})" if broker.last_error else "cannot list the messages it "
+                  "holds (a Redis broker can), so a lost build could not be told from a queued one")
+        raise BadInputError("BADNET_PRUNE_BROKER", f"the broker at {display_url(settings.broker_url or '')} {reason}; "
+                            "nothing was sent")
     engine = prepare_database(settings.db_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
     zoo, cache = out.resolve(), cache_dir.resolve()
     planned = [PlannedBuild(folder=str(zoo / p.name), zoo=str(zoo), name=p.name, attack=p.attack, seed=p.seed,
@@ -64,20 +66,37 @@ def build_on_workers(settings: Settings, plan: list[PlannedModel], zoo_settings:
     present = [p.folder for p in planned if _holds(Path(p.folder), p.cache_key)]
     with session_scope(engine) as session:
         build_ids = plan_builds(session, planned, present)
-    sent = _send(engine, app, build_ids)
+    try:
+        sent = _send(engine, broker, build_ids)
+    except BROKER_ERRORS as error:  # what was claimed and not sent is sent again once the wait sees it lost
+        console.print(f"zoo: the broker stopped answering while sending ({_first_line(error)}); what it did not "
+                      "take is sent again when it answers", soft_wrap=True, markup=False)
+        sent = 0
     console.print(f"zoo: {len(plan)} models, {len(plan) - sent} already built or building, {sent} sent to the "
                   f"workers through {display_url(settings.broker_url or '')}; waiting for them", soft_wrap=True,
                   markup=False)
-    if not app.control.ping(timeout=1.0):
+    if broker.workers_alive() is False:
         console.print("zoo: no worker answers yet: start one with `badnet-prune worker` (the builds wait in the "
                       "queue)", soft_wrap=True, markup=False)
     try:
-        rows = _wait(engine, app, build_ids, console, timedelta(seconds=settings.in_flight_grace_s))
+        rows = _wait(engine, broker, build_ids, console, timedelta(seconds=settings.in_flight_grace_s))
     except KeyboardInterrupt:
         console.print("zoo: interrupted; the builds go on on the workers: run the same command again to collect "
                       "them (it sends nothing that is built or building)", soft_wrap=True, markup=False)
         raise
     return _collect(rows)
+
+
+def _can_list_messages(broker: CeleryDispatcher, tries: int = 5) -> bool:
+    """Whether the broker lists the messages it holds; a connection that fails is tried again a few times
+    (a pooled connection can be stale after the broker restarted), a transport that cannot list at once."""
+    for attempt in range(tries):
+        if broker.held_message_ids() is not None:
+            return True
+        if broker.last_error is None or attempt == tries - 1:
+            return False
+        time.sleep(POLL_S / 2)
+    return False
 
 
 def _holds(folder: Path, key: str) -> bool:
@@ -87,21 +106,22 @@ def _holds(folder: Path, key: str) -> bool:
         return False
 
 
-def _send(engine: Engine, app, build_ids: list[int]) -> int:
-    """Claim the pending builds and send one message each (the build id only); how many were sent."""
+def _send(engine: Engine, broker: CeleryDispatcher, build_ids: list[int]) -> int:
+    """Claim the pending builds and send one message each (the build id only); how many were claimed."""
     with session_scope(engine) as session:
         claimed = claim_builds(session, build_ids)
     sent: list[tuple[int, str]] = []
     try:
         for build_id in claimed:
-            sent.append((build_id, app.send_task(ZOO_TASK, kwargs={"build_id": build_id}).id))
+            sent.append((build_id, broker.send_named(ZOO_TASK, build_id=build_id)))
     finally:
         with session_scope(engine) as session:
             record_build_messages(session, sent)
     return len(claimed)
 
 
-def _wait(engine: Engine, app, build_ids: list[int], console: Console, grace: timedelta) -> list[ZooBuild]:
+def _wait(engine: Engine, broker: CeleryDispatcher, build_ids: list[int], console: Console,
+          grace: timedelta) -> list[ZooBuild]:
     """Follow the builds until each has ended; builds nothing will run are sent again. The last rows.
 
     A dead worker's build (its lease expired) is sent again at once; a build waiting in the queue is looked
@@ -133,8 +153,8 @@ def _wait(engine: Engine, app, build_ids: list[int], console: Console, grace: ti
                 seen, moved = states, time.monotonic()
             stalled = time.monotonic() - moved >= grace.total_seconds()
             try:
-                _send_abandoned(engine, app, build_ids, rows, grace, stalled, resent)
-            except TRANSIENT_ERRORS as error:
+                _send_abandoned(engine, broker, build_ids, rows, grace, stalled, resent)
+            except (*TRANSIENT_ERRORS, *BROKER_ERRORS) as error:
                 view.unavailable(error)
             time.sleep(POLL_S)
 
@@ -142,15 +162,15 @@ def _wait(engine: Engine, app, build_ids: list[int], console: Console, grace: ti
 MAX_RESENDS = 3
 
 
-def _send_abandoned(engine: Engine, app, build_ids: list[int], rows: list[ZooBuild], grace: timedelta,
-                    stalled: bool, resent: Counter[int]) -> None:
+def _send_abandoned(engine: Engine, broker: CeleryDispatcher, build_ids: list[int], rows: list[ZooBuild],
+                    grace: timedelta, stalled: bool, resent: Counter[int]) -> None:
     """Send again what nothing will run: builds whose lease expired, and once stalled, lost messages."""
     now = utcnow()
     expired = any(row.state == "running" and row.lease_expires_at is not None and row.lease_expires_at <= now
                   for row in rows)
     if not (expired or stalled):
         return
-    held = _held_message_ids(app) if stalled else None
+    held = broker.held_message_ids() if stalled else None
     never_started = {row.id for row in rows if row.attempts == 0}
     with session_scope(engine) as session:
         released = release_abandoned(session, build_ids, held, grace)
@@ -158,13 +178,11 @@ def _send_abandoned(engine: Engine, app, build_ids: list[int], rows: list[ZooBui
         hopeless = [build_id for build_id, count in resent.items() if count > MAX_RESENDS]
         fail_unstarted(session, hopeless, f"sent {MAX_RESENDS + 1} times and never started: do the workers use "
                        "this command's database (BADNET_PRUNE_DB) and broker?")
-    _send(engine, app, [build_id for build_id in released if build_id not in hopeless])
+    _send(engine, broker, [build_id for build_id in released if build_id not in hopeless])
 
 
-def _held_message_ids(app) -> set[str] | None:
-    from badnet_prune.worker.dispatch import CeleryDispatcher
-
-    return CeleryDispatcher(app).held_message_ids()
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _ended_line(row: ZooBuild) -> str:
@@ -251,7 +269,7 @@ class _WaitView:
     def unavailable(self, error: BaseException) -> None:
         """Say once per outage that the database does not answer; the wait goes on."""
         if not self.outage:
-            self.say(f"zoo: the database does not answer ({str(error).strip().splitlines()[0]}); still waiting")
+            self.say(f"zoo: the database or the broker does not answer ({_first_line(error)}); still waiting")
         self.outage = True
 
     def update(self, rows: list[ZooBuild]) -> str:

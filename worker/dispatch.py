@@ -23,6 +23,17 @@ if TYPE_CHECKING:
 
 
 
+def _broker_errors() -> tuple[type[BaseException], ...]:
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import RedisError
+
+    return (OperationalError, RedisError, OSError)
+
+
+# What a broker that stops answering raises to a sender or a ping (kombu's wrapper, Redis's own, sockets').
+BROKER_ERRORS = _broker_errors()
+
+
 class Dispatcher(Protocol):
     runs_here: bool  # True: what is sent runs in this process (run() does it), so nothing is ever in flight
     last_error: str | None  # why held_message_ids() could not ask the transport, the last time it could not
@@ -55,6 +66,10 @@ class CeleryDispatcher:
 
     def send(self, stage: Stage, task_id: int) -> str | None:
         return self._app.send_task(stage.celery_name, kwargs={"task_id": task_id}).id
+
+    def send_named(self, name: str, **ids: int) -> str:
+        """Send a task that is not a stage's (a zoo build) by its Celery name, with its row id; the message id."""
+        return self._app.send_task(name, kwargs=ids).id
 
     def held_message_ids(self) -> set[str] | None:
         """On Redis: the queue's waiting messages and the ones delivered but not yet acknowledged."""
