@@ -180,7 +180,24 @@ class ModelData(Base):
     data_file_id: Mapped[int] = mapped_column(ForeignKey("data_files.id"), index=True)
 
 
-class Task(Base):
+class LeasedWork:
+    """The life of work a worker runs under a lease (db.tasks: take_lease, renew_lease, end_task): a stage's
+    task, and a zoo model's build. One set of columns, so that one set of functions moves both."""
+
+    state: Mapped[str] = mapped_column(default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    worker: Mapped[str | None]
+    message_id: Mapped[str | None]  # the broker's id of the last message sent for it
+    lease_token: Mapped[str | None]
+    lease_expires_at: Mapped[datetime | None]
+    enqueued_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    seconds: Mapped[float | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Task(LeasedWork, Base):
     """One planned unit of work of a stage (pipeline.contract) and its life.
 
     `stage` names a declared stage; `key` is the exact identity of the task within its model
@@ -223,17 +240,6 @@ class Task(Base):
     stage: Mapped[str]
     key: Mapped[str] = mapped_column(default="")
     arguments: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    state: Mapped[str] = mapped_column(default="pending")
-    attempts: Mapped[int] = mapped_column(default=0)
-    worker: Mapped[str | None]
-    message_id: Mapped[str | None]  # the broker's id of the last message sent for it
-    lease_token: Mapped[str | None]
-    lease_expires_at: Mapped[datetime | None]
-    enqueued_at: Mapped[datetime | None]
-    started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
-    seconds: Mapped[float | None]
-    error: Mapped[str | None] = mapped_column(Text)
     # how far the running task is, in its stage's progress unit (epochs, labels ...), as its job last said
     progress_done: Mapped[int | None]
     progress_total: Mapped[int | None]
@@ -412,7 +418,7 @@ class VerdictRuleRow(Base):
     clean_models: Mapped[int]
 
 
-class ZooBuild(Base):
+class ZooBuild(LeasedWork, Base):
     """One model of a zoo built on the workers (`badnet-prune zoo` with a broker): what to build, and the life
     of its build under the same lease discipline as a task (db.tasks), so that a redelivered message never
     builds beside a running build and a dead worker's build is taken over.
@@ -434,15 +440,4 @@ class ZooBuild(Base):
     cache_key: Mapped[str]
     cache_dir: Mapped[str]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    state: Mapped[str] = mapped_column(default="pending")
-    attempts: Mapped[int] = mapped_column(default=0)
-    worker: Mapped[str | None]
-    message_id: Mapped[str | None]
-    lease_token: Mapped[str | None]
-    lease_expires_at: Mapped[datetime | None]
-    enqueued_at: Mapped[datetime | None]
-    started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
-    seconds: Mapped[float | None]
-    error: Mapped[str | None] = mapped_column(Text)
     record: Mapped[dict[str, Any] | None] = mapped_column(JSON)
