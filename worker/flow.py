@@ -26,7 +26,7 @@ from datetime import timedelta
 from sqlalchemy.exc import OperationalError
 
 from badnet_prune.db.errors import DatabaseUnavailable
-from badnet_prune.db.models import Sweep, Task, utcnow
+from badnet_prune.db.models import Sweep, Task, ZooBuild, utcnow
 from badnet_prune.db.repository import set_model_status
 from badnet_prune.db.session import session_scope
 from badnet_prune.db.tasks import (
@@ -93,14 +93,9 @@ def run_planned_task(runtime: Runtime, task_id: object, stage_name: str | None =
         reason = _why_not_startable(session, task, stage)
         done, failed = task.state == "done", task.state == "failed"
         if reason is None:
-            if lease_is_live(task) and not holder_is_dead(task.lease_token):
-                remaining = (task.lease_expires_at - utcnow()).total_seconds() if task.lease_expires_at else 0.0
-                LOG.warning("task %s runs elsewhere (%s): this copy looks again later", task_id, task.worker)
-                return Outcome(False, f"task {task_id} runs elsewhere ({task.worker})", max(1.0, remaining))
-            dead = task.lease_token if task.state == "running" and holder_is_dead(task.lease_token) else None
-            token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
-            if not take_lease(session, task_id, token, runtime.hostname, LEASE_S, dead_token=dead):
-                return Outcome(False, f"task {task_id} was started by another worker", LEASE_S)
+            token = take_row_lease(session, runtime, task, f"task {task_id}")
+            if isinstance(token, Outcome):
+                return token
             raw_arguments = dict(task.arguments)
             sweep = session.get(Sweep, task.sweep_id)
             config = dict(sweep.config) if sweep is not None else {}
@@ -136,6 +131,20 @@ def run_planned_task(runtime: Runtime, task_id: object, stage_name: str | None =
     return Outcome(True, "done")
 
 
+def take_row_lease(session, runtime: Runtime, row: Task | ZooBuild, label: str) -> str | Outcome:
+    """Take a startable row's lease for this process: its token; or, where another live holder runs it or
+    another copy took it first, the Outcome that says so and when to look again."""
+    if lease_is_live(row) and not _holder_is_dead(row.lease_token):
+        remaining = (row.lease_expires_at - utcnow()).total_seconds() if row.lease_expires_at else 0.0
+        LOG.warning("%s runs elsewhere (%s): this copy looks again later", label, row.worker)
+        return Outcome(False, f"{label} runs elsewhere ({row.worker})", max(1.0, remaining))
+    dead = row.lease_token if row.state == "running" and _holder_is_dead(row.lease_token) else None
+    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+    if not take_lease(session, row.id, token, runtime.hostname, LEASE_S, dead_token=dead, table=type(row)):
+        return Outcome(False, f"{label} was started by another worker", LEASE_S)
+    return token
+
+
 def _why_not_startable(session, task: Task, stage: Stage) -> str | None:
     if task.state == "done":
         return "already done"
@@ -155,7 +164,7 @@ def refused(message: str) -> Outcome:
     return Outcome(False, message)
 
 
-def holder_is_dead(token: str | None) -> bool:
+def _holder_is_dead(token: str | None) -> bool:
     """A lease taken on this machine by a process that no longer exists (a killed pool child)."""
     if not token:
         return False

@@ -11,25 +11,21 @@ half-way leaves no half-written model anywhere (the cache publishes by rename).
 from __future__ import annotations
 
 import json
-import os
-import socket
-import uuid
 from pathlib import Path
 
-from badnet_prune.db.models import ZooBuild, utcnow
+from badnet_prune.db.models import ZooBuild
 from badnet_prune.db.session import session_scope
-from badnet_prune.db.tasks import end_task, lease_is_live, take_lease
+from badnet_prune.db.tasks import end_task
 from badnet_prune.db.zoo_builds import get_build
 from badnet_prune.numerics.errors import BadInputError
 from badnet_prune.synth.zoo import ATTACKS, SynthesisError, ZooSettings, cached_model
 from badnet_prune.worker.flow import (
-    LEASE_S,
     TRANSIENT_ERRORS,
     LeaseHeartbeat,
     Outcome,
     end_quietly,
-    holder_is_dead,
     refused,
+    take_row_lease,
 )
 from badnet_prune.worker.runtime import Runtime
 
@@ -48,13 +44,9 @@ def run_zoo_build(runtime: Runtime, build_id: object) -> Outcome:
             return Outcome(False, f"zoo build {build_id}: already done")
         if build.state == "failed":
             return refused(f"zoo build {build_id}: failed ({build.error})")
-        if lease_is_live(build) and not holder_is_dead(build.lease_token):
-            remaining = (build.lease_expires_at - utcnow()).total_seconds() if build.lease_expires_at else 0.0
-            return Outcome(False, f"zoo build {build_id} runs elsewhere ({build.worker})", max(1.0, remaining))
-        dead = build.lease_token if build.state == "running" and holder_is_dead(build.lease_token) else None
-        token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
-        if not take_lease(session, build_id, token, runtime.hostname, LEASE_S, dead_token=dead, table=ZooBuild):
-            return Outcome(False, f"zoo build {build_id} was started by another worker", LEASE_S)
+        token = take_row_lease(session, runtime, build, f"zoo build {build_id}")
+        if isinstance(token, Outcome):
+            return token
         recipe = (build.attack, build.seed, build.settings, build.cache_dir, build.folder)
     try:
         with LeaseHeartbeat(runtime, build_id, token, table=ZooBuild):
