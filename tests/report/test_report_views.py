@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.pool import NullPool
 
 from badnet_prune.db.repository import list_models
 from badnet_prune.db.results import read_evaluations, read_selections, read_steps
@@ -24,8 +25,12 @@ QUESTION = ("SELECT sweep_id, model, dataset FROM evaluation_results WHERE netwo
 
 @pytest.fixture(scope="module")
 def postgres_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    """The same sweep run on a PostgreSQL database made for this test, dropped afterwards."""
-    admin = create_engine(make_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+    """The same sweep run on a PostgreSQL database made for this test, dropped afterwards.
+
+    The admin engine opens a connection per use (NullPool): a pooled one would be dead at teardown
+    whenever another test process restarted PostgreSQL meanwhile (test_the_watcher_rides_out_a_postgresql_restart).
+    """
+    admin = create_engine(make_url(POSTGRES_URL), isolation_level="AUTOCOMMIT", poolclass=NullPool)
     name = f"report_views_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as connection:
