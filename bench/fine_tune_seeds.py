@@ -57,7 +57,9 @@ ASR_BOUND = 5.0
 RECIPES = {
     "before": FineTuneSettings(optimizer="adam", learning_rate=3e-3, epochs=10, schedule="constant", warmup_epochs=0,
                                erase=0.0, clip_norm=None),
-    "after": FineTuneSettings(),
+    "after": FineTuneSettings(learning_rate=1e-3),
+    "epochs40": FineTuneSettings(learning_rate=1e-3, epochs=40),
+    "lr2e-3": FineTuneSettings(learning_rate=2e-3),  # the default since the zoo's patch triggers (repair_zoo.py)
 }
 
 
