@@ -34,7 +34,7 @@ from badnet_prune.db.zoo_builds import (
     release_abandoned,
     zoo_builds,
 )
-from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.numerics.errors import BadInputError, first_line
 from badnet_prune.orchestrator.submit import check_broker
 from badnet_prune.settings import Settings
 from badnet_prune.synth.population import PlannedModel
@@ -69,7 +69,7 @@ def build_on_workers(settings: Settings, plan: list[PlannedModel], zoo_settings:
     try:
         sent = _send(engine, broker, build_ids)
     except BROKER_ERRORS as error:  # what was claimed and not sent is sent again once the wait sees it lost
-        console.print(f"zoo: the broker stopped answering while sending ({_first_line(error)}); what it did not "
+        console.print(f"zoo: the broker stopped answering while sending ({first_line(error)}); what it did not "
                       "take is sent again when it answers", soft_wrap=True, markup=False)
         sent = 0
     console.print(f"zoo: {len(plan)} models, {len(plan) - sent} already built or building, {sent} sent to the "
@@ -181,10 +181,6 @@ def _send_abandoned(engine: Engine, broker: CeleryDispatcher, build_ids: list[in
     _send(engine, broker, [build_id for build_id in released if build_id not in hopeless])
 
 
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
 def _ended_line(row: ZooBuild) -> str:
     took = f" ({row.seconds:.0f} s on {row.worker})" if row.seconds is not None else ""
     if row.state == "failed":
@@ -269,7 +265,7 @@ class _WaitView:
     def unavailable(self, error: BaseException) -> None:
         """Say once per outage that the database does not answer; the wait goes on."""
         if not self.outage:
-            self.say(f"zoo: the database or the broker does not answer ({_first_line(error)}); still waiting")
+            self.say(f"zoo: the database or the broker does not answer ({first_line(error)}); still waiting")
         self.outage = True
 
     def update(self, rows: list[ZooBuild]) -> str:

@@ -13,6 +13,8 @@ import json
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
+from badnet_prune.numerics.errors import first_line
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -83,7 +85,7 @@ class CeleryDispatcher:
                     return None
                 raw = [*client.lrange(QUEUE, 0, -1), *client.hvals(channel.unacked_key)]
         except Exception as error:  # a broker that cannot be asked: say unknown, never guess "lost"
-            self.last_error = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            self.last_error = first_line(error)
             return None
         ids = set()
         for payload in raw:
@@ -168,7 +170,7 @@ def broker_problem(broker_url: str, wait_s: float) -> str | None:
         connection.ensure_connection(max_retries=None, interval_start=0, interval_step=1, interval_max=1,
                                      timeout=wait_s)
     except Exception as error:  # kombu's OperationalError, or the transport's own: all mean "no answer"
-        return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return first_line(error)
     finally:
         connection.release()
     return None

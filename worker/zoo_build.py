@@ -17,7 +17,7 @@ from badnet_prune.db.models import ZooBuild
 from badnet_prune.db.session import session_scope
 from badnet_prune.db.tasks import end_task
 from badnet_prune.db.zoo_builds import get_build
-from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.numerics.errors import BadInputError, first_line
 from badnet_prune.synth.zoo import ATTACKS, SynthesisError, ZooSettings, cached_model
 from badnet_prune.worker.flow import (
     TRANSIENT_ERRORS,
@@ -55,7 +55,7 @@ def run_zoo_build(runtime: Runtime, build_id: object) -> Outcome:
         end_quietly(runtime, build_id, token, "retrying", "database or broker unavailable; retrying", table=ZooBuild)
         raise
     except Exception as error:  # the model missed its accuracy, or its folder is refused: the zoo's other models go on
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         if not isinstance(error, BadInputError | SynthesisError):
             reason = f"{type(error).__name__}: {reason}"
         with session_scope(runtime.engine) as session:

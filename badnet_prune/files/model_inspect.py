@@ -23,7 +23,7 @@ from typing import Any, Literal
 import h5py
 
 from badnet_prune.numerics.architecture import CONV_LAYERS, IMAGE_SHAPE, POOL_LAYERS
-from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.numerics.errors import BadInputError, first_line
 
 ModelKind = Literal["keras", "hdf5"]
 KERAS_SUFFIXES = (".keras",)
@@ -48,7 +48,7 @@ def model_file_kind(path: Path) -> ModelKind:
     try:
         is_zip, is_hdf5 = zipfile.is_zipfile(path), h5py.is_hdf5(path)
     except OSError as error:
-        raise BadInputError(path, f"unreadable model file ({_first_line(error)})") from error
+        raise BadInputError(path, f"unreadable model file ({first_line(error)})") from error
     if is_zip and is_hdf5:
         raise BadInputError(path, "is both a zip archive and an HDF5 file; refused: the two loaders would read "
                                   "different models from it")
@@ -74,12 +74,12 @@ def read_model_config(path: Path, kind: ModelKind) -> dict[str, Any] | None:
     except BadInputError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
-        raise BadInputError(path, f"unreadable or truncated HDF5 file ({_first_line(error)})") from error
+        raise BadInputError(path, f"unreadable or truncated HDF5 file ({first_line(error)})") from error
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise BadInputError(path, f"`model_config` is not UTF-8 text ({_first_line(error)})") from error
+            raise BadInputError(path, f"`model_config` is not UTF-8 text ({first_line(error)})") from error
     if not isinstance(raw, str):
         raise BadInputError(path, f"`model_config` is a {type(raw).__name__}, not JSON text")
     return _json_object(path, "`model_config`", raw)
@@ -89,7 +89,7 @@ def _json_object(path: Path, what: str, text: str | bytes) -> dict[str, Any]:
     try:
         config = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise BadInputError(path, f"{what} is not JSON ({_first_line(error)})") from error
+        raise BadInputError(path, f"{what} is not JSON ({first_line(error)})") from error
     if not isinstance(config, dict):
         raise BadInputError(path, f"{what} is a JSON {type(config).__name__}, not an object describing a model")
     return config
@@ -114,7 +114,7 @@ def _keras_archive_config(path: Path) -> dict[str, Any]:
     except BadInputError:
         raise
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, RuntimeError, EOFError) as error:
-        raise BadInputError(path, f"not a valid .keras archive ({_first_line(error)})") from error
+        raise BadInputError(path, f"not a valid .keras archive ({first_line(error)})") from error
 
 
 def _check_archive_members(path: Path, members: list[zipfile.ZipInfo]) -> None:
@@ -229,7 +229,7 @@ def outline_model(path: str | Path) -> ModelOutline:
     except BadInputError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
-        raise BadInputError(path, f"unreadable model file ({_first_line(error)})") from error
+        raise BadInputError(path, f"unreadable model file ({first_line(error)})") from error
 
 
 def _outline_weights_only(path: Path, group: Any) -> ModelOutline:
@@ -299,7 +299,7 @@ def weight_names(path: Path, layer_group: h5py.Group, layer_name: str) -> list[s
     try:
         return [name.decode("utf-8") if isinstance(name, bytes) else str(name) for name in raw]
     except (TypeError, UnicodeDecodeError) as error:
-        problem = f"layer {layer_name!r} has malformed `weight_names` ({_first_line(error)})"
+        problem = f"layer {layer_name!r} has malformed `weight_names` ({first_line(error)})"
         raise BadInputError(path, problem) from error
 
 
@@ -313,7 +313,3 @@ def _layers(config: Any) -> Iterator[dict[str, Any]]:
                     yield from _layers(layer)
         elif "class_name" in config and isinstance(inner, dict):
             yield from _layers(inner)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip() or type(error).__name__).splitlines()[0]

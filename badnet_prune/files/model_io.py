@@ -22,7 +22,7 @@ from badnet_prune.files.model_inspect import (
     weight_names,
 )
 from badnet_prune.numerics.architecture import build_deepid
-from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.numerics.errors import BadInputError, first_line
 from badnet_prune.numerics.tf_setup import keras
 
 TRUST_HINT = "pass --trust-model-code only if you trust whoever made this file"
@@ -58,7 +58,7 @@ def load_model(path: str | Path, *, trust_code: bool = False) -> keras.Model:
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=not trust_code)
     except Exception as error:
-        raise BadInputError(path, f"cannot load the model: {_first_line(error)}") from error
+        raise BadInputError(path, f"cannot load the model: {first_line(error)}") from error
     if not isinstance(model, keras.Model):
         raise BadInputError(path, "does not hold a Keras functional model")
     return model
@@ -80,10 +80,6 @@ def check_model_file(path: Path, *, trust_code: bool = False) -> dict[str, Any] 
         refuse_code(path, config)
     _check_sizes(path, config)
     return config
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
 def _objects(config: Any) -> Iterator[dict[str, Any]]:
@@ -235,7 +231,7 @@ def load_weights_only(path: Path) -> keras.Model:
     except BadInputError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
-        raise BadInputError(path, f"unreadable weights file ({_first_line(error)})") from error
+        raise BadInputError(path, f"unreadable weights file ({first_line(error)})") from error
     return model
 
 

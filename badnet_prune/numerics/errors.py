@@ -12,3 +12,9 @@ class BadInputError(Exception):
         self.source = str(source)
         self.problem = problem
         super().__init__(f"{self.source}: {problem}")
+
+
+def first_line(error: BaseException) -> str:
+    """An error's message as one line for a user or a stored row: its first line, or its type where it says
+    nothing."""
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
