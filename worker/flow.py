@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from badnet_prune.db.errors import DatabaseUnavailable
 from badnet_prune.db.models import Sweep, Task, ZooBuild, utcnow
@@ -131,7 +132,7 @@ def run_planned_task(runtime: Runtime, task_id: object, stage_name: str | None =
     return Outcome(True, "done")
 
 
-def take_row_lease(session, runtime: Runtime, row: Task | ZooBuild, label: str) -> str | Outcome:
+def take_row_lease(session: Session, runtime: Runtime, row: Task | ZooBuild, label: str) -> str | Outcome:
     """Take a startable row's lease for this process: its token; or, where another live holder runs it or
     another copy took it first, the Outcome that says so and when to look again."""
     if lease_is_live(row) and not _holder_is_dead(row.lease_token):
@@ -145,7 +146,7 @@ def take_row_lease(session, runtime: Runtime, row: Task | ZooBuild, label: str) 
     return token
 
 
-def _why_not_startable(session, task: Task, stage: Stage) -> str | None:
+def _why_not_startable(session: Session, task: Task, stage: Stage) -> str | None:
     if task.state == "done":
         return "already done"
     if task.state == "failed":
@@ -242,7 +243,7 @@ def release_successors(runtime: Runtime, stage: Stage, context: TaskIds) -> None
     _send_released(runtime, context, *released)
 
 
-def _released(session, stage: Stage, context: TaskIds) -> tuple[list[tuple[Stage, int]], bool]:
+def _released(session: Session, stage: Stage, context: TaskIds) -> tuple[list[tuple[Stage, int]], bool]:
     """In the caller's transaction, once `stage`'s task is done: claim the tasks of every stage waiting for it
     whose predecessors are all done, and close the model if all its tasks are; (claimed, model done).
 
