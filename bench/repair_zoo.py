@@ -9,7 +9,7 @@ ASR of at most 5% on every trigger's poisoned test file and a clean test accurac
 validation data, as the repair stage decides it.
 
     .venv/bin/python bench/repair_zoo.py ZOO [--attack multi-trigger --attack patch]
-        [--recipe after --recipe lr2e-3] [--json results.json]
+        [--recipe after --recipe lr2e-3 (the default, the repair's own)] [--json results.json]
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from badnet_prune.files.data import open_data_file
 from badnet_prune.files.model_io import load_model
 from badnet_prune.numerics.fine_tuning import fine_tune
 from badnet_prune.numerics.pruned_model import build_pruned_model
-from badnet_prune.synth.zoo import ZooModel
+from badnet_prune.synth.zoo import ATTACKS, RECORD_FILE, ZooModel, read_record
 
 ASR_BOUND, DROP_BOUND, THRESHOLD = 5.0, 2.0, 0.10
 
 
 def read_zoo_model(folder: Path) -> tuple[ZooModel, object, dict]:
-    record = ZooModel.model_validate_json((folder / "zoo.json").read_text())
+    record = read_record(folder)
     model = load_model(folder / record.weights)
     classes = int(model.output_shape[-1])
     files = {"valid": record.clean_valid, "test": record.clean_test}
@@ -90,17 +90,16 @@ def summarise(rows: list[dict], recipes: list[str]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("zoo", type=Path, help="a zoo folder written by `badnet-prune zoo`")
-    parser.add_argument("--attack", action="append", help="only these attacks (default: every model)")
+    parser.add_argument("--attack", action="append", choices=ATTACKS, help="only these attacks (default: every model)")
     parser.add_argument("--recipe", action="append", choices=sorted(RECIPES))
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args()
-    recipes = args.recipe or ["after"]
-    folders = sorted(path.parent for path in args.zoo.glob("*/zoo.json"))
-    rows = []
-    for folder in folders:
-        attack = ZooModel.model_validate_json((folder / "zoo.json").read_text()).attack
-        if args.attack is None or attack in args.attack:
-            rows.append(run_model(folder, recipes))
+    recipes = args.recipe or ["lr2e-3"]  # the recommended repair's recipe as it ships (FineTuneSettings())
+    folders = sorted(path.parent for path in args.zoo.glob(f"*/{RECORD_FILE}"))
+    rows = [run_model(folder, recipes) for folder in folders
+            if args.attack is None or read_record(folder).attack in args.attack]
+    if not rows:
+        parser.error(f"{args.zoo}: no zoo model of those attacks (a folder holding */{RECORD_FILE})")
     summarise(rows, recipes)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=float) + "\n")
