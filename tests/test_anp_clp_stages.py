@@ -18,7 +18,7 @@ from badnet_prune.files.model_io import load_model
 from badnet_prune.numerics.inference import compiled_forward, predict_labels
 from badnet_prune.numerics.repair import repaired_labels
 from badnet_prune.numerics.tf_setup import keras
-from tests.helpers import PLAIN_KERAS, cached_quick_badnet, run_console_script
+from tests.helpers import PLAIN_KERAS, cached_quick_badnet, run_cli
 
 POISON = "sunglasses"
 
@@ -31,7 +31,7 @@ def defended(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
     env = {**os.environ, "BADNET_PRUNE_CACHE": str(out.parent / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("BADNET_PRUNE_DB", None)
     env.pop("BADNET_PRUNE_BROKER", None)
-    done = run_console_script(
+    done = run_cli(
         "defend", "--model", str(root / "models" / "bd_net.h5"), "--clean-valid", str(data / "cl" / "valid.h5"),
         "--clean-test", str(data / "cl" / "test.h5"),
         "--poisoned", f"{POISON}={data / 'bd' / 'bd_valid.h5'},{data / 'bd' / 'bd_test.h5'}",

@@ -40,18 +40,19 @@ from badnet_prune.numerics.tf_setup import keras
 from badnet_prune.numerics.thresholds import Threshold
 from badnet_prune.pipeline.contract import ModelFacts, PlanContext, SweepPlan
 from badnet_prune.pipeline.stages.fine_tune import FINE_TUNE
-from tests.helpers import PLAIN_KERAS, cached_pruning_aware_badnet, run_console_script
+from tests.helpers import PLAIN_KERAS, cached_pruning_aware_badnet, run_cli
 
 POISON = "sunglasses"
 EPOCHS = 3  # short: these tests check what fine-pruning stores and shows, bench/fine_tune_seeds.py how well it repairs
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-def run_cli(*args: str, cache: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def cli(*args: str, cache: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`badnet-prune ARGS` in this process, with its own cache and no broker or database from the environment."""
     env = {**os.environ, "BADNET_PRUNE_CACHE": str(cache), "COLUMNS": "120", "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("BADNET_PRUNE_BROKER", None)
     env.pop("BADNET_PRUNE_DB", None)
-    return run_console_script(*args, env=env, timeout=timeout)
+    return run_cli(*args, env=env, timeout=timeout)
 
 
 def defend_arguments(root: Path, out: Path, *extra: str) -> list[str]:
@@ -80,7 +81,7 @@ class Tuned:
 def tuned(tmp_path_factory: pytest.TempPathFactory) -> Tuned:
     root = cached_pruning_aware_badnet()
     work = tmp_path_factory.mktemp("fine-prune")
-    done = run_cli(*defend_arguments(root, work / "out", "--fine-tune", "--epochs", str(EPOCHS)), cache=work / "cache")
+    done = cli(*defend_arguments(root, work / "out", "--fine-tune", "--epochs", str(EPOCHS)), cache=work / "cache")
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((work / "out" / "summary.json").read_text(encoding="utf-8"))
     return Tuned(root, work / "out", work / "cache", done.stdout, done.stderr, summary)
@@ -152,7 +153,7 @@ def test_the_printed_table_and_summary_have_the_fine_pruned_rows(tuned: Tuned) -
 
 
 def test_the_curve_results_view_through_the_sql_command(tuned: Tuned) -> None:
-    done = run_cli("sql", "--db", tuned.db_url, "--json",
+    done = cli("sql", "--db", tuned.db_url, "--json",
                    "SELECT stage, curve, point, x, dataset, poison, value FROM curve_results "
                    "WHERE stage = 'fine_tune' ORDER BY curve, dataset, point", cache=tuned.cache, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -169,7 +170,7 @@ def test_the_curve_results_view_through_the_sql_command(tuned: Tuned) -> None:
     assert [r["value"] for r in asr] == [e[f"asr_{POISON}"] for e in fine["epochs"]]
     assert [r["point"] for r in holdout] == [r["x"] for r in holdout] == list(range(EPOCHS + 1))
     assert {r["curve"] for r in as_dicts} == {"0.02"}
-    done = run_cli("sql", "--db", tuned.db_url, "--json", "SELECT stage, key, score, document FROM "
+    done = cli("sql", "--db", tuned.db_url, "--json", "SELECT stage, key, score, document FROM "
                    "stage_outcome_results WHERE stage = 'fine_tune' ORDER BY key", cache=tuned.cache, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     outcomes = json.loads(done.stdout)
@@ -205,8 +206,8 @@ def test_the_report_draws_the_curves_and_says_what_each_defense_removed(tuned: T
 
 def test_the_reports_sample_images_are_labelled_by_g_fine_where_fine_pruning_ran(tuned: Tuned, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    done = run_cli("report", str(tuned.summary["sweep"]), "--out", str(out), "--db", tuned.db_url, "--samples", "2",
-                   cache=tuned.cache)
+    done = cli("report", str(tuned.summary["sweep"]), "--out", str(out), "--db", tuned.db_url, "--samples", "2",
+           cache=tuned.cache)
     assert done.returncode == 0, done.stderr[-2000:]
     markdown = (out / "report.md").read_text(encoding="utf-8")
     header = next(line for line in markdown.splitlines() if line.startswith("| dataset | index | label | B"))
@@ -274,7 +275,7 @@ def test_without_fine_tune_settings_the_stage_plans_nothing() -> None:
 ])
 def test_bad_fine_tune_options_are_one_line_and_run_nothing(tmp_path: Path, options: list[str], expected: str) -> None:
     root = cached_pruning_aware_badnet()
-    done = run_cli(*defend_arguments(root, tmp_path / "out", *options), cache=tmp_path / "cache", timeout=120)
+    done = cli(*defend_arguments(root, tmp_path / "out", *options), cache=tmp_path / "cache", timeout=120)
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0], done.stderr

@@ -86,8 +86,8 @@ def test_a_model_file_that_carries_code_is_refused_by_the_api_before_anything_is
 
 
 def test_a_missing_layer_is_one_line_listing_the_models_layers_and_the_options(synthetic_badnet, tmp_path):
-    result = run_console_script("defend", *_defend_args(synthetic_badnet, tmp_path / "out",
-                                                        **{"--rank-layer": "flatten_9"}), env=_env(tmp_path))
+    result = run_cli("defend", *_defend_args(synthetic_badnet, tmp_path / "out", **{"--rank-layer": "flatten_9"}),
+                     env=_env(tmp_path))
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
     assert line.startswith("error: ") and "no layer 'flatten_9' (--rank-layer)" in line
@@ -117,9 +117,8 @@ def _channels_last_copy(source: Path, target: Path, transpose: tuple[int, ...] =
 def test_channels_last_data_gives_the_accuracy_of_the_labs_layout_and_says_so_once(synthetic_badnet, tmp_path):
     lab = synthetic_badnet / "data" / "cl" / "valid.h5"
     last = _channels_last_copy(lab, tmp_path / "valid_last.h5")
-    result = run_console_script("evaluate", "--model", str(synthetic_badnet / "models" / "bd_net.h5"),
-                                "--data", str(lab), "--data", str(last), "--input-scale", "1", "--json",
-                                env=_env(tmp_path))
+    result = run_cli("evaluate", "--model", str(synthetic_badnet / "models" / "bd_net.h5"),
+                     "--data", str(lab), "--data", str(last), "--input-scale", "1", "--json", env=_env(tmp_path))
     assert result.returncode == 0, result.stderr
     accuracies = [row["accuracy"] for row in json.loads(result.stdout)["results"]]
     assert accuracies[0] == accuracies[1]

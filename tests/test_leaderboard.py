@@ -14,7 +14,7 @@ import pytest
 from badnet_prune.db.outcomes import DefenseOutcome
 from badnet_prune.numerics.evaluation import fidelity, robust_accuracy_percent
 from badnet_prune.orchestrator.leaderboard import clean_models, leaderboard
-from tests.helpers import run_console_script
+from tests.helpers import run_cli
 from tests.test_zoo import tiny_zoo  # noqa: F401  (the session's tiny zoo, built once per machine)
 
 
@@ -104,10 +104,10 @@ def test_a_swept_zoos_leaderboard_equals_its_stored_evaluations_and_leads_the_re
     sweep_file.write_text(text, encoding="utf-8")
     env = {"BADNET_PRUNE_DB": f"sqlite:///{tmp_path / 'zoo.db'}", "BADNET_PRUNE_ARTIFACTS": str(tmp_path / "art"),
            "BADNET_PRUNE_CACHE": str(tmp_path / "cache")}
-    done = run_console_script("sweep", str(sweep_file), env=env, timeout=1200)
+    done = run_cli("sweep", str(sweep_file), env=env, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     sweep_id = int(done.stdout.split()[0])
-    board = run_console_script("leaderboard", str(sweep_id), "--json", env=env)
+    board = run_cli("leaderboard", str(sweep_id), "--json", env=env)
     assert board.returncode == 0, board.stderr
     shown = {(row["network"], row["setting"]): row for row in json.loads(board.stdout)["defenses"]}
     expected = expected_board(env["BADNET_PRUNE_DB"], sweep_id, 5.0, 2.0)
@@ -116,7 +116,7 @@ def test_a_swept_zoos_leaderboard_equals_its_stored_evaluations_and_leads_the_re
         assert {name: shown[key][name] for name in want} == pytest.approx(want), key
     assert {row["defense"] for row in json.loads(board.stdout)["clean_models"]} >= {"G 10%"}
 
-    report = run_console_script("report", str(sweep_id), "--out", str(tmp_path / "report"), "--samples", "0",
+    report = run_cli("report", str(sweep_id), "--out", str(tmp_path / "report"), "--samples", "0",
                                 env=env)
     assert report.returncode == 0, report.stderr
     index = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")

@@ -79,10 +79,9 @@ def test_a_broker_that_does_not_answer_is_one_line_and_registers_nothing(tmp_pat
 
 
 def test_status_with_a_broker_that_does_not_answer_is_one_line(database: str) -> None:
-    from tests.helpers import run_console_script
+    from tests.helpers import run_cli
 
-    done = run_console_script("status", "1", "--db", database, "--broker", "redis://127.0.0.1:1/0",
-                              env={"PATH": "/usr/bin:/bin"}, timeout=120)
+    done = run_cli("status", "1", "--db", database, "--broker", "redis://127.0.0.1:1/0", env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 2 and done.stdout == "", done.stderr
     [line] = done.stderr.splitlines()
     assert line.startswith("error: BADNET_PRUNE_BROKER: the broker at redis://127.0.0.1:1/0 does not answer within 3 s")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -109,17 +107,18 @@ def test_full_model_and_weights_file_give_identical_predictions(synthetic_badnet
 
 
 def test_synth_help():
-    cli = Path(sys.executable).parent / "badnet-prune"
-    result = subprocess.run([str(cli), "synth", "--help"], capture_output=True, text=True, timeout=120)
+    from tests.helpers import run_cli
+
+    result = run_cli("synth", "--help")
     assert result.returncode == 0, result.stderr
     for option in ("--classes", "--seed", "--quick", "--attack", "OUT"):
         assert option in result.stdout
 
 
 def test_synth_refuses_an_unknown_attack_in_one_line(tmp_path: Path):
-    from tests.helpers import run_console_script
+    from tests.helpers import run_cli
 
-    result = run_console_script("synth", str(tmp_path / "out"), "--attack", "pruning_aware", timeout=120)
+    result = run_cli("synth", str(tmp_path / "out"), "--attack", "pruning_aware")
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: badnet-prune synth: Invalid value for '--attack': 'pruning_aware' is not "
                                      "one of 'default', 'pruning-aware'. (`badnet-prune synth -h` lists the options)")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_cli
 from tests.integration.conftest import CLI, POSTGRES, POSTGRES_ADMIN, Cluster, reachable, skip_or_fail
 
 pytestmark = pytest.mark.integration
@@ -52,8 +53,7 @@ def missing_database() -> str:
 
 def test_migrate_creates_a_missing_postgres_database(missing_database: str, tmp_path: Path) -> None:
     url = f"postgres://postgres:{PASSWORD}@{POSTGRES[0]}:{POSTGRES[1]}/{missing_database}"  # the short spelling
-    run = lambda *args: subprocess.run([*CLI, *args, "--db", url], capture_output=True, text=True,  # noqa: E731
-                                       timeout=120, cwd=tmp_path)
+    run = lambda *args: run_cli(*args, "--db", url, cwd=tmp_path)  # noqa: E731
     reading = run("steps", "1")
     assert reading.returncode != 0 and len(reading.stderr.strip().splitlines()) == 1, reading.stderr
     assert missing_database in reading.stderr and PASSWORD not in reading.stderr

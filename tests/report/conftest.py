@@ -3,14 +3,13 @@
 Three models: a quick synthetic BadNet with two poisoned sets (the second is the same files under
 another name, so the tables have several ASR columns), the same files read with input scale 255
 (a different, much worse model), and a model whose file does not exist (failed at registration).
-Everything runs through the real CLI, as a user would run it.
+Everything runs through the real CLI, as a user would run it, in this process (a process start imports
+TensorFlow again).
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,9 @@ import pytest
 from sqlalchemy import Engine
 
 from badnet_prune.db.session import make_engine
+from tests import helpers
 from tests.helpers import cached_quick_badnet, model_entry, write_sweep_toml
 
-CLI = str(Path(sys.executable).with_name("badnet-prune"))
 ASR_BOUND = 5.0
 
 
@@ -33,8 +32,9 @@ class ReportedSweep:
     env: dict[str, str]
 
 
-def run_cli(*args: str, env: dict[str, str], timeout: int = 600, expect: int = 0) -> str:
-    result = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=timeout)
+def run_cli(*args: str, env: dict[str, str], expect: int = 0) -> str:
+    """`badnet-prune ARGS` in this process (tests.helpers.run_cli); its stdout, once its exit status is `expect`."""
+    result = helpers.run_cli(*args, env=env)
     command = " ".join(args)
     assert result.returncode == expect, f"badnet-prune {command} -> {result.returncode}:\n{result.stderr[-3000:]}"
     return result.stdout

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-import subprocess
 from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np
 
 from badnet_prune.orchestrator.report.samples import pick_samples
-from tests.report.conftest import CLI, ReportedSweep, run_cli
+from tests import helpers
+from tests.report.conftest import ReportedSweep, run_cli
 from tests.report.page import cell_classes, model_page, parse_page
 
 
@@ -64,8 +64,7 @@ def test_missing_model_files_are_reported_not_fatal(reported: ReportedSweep, tmp
 
 
 def test_an_unknown_sweep_is_a_one_line_error(reported: ReportedSweep, tmp_path: Path) -> None:
-    result = subprocess.run([CLI, "report", "999", "--out", str(tmp_path / "r"), "--db", reported.db_url],
-                            capture_output=True, text=True, env=reported.env, timeout=120)
+    result = helpers.run_cli("report", "999", "--out", str(tmp_path / "r"), "--db", reported.db_url, env=reported.env)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: sweep 999: no such sweep in this database"
 

@@ -1,7 +1,10 @@
 """A defense declared in one test module (tests/stages/extra_defense.py) runs end to end with no other file
 edited: its settings table in a sweep file, its flag and options in defend, its stored outcome, curve and
 networks, its column in csv/summary.csv, its section in the report, and its progress unit in status. Real
-Celery workers run it too (tests/integration/test_pipeline_messages.py)."""
+Celery workers run it too (tests/integration/test_pipeline_messages.py).
+
+Through the console script: the CLI takes a stage module's flags and report columns from the modules it loads
+when its process starts (orchestrator/cli.py), so a process of its own is what a user's run is."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from badnet_prune.db.models import Artifact, Model, Selection, Task
 from badnet_prune.db.session import make_engine, session_scope
 from badnet_prune.numerics.thresholds import parse_thresholds
-from tests.helpers import cached_quick_badnet, model_entry, run_console_script, write_sweep_toml
+from tests.helpers import cached_quick_badnet, model_entry, run_cli, write_sweep_toml
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = "tests.stages.extra_stage"
@@ -70,7 +70,7 @@ def test_a_stage_declared_in_the_tests_runs_in_process_and_resumes(tmp_path: Pat
     sweep_file = write_sweep_toml(tmp_path / "sweep.toml", [model_entry("m0", cached_quick_badnet(0))],
                                   range_size=20)
     env = env_for(tmp_path, plugin=True)
-    done = run_console_script("sweep", str(sweep_file), env=env)
+    done = run_cli("sweep", str(sweep_file), env=env)
     assert done.returncode == 0, done.stderr
     sweep_id = done.stdout.split()[0]
     log = tmp_path / "artifacts" / "audit.log"
@@ -83,7 +83,7 @@ def test_a_stage_declared_in_the_tests_runs_in_process_and_resumes(tmp_path: Pat
     lines = sorted(log.read_text().split("\n")[:-1])
     assert lines == sorted(f"1 {key} {step}" for key, step in selected.items()), "each audit task ran once"
 
-    status = json.loads(run_console_script("status", sweep_id, "--json", env=env).stdout)
+    status = json.loads(run_cli("status", sweep_id, "--json", env=env).stdout)
     assert status["models"][0]["stages"]["audit"] == {"done": 3}
 
     # lose the audit results: resume sends exactly those three tasks, once
@@ -91,11 +91,11 @@ def test_a_stage_declared_in_the_tests_runs_in_process_and_resumes(tmp_path: Pat
     with session_scope(engine) as session:
         session.execute(update(Task).where(Task.stage == "audit").values(state="queued"))
         session.execute(update(Model).values(status="running"))
-    resumed = run_console_script("sweep", "resume", sweep_id, env=env)
+    resumed = run_cli("sweep", "resume", sweep_id, env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert "sending 3 task(s) again" in resumed.stderr
     assert sorted(log.read_text().split("\n")[:-1]) == lines
-    again = run_console_script("sweep", "resume", sweep_id, env=env)
+    again = run_cli("sweep", "resume", sweep_id, env=env)
     assert "sending 0 task(s) again" in again.stderr, "resuming a finished sweep costs nothing"
     assert sorted(log.read_text().split("\n")[:-1]) == lines
     engine.dispose()
@@ -105,7 +105,7 @@ def test_without_the_setting_the_stage_is_unknown_and_plans_nothing(tmp_path: Pa
     sweep_file = write_sweep_toml(tmp_path / "sweep.toml", [model_entry("m0", cached_quick_badnet(0))],
                                   range_size=61)
     env = env_for(tmp_path, plugin=False)
-    assert run_console_script("sweep", str(sweep_file), env=env).returncode == 0
+    assert run_cli("sweep", str(sweep_file), env=env).returncode == 0
     engine = make_engine(env["BADNET_PRUNE_DB"])
     with session_scope(engine) as session:
         assert {t.stage for t in session.scalars(select(Task))} == {"rank", "prune_range", "threshold", "finish"}
@@ -117,10 +117,10 @@ def test_thresholds_are_exact_keys_from_a_sweep_file(tmp_path: Path) -> None:
     sweep_file = write_sweep_toml(tmp_path / "sweep.toml", [model_entry("m0", cached_quick_badnet(0))],
                                   range_size=61, thresholds=thresholds)
     env = env_for(tmp_path, plugin=False)
-    done = run_console_script("sweep", str(sweep_file), env=env)
+    done = run_cli("sweep", str(sweep_file), env=env)
     assert done.returncode == 0, done.stderr
     keys = {"0.03333333333333333", "0.02000001", "0.02000002", "0.30000000000000004"}
-    steps = json.loads(run_console_script("steps", done.stdout.split()[0], "--format", "json", env=env).stdout)
+    steps = json.loads(run_cli("steps", done.stdout.split()[0], "--format", "json", env=env).stdout)
     accuracies = [row["clean_accuracy"] for row in steps]
     engine = make_engine(env["BADNET_PRUNE_DB"])
     with session_scope(engine) as session:
@@ -138,7 +138,7 @@ def test_thresholds_are_exact_keys_from_a_sweep_file(tmp_path: Path) -> None:
 def test_thresholds_are_exact_keys_from_the_command_line(tmp_path: Path) -> None:
     root = cached_quick_badnet(0)
     out = tmp_path / "out"
-    done = run_console_script(
+    done = run_cli(
         "defend", "--model", str(root / "models" / "bd_weights.h5"), "--clean-valid", str(root / "data/cl/valid.h5"),
         "--clean-test", str(root / "data/cl/test.h5"), "--out", str(out),
         "--poisoned", f"sunglasses={root / 'data/bd/bd_valid.h5'},{root / 'data/bd/bd_test.h5'}",
@@ -166,7 +166,7 @@ def test_keys_and_names_that_cannot_be_told_apart_are_refused_in_one_line(tmp_pa
     args = ["defend", "--model", str(root / "models" / "bd_weights.h5"), "--clean-valid",
             str(root / "data/cl/valid.h5"), "--clean-test", str(root / "data/cl/test.h5"), "--out", str(tmp_path / "o"),
             option, value]
-    done = run_console_script(*args, env=env_for(tmp_path, plugin=False))
+    done = run_cli(*args, env=env_for(tmp_path, plugin=False))
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
     assert line.startswith(f"error: {option}: ") and phrase in line, line
