@@ -6,13 +6,11 @@ trains with TensorFlow, writes Keras 2 files with tf-keras or has not been check
 
 Both passes run in several processes (pytest-xdist, `-n`, a test file to a process). Each process claims its
 own Redis database and PostgreSQL databases (tests/integration/conftest.py); a test that restarts the
-machine's Redis or PostgreSQL (marker restarts_services) runs while no other test on the machine runs.
+machine's Redis or PostgreSQL (marker restarts_services) restarts it while no other test on the machine runs.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import subprocess
 import sys
@@ -22,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from badnet_prune.numerics.tf_setup import keras
-from tests.helpers import CLAIMS
+from tests.helpers import restarts_turn, services_turn
 
 ON_JAX = keras.backend.backend() == "jax"
 TESTS = Path(__file__).parent
@@ -42,8 +40,8 @@ TENSORFLOW_ONLY = {
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "restarts_services: restarts the machine's Redis or PostgreSQL, so it runs "
-                            "while no other test on the machine runs (services_turn)")
+    config.addinivalue_line("markers", "restarts_services: restarts the machine's Redis or PostgreSQL, one such test "
+                            "at a time, and only while no other test runs (services_alone)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -84,26 +82,12 @@ def synthetic_badnet() -> Path:
     return tensorflow_built_badnet(0)
 
 
-@contextlib.contextmanager
-def services_turn(exclusive: bool) -> Iterator[None]:
-    """Hold the machine's services shared (any number of tests at once) or exclusive (one test, no other).
-
-    A lock file taken shared or exclusive, behind a turnstile that a waiting exclusive holder keeps, so
-    that tests starting one after another in other processes cannot keep it waiting for ever.
-    """
-    CLAIMS.mkdir(mode=0o1777, exist_ok=True)
-    with open(CLAIMS / "turnstile.lock", "w") as turnstile, open(CLAIMS / "services.lock", "w") as services:
-        fcntl.flock(turnstile, fcntl.LOCK_EX)
-        try:
-            fcntl.flock(services, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        finally:
-            fcntl.flock(turnstile, fcntl.LOCK_UN)
-        yield
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[object]:
-    """Every test, its fixtures' set-up and teardown included, holds the services shared; one marked
-    restarts_services holds them alone."""
-    with services_turn(exclusive=item.get_closest_marker("restarts_services") is not None):
+    """Every test, its fixtures' set-up and teardown included, holds the services shared. One marked
+    restarts_services holds the restarts' turn instead, so that no other restart happens while it runs, and
+    holds the services alone only around its restart (tests.helpers.services_alone): the machine's other
+    tests go on while it starts its workers and while its sweep recovers."""
+    turn = restarts_turn() if item.get_closest_marker("restarts_services") else services_turn(exclusive=False)
+    with turn:
         return (yield)

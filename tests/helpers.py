@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
@@ -10,6 +12,7 @@ import tempfile
 import textwrap
 import traceback
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,40 @@ CONSOLE_SCRIPT = Path(sys.executable).parent / "badnet-prune"
 # Where test processes claim the machine's services (Redis databases, a turn at restarting them): a fixed
 # folder, whatever TMPDIR each session has, since the services are the machine's.
 CLAIMS = Path("/tmp/badnet-prune-tests")
+
+
+@contextlib.contextmanager
+def services_turn(exclusive: bool) -> Iterator[None]:
+    """Hold the machine's services shared (any number of tests at once) or exclusive (one test, no other).
+
+    A lock file taken shared or exclusive, behind a turnstile that a waiting exclusive holder keeps, so
+    that tests starting one after another in other processes cannot keep it waiting for ever.
+    """
+    CLAIMS.mkdir(mode=0o1777, exist_ok=True)
+    with open(CLAIMS / "turnstile.lock", "w") as turnstile, open(CLAIMS / "services.lock", "w") as services:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(services, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        yield
+
+
+@contextlib.contextmanager
+def restarts_turn() -> Iterator[None]:
+    """Held by a test that restarts a service (marker restarts_services) for all its run: one at a time, so
+    that no one else restarts the services it uses outside its own restart."""
+    CLAIMS.mkdir(mode=0o1777, exist_ok=True)
+    with open(CLAIMS / "restarts.lock", "w") as restarts:
+        fcntl.flock(restarts, fcntl.LOCK_EX)
+        yield
+
+
+def services_alone() -> contextlib.AbstractContextManager[None]:
+    """Around a restart in a test marked restarts_services: waits until no other test runs, and keeps new
+    ones waiting until the service answers again."""
+    return services_turn(exclusive=True)
+
 
 # Run as `python -c PLAIN_KERAS IMAGES.npy MODEL OUT.npy [MODEL OUT.npy ...]`: loads each saved model with
 # plain Keras in safe mode, in a process that never imports this project, and saves its outputs.

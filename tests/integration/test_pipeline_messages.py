@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from badnet_prune.settings import Settings
-from tests.helpers import cached_quick_badnet, model_entry, synthetic_sweep, write_sweep_toml
+from tests.helpers import cached_quick_badnet, model_entry, services_alone, synthetic_sweep, write_sweep_toml
 from tests.integration.conftest import Cluster, redis_cli, wait_running
 from tests.integration.test_distributed import DUPLICATES, assert_complete, slow_sweep
 
@@ -235,19 +235,22 @@ def test_the_watcher_rides_out_a_postgresql_restart(cluster: Cluster, slow_badne
         skip_or_fail("restarting PostgreSQL needs pg_ctlcluster and /etc/postgresql on this machine")
     cluster.start_workers(1)
     sweep_file = slow_sweep(tmp_path, slow_badnet, models=2, range_size=61)
-    waiting = subprocess.Popen([*CLI, "sweep", str(sweep_file), "--wait"], env=cluster.env, cwd=cluster.folder,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    waiting: subprocess.Popen | None = None
     try:
-        wait_running(cluster, "prune_range", after_s=0.5)
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1].name, "main", "restart"],
-                       check=True, timeout=120)
-        deadline = time.monotonic() + 60
-        while not reachable(POSTGRES):
-            assert time.monotonic() < deadline, "PostgreSQL did not come back"
-            time.sleep(0.5)
+        with services_alone():
+            waiting = subprocess.Popen([*CLI, "sweep", str(sweep_file), "--wait"], env=cluster.env,
+                                       cwd=cluster.folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            wait_running(cluster, "prune_range", after_s=0.5)
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1].name, "main", "restart"],
+                           check=True, timeout=120)
+            deadline = time.monotonic() + 60
+            while not reachable(POSTGRES):
+                assert time.monotonic() < deadline, "PostgreSQL did not come back"
+                time.sleep(0.5)
         out, err = waiting.communicate(timeout=300)
     finally:
-        waiting.kill()
+        if waiting is not None:
+            waiting.kill()
     assert waiting.returncode == 0, err[-3000:]
     sweep_id = int(out.split()[0])
     assert_complete(cluster, sweep_id, {"s0", "s1"})
