@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select, text
 
+from badnet_prune.db.models import VerdictRuleRow
 from badnet_prune.db.repository import Truth, add_model, create_sweep
 from badnet_prune.db.results import save_outcome
 from badnet_prune.db.session import prepare_database, session_scope
@@ -78,6 +79,31 @@ def test_a_rule_name_is_stored_once_and_the_second_is_refused_by_the_primary_key
         stored = read_rule(session, "once")
     engine.dispose()
     assert stored is not None and stored.fitted_sweep_id == 1 and stored.rule == HAND_RULE, "the first is kept"
+
+
+@pytest.mark.parametrize("edit", [
+    {"detector_settings": "abc"},
+    {"detector_settings": [1, 2]},
+    {"detector_settings": {"neural_cleanse": 5}},
+    {"bias": None},
+    {"weights": ["nan", 1.0]},
+    {"scales": [1.0]},
+    {"means": None},
+], ids=["settings-a-string", "settings-a-list", "a-table-a-number", "no-bias", "weights-not-finite",
+        "lengths-differ", "means-not-a-list"])
+def test_a_stored_rule_edited_into_nonsense_is_refused_in_one_line(tmp_path: Path, edit: dict) -> None:
+    engine = prepare_database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with session_scope(engine) as session:
+        save_rule(session, "edited", HAND_RULE, fitted_sweep_id=1, fitted_models=[], backdoored_models=1,
+                  clean_models=1, detector_settings={"neural_cleanse": {"steps": 300}})
+    with session_scope(engine) as session:
+        row = session.get(VerdictRuleRow, "edited")
+        row.rule = {**row.rule, **edit}
+    with session_scope(engine) as session, pytest.raises(BadInputError) as refused:
+        read_rule(session, "edited")
+    engine.dispose()
+    [line] = str(refused.value).splitlines()
+    assert line.startswith("verdict rule 'edited': its stored row is malformed"), line
 
 
 def _scored_sweep(db_url: str, tmp_path: Path, models: list[tuple[bool, dict[str, float]]],
