@@ -24,10 +24,10 @@ demo: $(VENV)/.installed
 
 # The second pytest run is the JAX pass: the tests of the worker path that also run on Keras's JAX
 # backend (tests/conftest.py JAX_PASS), with XLA's compiled programs kept across its processes.
-# Each pass runs its test files in two processes a core, at most 4 (pytest-xdist: a process waiting on a
-# worker or a service leaves its core to another) and ends with its 25 slowest tests; docs/testing.md says
-# where the time goes.
-TEST_PROCESSES ?= -n $(shell n=$$(nproc); echo $$(( n * 2 < 4 ? n * 2 : 4 ))) --dist loadfile
+# Each pass runs its test files in one process a core and one more, at most 4 (pytest-xdist: a process
+# waiting on a worker or a service leaves its core to another) and ends with its 25 slowest tests;
+# docs/testing.md says where the time goes.
+TEST_PROCESSES ?= -n $(shell n=$$(nproc); echo $$(( n + 1 < 4 ? n + 1 : 4 ))) --dist loadfile
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(TEST_PROCESSES) --durations=25 $(PYTEST_ARGS)
