@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from badnet_prune.files.hashing import sha256_file
-from badnet_prune.numerics.errors import BadInputError
+from badnet_prune.numerics.errors import BadInputError, first_line
 
 DEFAULT_BATCH_SIZE = 1024
 TRUE_LABEL = "true_label"
@@ -69,7 +69,7 @@ class DataFile:
         except BadInputError:
             raise
         except (OSError, KeyError, ValueError) as error:
-            raise BadInputError(self.path, f"cannot read `data`: {_first_line(error)}") from error
+            raise BadInputError(self.path, f"cannot read `data`: {first_line(error)}") from error
 
     def read_images(self, indexes: list[int]) -> np.ndarray:
         """The images at these increasing indexes as one channels-last float32 array (a report's few samples)."""
@@ -79,7 +79,7 @@ class DataFile:
         except BadInputError:
             raise
         except (OSError, KeyError, ValueError, TypeError) as error:
-            raise BadInputError(self.path, f"cannot read `data`: {_first_line(error)}") from error
+            raise BadInputError(self.path, f"cannot read `data`: {first_line(error)}") from error
         return chunk if self.channels_last else np.ascontiguousarray(chunk.transpose(0, 2, 3, 1))
 
     def read_all(self, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
@@ -107,11 +107,6 @@ def read_ahead(items: Iterable[T]) -> Iterator[T]:
         while (item := pending.result()) is not _END:
             pending = pool.submit(next, iterator, _END)
             yield item
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 # Bounds on what a file may declare, checked on the declared shapes and types before anything is read:
@@ -191,7 +186,7 @@ def open_data_file(
     except BadInputError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as error:
-        raise BadInputError(path, f"unreadable or truncated HDF5 file ({_first_line(error)})") from error
+        raise BadInputError(path, f"unreadable or truncated HDF5 file ({first_line(error)})") from error
     labels = _validate_labels(path, np.asarray(raw_labels).reshape(-1), num_classes)
     true_labels = None if raw_true is None else _validate_labels(
         path, np.asarray(raw_true).reshape(-1), num_classes, TRUE_LABEL)
