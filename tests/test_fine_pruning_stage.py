@@ -154,8 +154,8 @@ def test_the_printed_table_and_summary_have_the_fine_pruned_rows(tuned: Tuned) -
 
 def test_the_curve_results_view_through_the_sql_command(tuned: Tuned) -> None:
     done = cli("sql", "--db", tuned.db_url, "--json",
-                   "SELECT stage, curve, point, x, dataset, poison, value FROM curve_results "
-                   "WHERE stage = 'fine_tune' ORDER BY curve, dataset, point", cache=tuned.cache, timeout=120)
+               "SELECT stage, curve, point, x, dataset, poison, value FROM curve_results "
+               "WHERE stage = 'fine_tune' ORDER BY curve, dataset, point", cache=tuned.cache, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(done.stdout)
     rows = rows["rows"] if isinstance(rows, dict) else rows
@@ -171,7 +171,7 @@ def test_the_curve_results_view_through_the_sql_command(tuned: Tuned) -> None:
     assert [r["point"] for r in holdout] == [r["x"] for r in holdout] == list(range(EPOCHS + 1))
     assert {r["curve"] for r in as_dicts} == {"0.02"}
     done = cli("sql", "--db", tuned.db_url, "--json", "SELECT stage, key, score, document FROM "
-                   "stage_outcome_results WHERE stage = 'fine_tune' ORDER BY key", cache=tuned.cache, timeout=120)
+               "stage_outcome_results WHERE stage = 'fine_tune' ORDER BY key", cache=tuned.cache, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     outcomes = json.loads(done.stdout)
     outcomes = outcomes["rows"] if isinstance(outcomes, dict) else outcomes

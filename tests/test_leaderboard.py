@@ -116,8 +116,7 @@ def test_a_swept_zoos_leaderboard_equals_its_stored_evaluations_and_leads_the_re
         assert {name: shown[key][name] for name in want} == pytest.approx(want), key
     assert {row["defense"] for row in json.loads(board.stdout)["clean_models"]} >= {"G 10%"}
 
-    report = run_cli("report", str(sweep_id), "--out", str(tmp_path / "report"), "--samples", "0",
-                                env=env)
+    report = run_cli("report", str(sweep_id), "--out", str(tmp_path / "report"), "--samples", "0", env=env)
     assert report.returncode == 0, report.stderr
     index = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
     assert 0 < index.index('id="leaderboard"') < index.index('id="verdict"'), "the leaderboard leads the report"

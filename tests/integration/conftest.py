@@ -231,13 +231,17 @@ class Cluster:
         with psycopg.connect(url, autocommit=True, row_factory=dict_row) as connection:
             return list(connection.execute(sql).fetchall())
 
+    def ended(self, sweep_id: int) -> bool:
+        """Whether the sweep and all its models have ended (done or failed)."""
+        (sweep,) = self.query(f"SELECT status FROM sweeps WHERE id = {int(sweep_id)}")
+        models = self.query(f"SELECT status FROM models WHERE sweep_id = {int(sweep_id)}")
+        return sweep["status"] in ("done", "failed") and all(m["status"] in ("done", "failed") for m in models)
+
     def wait_done(self, sweep_id: int, timeout: float) -> dict:
         """Poll the sweep's status until it and all its models have ended; the last status."""
         deadline = time.monotonic() + timeout
         while True:
-            (sweep,) = self.query(f"SELECT status FROM sweeps WHERE id = {sweep_id}")
-            models = self.query(f"SELECT status FROM models WHERE sweep_id = {sweep_id}")
-            if sweep["status"] in ("done", "failed") and all(m["status"] in ("done", "failed") for m in models):
+            if self.ended(sweep_id):
                 return self.status(sweep_id)
             if time.monotonic() > deadline:
                 logs = "\n".join(f"--- {w.name}\n{w.log.read_text()[-2000:]}" for w in self.workers)

@@ -214,14 +214,12 @@ def ended_or_stalled(cluster: Cluster, sweep_id: int, quiet_s: float, timeout: f
     deadline = time.monotonic() + timeout
     seen, since = None, time.monotonic()
     while time.monotonic() < deadline:
-        (sweep,) = cluster.query(f"SELECT status FROM sweeps WHERE id = {sweep_id}")
-        models = cluster.query(f"SELECT status FROM models WHERE sweep_id = {sweep_id}")
-        if sweep["status"] in ("done", "failed") and all(m["status"] in ("done", "failed") for m in models):
+        if cluster.ended(sweep_id):
             return True
         (progress,) = cluster.query(
             "SELECT count(*) FILTER (WHERE t.state = 'running') AS running, max(t.started_at) AS started, "
             "max(t.finished_at) AS finished FROM tasks t JOIN models m ON m.id = t.model_id "
-            f"WHERE m.sweep_id = {sweep_id}")
+            f"WHERE m.sweep_id = {int(sweep_id)}")
         if progress != seen:
             seen, since = progress, time.monotonic()
         elif not progress["running"] and time.monotonic() - since > quiet_s:
@@ -267,6 +265,6 @@ def test_two_sweeps_at_once_keep_their_rows(cluster: Cluster, tmp_path: Path):
             f"WHERE m.sweep_id = {sweep_id} GROUP BY m.sweep_id")
         assert owners == [{"sweep_id": sweep_id, "n": 122}]
         paths = cluster.query(f"SELECT a.path FROM artifacts a JOIN models m ON m.id = a.model_id "
-                              f"WHERE m.sweep_id = {sweep_id}")
+                              f"WHERE m.sweep_id = {int(sweep_id)}")
         assert paths and all(f"sweep-{sweep_id}" in row["path"] for row in paths)
 
